@@ -1,0 +1,30 @@
+# saelab: one DAG from text to every paper figure.
+#   snakemake --cores all                      everything the config asks for
+#   snakemake plots/<analysis>/<figure>.png    one figure and only what it needs
+#   snakemake --profile workflow/profiles/slurm   the same DAG on a SLURM cluster
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
+
+
+validate(config, os.path.join(workflow.basedir, "config/schema.yaml"))
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/cache.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,50 @@
+"""Rule cache_activations: one forward pass per batch writes every configured hook to zarr."""
+
+from saelab.cache import activation_source, build_cache
+from saelab.config import CacheConfig, TinyConfig
+from saelab.data import load_tokens
+from saelab.models import default_device, resolve_model
+from saelab.runtime import logged, set_torch_threads
+
+with logged(snakemake.log[0]) as log:
+    set_torch_threads(snakemake.threads)
+    spec = snakemake.params.model
+    cache = CacheConfig(**snakemake.params.cache)
+    info = resolve_model(
+        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
+    )
+    device = default_device(spec["device"])
+    corpus = load_tokens(snakemake.input.tokens)
+    tokens, special = corpus.tokens, corpus.special_mask
+    if cache.n_tokens is not None:
+        n_contexts = cache.n_tokens // tokens.shape[1]
+        tokens, special = tokens[:n_contexts], special[:n_contexts]
+    source = activation_source(info, snakemake.input.model_dir, cache.hooks, device, cache.backend)
+    log.info("caching %s with the %s backend on %s", cache.hooks, source.backend, device)
+    summary = build_cache(
+        source,
+        tokens,
+        special,
+        cache.hooks,
+        snakemake.output.cache,
+        dtype=cache.dtype,
+        batch_contexts=cache.batch_contexts,
+        device=device,
+        manifest={
+            "model": info.model_id,
+            "tl_name": info.tl_name,
+            "model_source": info.source,
+            "backend": source.backend,
+            "corpus": corpus.attrs.get("corpus"),
+            "corpus_fingerprint": corpus.fingerprint,
+            "seed": corpus.attrs.get("seed"),
+            "bos": corpus.attrs.get("bos"),
+        },
+    )
+    log.info(
+        "cached %d tokens in %.1f s (%.0f tokens/s; resumed from context %d)",
+        summary.n_tokens,
+        summary.seconds,
+        summary.tokens_per_s,
+        summary.resumed_from_context,
+    )

@@ -1,0 +1,31 @@
+"""Rule train_tiny_lm: train the tiny GPT-2-style model on the tokenized corpus."""
+
+import shutil
+
+from saelab.config import TinyConfig
+from saelab.data import load_tokens
+from saelab.models import default_device, load_tokenizer, train_tiny_lm, write_manifest
+from saelab.runtime import atomic_dir, logged, set_torch_threads
+
+with logged(snakemake.log[0]) as log:
+    set_torch_threads(snakemake.threads)
+    spec = snakemake.params.model
+    tiny = TinyConfig(**spec["tiny"])
+    tokens = load_tokens(snakemake.input.tokens)
+    tokenizer = load_tokenizer(snakemake.input.tokenizer)
+    with atomic_dir(snakemake.output.model_dir) as tmp:
+        result = train_tiny_lm(
+            tokens.tokens,
+            tiny,
+            tmp / "tiny",
+            vocab_size=len(tokenizer),
+            special_mask=tokens.special_mask,
+            device=default_device(spec["device"]),
+        )
+        shutil.copytree(snakemake.input.tokenizer, tmp / "tokenizer")
+        write_manifest(tmp, model_id="tiny", source="tiny")
+    log.info(
+        "tiny LM: val loss %.3f nats vs unigram entropy %.3f nats",
+        result.final_val_loss,
+        result.unigram_entropy,
+    )

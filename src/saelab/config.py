@@ -1,0 +1,226 @@
+"""Typed views of the validated pipeline config.
+
+``config/schema.yaml`` checks types and fills defaults (in the Snakefile, before any job runs);
+:func:`check_config` then checks what a schema cannot: that the model is known, that every hook
+name is one saelab can cache, that layers exist, and that caches name defined corpora. Every
+error names the config key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saelab.hooks import HookError, parse_hook
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value that is wrong, with the key that holds it and what is allowed."""
+
+
+def _from_dict(cls, data: dict[str, Any], key: str):
+    """Build dataclass ``cls`` from ``data``, refusing keys it does not have."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass
+class CorpusConfig:
+    """Where text comes from and how it becomes fixed-length token contexts."""
+
+    source: str = "python-docs"
+    """``python-docs`` (built-in, offline), ``text`` or ``jsonl`` (local files), ``hf`` (a
+    Hugging Face dataset, streamed; needs the hub)."""
+    paths: list[str] = field(default_factory=list)
+    """Files for the ``text`` and ``jsonl`` sources."""
+    dataset: str | None = None
+    """Dataset name for the ``hf`` source, e.g. ``Skylion007/openwebtext``."""
+    dataset_config: str | None = None
+    """Dataset config name for the ``hf`` source (e.g. ``sample-10BT`` of fineweb)."""
+    split: str = "train"
+    """Dataset split for the ``hf`` source."""
+    text_field: str = "text"
+    """Field that holds the text, for ``jsonl`` and ``hf``."""
+    n_tokens: int = 262_144
+    """Token budget: the corpus holds ``n_tokens // context_len`` contexts."""
+    context_len: int = 128
+    """Tokens per context (the originals use 128, or 1024 for the dark-matter work)."""
+    bos: str = "per_context"
+    """``per_context``: every context starts with BOS and documents are separated by BOS
+    (SAE-Lens); ``per_document``: BOS before each document, one stream cut into blocks, so BOS
+    appears mid-context (bartbussmann/matryoshka_sae); ``none``."""
+    seed: int = 0
+    """Seed of the document shuffle."""
+
+
+@dataclass
+class CacheConfig:
+    """One zarr activation cache: which corpus and which hooks, from one forward pass."""
+
+    corpus: str
+    """Name of an entry of ``corpora``."""
+    hooks: list[str]
+    """TransformerLens hook names, e.g. ``blocks.6.hook_resid_pre``."""
+    dtype: str = "float16"
+    """Storage dtype of activations: ``float16`` or ``float32``."""
+    batch_contexts: int = 16
+    """Contexts per forward pass; also the resume granularity."""
+    n_tokens: int | None = None
+    """Cache only the first ``n_tokens`` tokens of the corpus (rounded down to whole contexts)."""
+    backend: str = "auto"
+    """``auto`` (transformers where it can capture every hook, it is the faster forward on CPU;
+    else TransformerLens), ``transformers`` or ``transformer_lens``."""
+
+
+@dataclass
+class TinyConfig:
+    """The small GPT-2-style model that ``train_tiny_lm`` trains on the corpus."""
+
+    corpus: str = "python-docs"
+    """Corpus to train the tokenizer and the model on."""
+    vocab_size: int = 4096
+    """Byte-level BPE vocabulary trained on the corpus."""
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int = 1024
+    n_ctx: int = 128
+    """Longest context the model accepts."""
+    train_tokens: int = 2_000_000
+    """Tokens seen in training (epochs over the corpus as needed)."""
+    batch_size: int = 32
+    """Contexts per optimiser step."""
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.05
+    """Fraction of contexts held out to measure validation loss."""
+
+
+@dataclass
+class PipelineConfig:
+    """The whole validated config."""
+
+    model: str
+    corpora: dict[str, CorpusConfig]
+    caches: dict[str, CacheConfig]
+    tiny: TinyConfig
+    model_path: str | None = None
+    device: str = "auto"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge ``override`` into a copy of ``base``, recursing into dicts (as ``--configfile``)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate_schema(config: dict[str, Any]) -> None:
+    """Check ``config`` against ``config/schema.yaml`` and fill its defaults in place.
+
+    Uses Snakemake's validator when it is importable (as in the Snakefile), so both places
+    read defaults the same way, and plain ``jsonschema`` otherwise.
+    """
+    try:
+        from snakemake.utils import validate
+    except ImportError:  # pragma: no cover - snakemake is a core dependency
+        import jsonschema
+
+        jsonschema.validate(config, load_yaml(SCHEMA_PATH))
+        return
+    try:
+        validate(config, str(SCHEMA_PATH))
+    except Exception as err:  # WorkflowError wraps jsonschema's message
+        raise ConfigError(f"config does not match config/schema.yaml: {err}") from err
+
+
+def parse_config(config: dict[str, Any]) -> PipelineConfig:
+    """Typed view of a schema-validated config dict, with semantic checks."""
+    corpora = {
+        name: _from_dict(CorpusConfig, spec, f"corpora.{name}")
+        for name, spec in config.get("corpora", {}).items()
+    }
+    caches = {
+        name: _from_dict(CacheConfig, spec, f"caches.{name}")
+        for name, spec in config.get("caches", {}).items()
+    }
+    parsed = PipelineConfig(
+        model=config["model"],
+        model_path=config.get("model_path"),
+        device=config.get("device", "auto"),
+        corpora=corpora,
+        caches=caches,
+        tiny=_from_dict(TinyConfig, config.get("tiny", {}), "tiny"),
+        raw=config,
+    )
+    check_config(parsed)
+    return parsed
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """Semantic checks that JSON Schema cannot express. Raises :class:`ConfigError`."""
+    from saelab.models import ModelError, resolve_model
+
+    try:
+        info = resolve_model(cfg.model, tiny=cfg.tiny, model_path=cfg.model_path)
+    except ModelError as err:
+        raise ConfigError(f"model: {err}") from err
+    if cfg.tiny.corpus not in cfg.corpora:
+        raise ConfigError(
+            f"tiny.corpus: {cfg.tiny.corpus!r} is not a defined corpus; defined: {sorted(cfg.corpora)}"
+        )
+    for name, corpus in cfg.corpora.items():
+        if corpus.source in ("text", "jsonl") and not corpus.paths:
+            raise ConfigError(
+                f"corpora.{name}.paths: source {corpus.source!r} needs at least one file"
+            )
+        if corpus.source == "hf" and not corpus.dataset:
+            raise ConfigError(f"corpora.{name}.dataset: source 'hf' needs a dataset name")
+        if info.n_ctx is not None and corpus.context_len > info.n_ctx:
+            raise ConfigError(
+                f"corpora.{name}.context_len: {corpus.context_len} exceeds the model's "
+                f"context of {info.n_ctx} tokens"
+            )
+    for name, cache in cfg.caches.items():
+        if cache.corpus not in cfg.corpora:
+            raise ConfigError(
+                f"caches.{name}.corpus: {cache.corpus!r} is not a defined corpus; "
+                f"defined: {sorted(cfg.corpora)}"
+            )
+        if len(set(cache.hooks)) != len(cache.hooks):
+            raise ConfigError(f"caches.{name}.hooks: hook names repeat: {cache.hooks}")
+        for index, hook in enumerate(cache.hooks):
+            try:
+                parse_hook(hook, info.n_layers)
+            except HookError as err:
+                raise ConfigError(f"caches.{name}.hooks[{index}]: {err}") from err
+
+
+def load_config(*paths: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load, merge (later files win), schema-validate and check config files, as the Snakefile does."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = deep_merge(merged, load_yaml(path))
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    validate_schema(merged)
+    return parse_config(merged)

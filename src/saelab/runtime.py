@@ -1,0 +1,75 @@
+"""Small helpers for running a pipeline stage: logging to a file, atomic directory outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def logged(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
+    """Send stdout, stderr (tqdm bars) and ``logging`` to ``log_path`` for the duration.
+
+    An exception is written to the log with its traceback and re-raised, so a failed job's
+    log says why it failed.
+    """
+    logger = logging.getLogger("saelab")
+    if log_path is None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        yield logger
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", buffering=1) as handle:
+        handler = logging.StreamHandler(handle)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+            try:
+                yield logger
+            except BaseException:
+                traceback.print_exc(file=handle)
+                raise
+            finally:
+                root.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``final`` only if the block succeeds.
+
+    A killed or failed job leaves no ``final``, so nothing half-written looks complete.
+    """
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        # Snakemake may pre-create an output's parent; an empty leftover is safe to replace.
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{final} already exists; delete it to rebuild")
+    os.replace(tmp, final)
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Use the job's thread allowance for torch's intra-op pool."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
