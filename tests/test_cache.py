@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -190,7 +189,7 @@ def test_resume_discards_a_partial_of_another_job(model, tmp_path):
 
 
 def test_reader_splits_cover_every_non_special_row_once(built):
-    path, _, tokens, special = built
+    path, _, _, special = built
     keep = set(np.flatnonzero(~special.reshape(-1)))
     seen = {}
     for split in ("train", "heldout"):

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
