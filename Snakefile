@@ -3,6 +3,7 @@
 #   snakemake plots/<analysis>/<figure>.png    one figure and only what it needs
 #   snakemake --profile workflow/profiles/slurm   the same DAG on a SLURM cluster
 import os
+import re
 
 from snakemake.utils import min_version, validate
 
@@ -19,6 +20,14 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    model=re.escape(MODEL_ID),
+    corpus=one_of(CFG.corpora),
+    cache=one_of(CFG.caches),
+
+
 include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cache.smk"

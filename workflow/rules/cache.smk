@@ -8,19 +8,19 @@ rule cache_activations:
         model_dir=model_dir_path(),
     output:
         cache=directory("data/cache/{model}/{cache}.zarr"),
-    params:
-        cache=cache_params,
-        model=model_params,
     log:
         "logs/cache_activations/{model}/{cache}.log",
     benchmark:
         "logs/benchmarks/cache_activations/{model}/{cache}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=gpu_request,
-    conda:
-        "../../envs/saelab.yaml"
+    params:
+        cache=cache_params,
+        model=model_params,
     script:
         "../../scripts/cache_activations.py"

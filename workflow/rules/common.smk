@@ -1,9 +1,11 @@
-# Helpers shared by every rule file: the typed config, path helpers, targets, resources.
+# Helpers shared by all rule files (the typed config, paths, targets, resources).
 # Rules call these named functions instead of lambdas.
 import re
 import sys
 
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # saelab, also when not pip-installed
+sys.path.insert(
+    0, os.path.join(workflow.basedir, "src")
+)  # saelab, also when not pip-installed
 
 from saelab.config import ConfigError, parse_config
 from saelab.models import resolve_model
@@ -17,14 +19,9 @@ except ConfigError as err:
 MODEL_ID = MODEL.model_id
 
 
-def _one_of(names):
+def one_of(names):
+    """A wildcard regex matching exactly one of ``names``."""
     return "|".join(re.escape(name) for name in names)
-
-
-wildcard_constraints:
-    model=re.escape(MODEL_ID),
-    corpus=_one_of(CFG.corpora),
-    cache=_one_of(CFG.caches),
 
 
 # ------------------------------------------------------------------ paths

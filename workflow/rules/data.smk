@@ -5,17 +5,17 @@ rule build_corpus:
     """Collect the documents of a corpus (built-in Python docs, local files, or a hub dataset)."""
     output:
         corpus="data/corpus/{corpus}.jsonl",
-    params:
-        corpus=corpus_params,
     log:
         "logs/build_corpus/{corpus}.log",
     benchmark:
         "logs/benchmarks/build_corpus/{corpus}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/saelab.yaml"
+    params:
+        corpus=corpus_params,
     script:
         "../../scripts/build_corpus.py"
 
@@ -27,16 +27,16 @@ rule tokenize_corpus:
         tokenizer=tokenizer_input,
     output:
         tokens=directory("data/tokens/{model}/{corpus}.zarr"),
-    params:
-        corpus=corpus_params,
     log:
         "logs/tokenize_corpus/{model}/{corpus}.log",
     benchmark:
         "logs/benchmarks/tokenize_corpus/{model}/{corpus}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/saelab.yaml"
+    params:
+        corpus=corpus_params,
     script:
         "../../scripts/tokenize_corpus.py"

@@ -5,17 +5,17 @@ rule prepare_model:
     """Dequantize the offline gemma GGUF, or fetch / point at a hub model, into data/models/."""
     output:
         model_dir=directory("data/models/{model}"),
-    params:
-        model=model_params,
     log:
         "logs/prepare_model/{model}.log",
     benchmark:
         "logs/benchmarks/prepare_model/{model}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../../envs/saelab.yaml"
+    params:
+        model=model_params,
     script:
         "../../scripts/prepare_model.py"
 
@@ -26,17 +26,17 @@ rule train_tiny_tokenizer:
         corpus=f"data/corpus/{CFG.tiny.corpus}.jsonl",
     output:
         tokenizer=directory("data/tokenizers/tiny"),
-    params:
-        vocab_size=CFG.tiny.vocab_size,
     log:
         "logs/train_tiny_tokenizer/tiny.log",
     benchmark:
         "logs/benchmarks/train_tiny_tokenizer/tiny.tsv"
+    conda:
+        "../../envs/saelab.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../../envs/saelab.yaml"
+    params:
+        vocab_size=CFG.tiny.vocab_size,
     script:
         "../../scripts/train_tiny_tokenizer.py"
 
@@ -48,19 +48,19 @@ rule train_tiny_lm:
         tokenizer="data/tokenizers/tiny",
     output:
         model_dir=directory("data/models/tiny"),
-    params:
-        model=model_params,
     log:
         "logs/train_tiny_lm/tiny.log",
     benchmark:
         "logs/benchmarks/train_tiny_lm/tiny.tsv"
+    conda:
+        "../../envs/saelab.yaml"
     threads: 4
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
-    conda:
-        "../../envs/saelab.yaml"
+    params:
+        model=model_params,
     script:
         "../../scripts/train_tiny_lm.py"
 
