@@ -14,7 +14,7 @@ with logged(snakemake.log[0]) as log:
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
     )
     device = default_device(spec["device"])
-    corpus = load_tokens(snakemake.input.tokens)
+    corpus, corpus_attrs = load_tokens(snakemake.input.tokens)
     tokens, special = corpus.tokens, corpus.special_mask
     if cache.n_tokens is not None:
         n_contexts = cache.n_tokens // tokens.shape[1]
@@ -35,10 +35,11 @@ with logged(snakemake.log[0]) as log:
             "tl_name": info.tl_name,
             "model_source": info.source,
             "backend": source.backend,
-            "corpus": corpus.attrs.get("corpus"),
+            "corpus": corpus_attrs["corpus"],
             "corpus_fingerprint": corpus.fingerprint,
-            "seed": corpus.attrs.get("seed"),
-            "bos": corpus.attrs.get("bos"),
+            "seed": corpus_attrs["seed"],
+            "bos": corpus_attrs["bos"],
+            "bos_token_id": corpus_attrs.get("bos_token_id"),
         },
     )
     log.info(

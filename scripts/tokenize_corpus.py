@@ -1,5 +1,7 @@
 """Rule tokenize_corpus: documents -> fixed-length token contexts with a special-token mask."""
 
+import sys
+
 from saelab.config import CorpusConfig
 from saelab.data import read_documents, save_tokens, tokenize_documents
 from saelab.models import load_tokenizer
@@ -23,6 +25,10 @@ with logged(snakemake.log[0]) as log:
             "corpus": snakemake.wildcards.corpus,
             "model": snakemake.wildcards.model,
             "source": corpus.source,
+            "bos": corpus.bos,
+            "seed": corpus.seed,
+            "bos_token_id": tokenizer.bos_token_id,
+            "python_version": sys.version.split()[0],  # the python-docs corpus depends on it
         },
     )
     log.info("tokenized %s contexts of %d tokens", tokenized.tokens.shape[0], corpus.context_len)

@@ -11,7 +11,7 @@ with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     spec = snakemake.params.model
     tiny = TinyConfig(**spec["tiny"])
-    tokens = load_tokens(snakemake.input.tokens)
+    tokens, _ = load_tokens(snakemake.input.tokens)
     tokenizer = load_tokenizer(snakemake.input.tokenizer)
     with atomic_dir(snakemake.output.model_dir) as tmp:
         result = train_tiny_lm(
