@@ -4,7 +4,13 @@ import shutil
 
 from saelab.config import TinyConfig
 from saelab.data import load_tokens
-from saelab.models import default_device, load_tokenizer, train_tiny_lm, write_manifest
+from saelab.models import (
+    default_device,
+    load_tokenizer,
+    resolve_model,
+    train_tiny_lm,
+    write_manifest,
+)
 from saelab.runtime import atomic_dir, logged, set_torch_threads
 
 with logged(snakemake.log[0]) as log:
@@ -19,11 +25,11 @@ with logged(snakemake.log[0]) as log:
             tiny,
             tmp / "tiny",
             vocab_size=len(tokenizer),
-            special_mask=tokens.special_mask,
+            special_mask=tokenizer.all_special_ids,
             device=default_device(spec["device"]),
         )
         shutil.copytree(snakemake.input.tokenizer, tmp / "tokenizer")
-        write_manifest(tmp, model_id="tiny", source="tiny")
+        write_manifest(resolve_model("tiny", tiny=tiny), tmp)
     log.info(
         "tiny LM: val loss %.3f nats vs unigram entropy %.3f nats",
         result.final_val_loss,

@@ -64,5 +64,5 @@ def test_bad_config_names_the_key_and_what_is_allowed(override, message):
 def test_layer_range_of_the_tiny_model_follows_its_config():
     base = load_yaml(REPO_ROOT / "config" / "tiny.yaml")
     base["caches"]["main"]["hooks"] = ["blocks.2.hook_resid_pre"]
-    with pytest.raises(ConfigError, match="layers 0..1"):
+    with pytest.raises(ConfigError, match=r"layers 0\.\.1"):
         load_config(DEFAULT, overrides=base)

@@ -1,0 +1,117 @@
+"""The Snakemake workflow: lint, bad configs fail before any job, the SLURM profile asks for GPUs,
+and the whole DAG runs end to end on the micro config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from saelab.cache import ActivationReader, cache_manifest
+from saelab.config import REPO_ROOT
+
+MICRO = REPO_ROOT / "tests" / "config" / "micro.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def jobs_by_rule(dry_run_output: str) -> dict[str, str]:
+    """Map rule name -> the resources line of its job in a dry-run printout."""
+    jobs = {}
+    for block in re.split(r"\n(?=\S.*\n?rule \w+:|rule \w+:)", dry_run_output):
+        rule = re.search(r"rule (\w+):", block)
+        resources = re.search(r"resources: (.*)", block)
+        if rule and resources:
+            jobs[rule.group(1)] = resources.group(1)
+    return jobs
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake(tmp_path, "--lint")
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_default_dag_reaches_the_activation_cache(tmp_path):
+    result = snakemake(tmp_path, "-n")
+    for rule in ("prepare_model", "build_corpus", "tokenize_corpus", "cache_activations"):
+        assert f"rule {rule}:" in result.stdout
+    assert "data/cache/gemma-3-270m/main.zarr" in result.stdout
+
+
+def test_slurm_profile_asks_gpu_rules_for_a_gpu(tmp_path):
+    profile = REPO_ROOT / "workflow" / "profiles" / "slurm"
+    result = snakemake(tmp_path, "-n", "--profile", str(profile))
+    jobs = jobs_by_rule(result.stdout)
+    assert "gpu=1" in jobs["cache_activations"]
+    assert "slurm_partition=gpu" in jobs["cache_activations"]
+    for cpu_rule in ("build_corpus", "tokenize_corpus", "prepare_model"):
+        assert "gpu=1" not in jobs[cpu_rule], cpu_rule
+    tiny = snakemake(tmp_path, "-n", "--profile", str(profile), "--configfile", str(MICRO))
+    assert "gpu=1" in jobs_by_rule(tiny.stdout)["train_tiny_lm"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("model=gpt-17", "unknown model 'gpt-17'"),
+        ("device=tpu", "'tpu' is not one of"),
+        ("caches={'main': {'corpus': 'python-docs', 'hooks': ['blocks.99.hook_resid_pre']}}",
+         "caches.main.hooks[0]: hook 'blocks.99.hook_resid_pre' names layer 99"),
+    ],
+)  # fmt: skip
+def test_bad_config_fails_before_any_job(tmp_path, config, message):
+    result = snakemake(tmp_path, "--cores", "1", "--config", config, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "data").exists(), "no job may run on a bad config"
+
+
+@pytest.mark.slow
+def test_micro_dag_end_to_end(tmp_path):
+    """The whole DAG on the micro config: corpus, tokenizer, tiny LM, tokens, activation cache."""
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO))
+    cache = tmp_path / "data" / "cache" / "tiny" / "main.zarr"
+    manifest = cache_manifest(cache)
+    assert manifest["model"] == "tiny" and manifest["backend"] == "transformer_lens"
+    assert manifest["n_tokens"] == 32768 and manifest["context_len"] == 64
+    assert len(manifest["corpus_fingerprint"]) == 64
+
+    # The tiny LM learned: its held-out loss is clearly below the corpus's unigram entropy.
+    metrics = json.loads((tmp_path / "data/models/tiny/tiny/metrics.json").read_text())
+    assert metrics["final_val_loss"] < metrics["unigram_entropy"] - 0.5
+
+    # Every job wrote a log and a benchmark record.
+    for rule in ("build_corpus", "train_tiny_tokenizer", "train_tiny_lm", "tokenize_corpus",
+                 "cache_activations"):  # fmt: skip
+        assert list((tmp_path / "logs" / rule).rglob("*.log")), rule
+        assert list((tmp_path / "logs" / "benchmarks" / rule).rglob("*.tsv")), rule
+
+    # Cached activations are real: finite, not constant, and the residual stream grows.
+    reader = ActivationReader(cache, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], 256)
+    first, second = reader.read_all(max_rows=4096)
+    assert np.isfinite(first.numpy()).all() and first.std() > 0
+    assert second.norm(dim=1).mean() > first.norm(dim=1).mean()
+    special = zarr.open_group(cache, mode="r")["special_mask"][:]
+    assert special[::64].all(), "with bos: per_context every context starts with BOS"
+    assert special.mean() < 0.2
+
+    # Nothing left to do, and asking for the cache again rebuilds nothing.
+    again = snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO), "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
