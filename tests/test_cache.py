@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from hf_models import HF_CASES, perturb_norms, save_hf
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saelab.cache import (
@@ -243,3 +244,67 @@ def test_read_all_is_in_row_order(built):
     group = zarr.open_group(path, mode="r")
     everything = ActivationReader(path, HOOKS[0], 8, split="all", exclude_special=False).read_all()
     np.testing.assert_array_equal(everything.numpy(), group[HOOKS[0]][:])
+
+
+# ------------------------------------------------------------------ the two backends agree
+
+ALL_SITES = [
+    "blocks.1.hook_resid_pre",
+    "blocks.1.hook_attn_out",
+    "blocks.1.hook_resid_mid",
+    "blocks.1.hook_mlp_out",
+    "blocks.1.hook_resid_post",
+    "blocks.1.attn.hook_z",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    from saelab.models import train_bpe_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    train_bpe_tokenizer([topics[k] for k in sorted(topics)[:20]], 400, out)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(HF_CASES))
+def test_transformers_backend_matches_transformer_lens(case, tokenizer_dir, tmp_path, monkeypatch):
+    """The fast backend's hooks equal TransformerLens's on the same unprocessed weights."""
+    from saelab.cache import HFActivationSource, activation_source
+    from saelab.models import prepare_model, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    build, name = HF_CASES[case]
+    torch.manual_seed(0)
+    hf_model = build(400).eval()
+    perturb_norms(hf_model)
+    info = resolve_model(name, model_path=str(save_hf(hf_model, tokenizer_dir, tmp_path / "hf")))
+    model_dir = tmp_path / "model"
+    prepare_model(info, model_dir)
+
+    fast = activation_source(info, model_dir, ALL_SITES, "cpu")
+    slow = activation_source(info, model_dir, ALL_SITES, "cpu", backend="transformer_lens")
+    assert isinstance(fast, HFActivationSource) and isinstance(slow, TLActivationSource)
+    tokens = torch.randint(3, 400, (2, 24), generator=torch.Generator().manual_seed(1))
+    got, want = fast(tokens), slow(tokens)
+    for hook in ALL_SITES:
+        assert want[hook].abs().max() > 1e-2, hook  # a real signal to compare
+        torch.testing.assert_close(got[hook], want[hook], atol=1e-4, rtol=1e-4, msg=hook)
+
+
+def test_transformers_backend_stops_after_the_deepest_hook(tokenizer_dir, tmp_path):
+    from saelab.cache import HFActivationSource
+
+    hf_model = HF_CASES["gemma3"][0](400).eval()
+    ran = []
+    for index in (1, 2):  # attention ran = the block's computation started
+        hf_model.model.layers[index].self_attn.register_forward_hook(
+            lambda *_, index=index: ran.append(index)
+        )
+    tokens = torch.randint(3, 400, (1, 8))
+    HFActivationSource(hf_model, ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"])(tokens)
+    assert ran == [], "block 1 must not run when only its input is needed"
+    HFActivationSource(hf_model, ["blocks.1.hook_mlp_out"])(tokens)
+    assert ran == [1]
