@@ -31,6 +31,7 @@ wildcard_constraints:
 include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cache.smk"
+include: "workflow/rules/saes.smk"
 
 
 rule all:

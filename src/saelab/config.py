@@ -106,6 +106,49 @@ class TinyConfig:
 
 
 @dataclass
+class SAERun:
+    """One named SAE or transcoder run of the ``saes`` config section."""
+
+    name: str
+    arch: str
+    hook: str
+    width: int
+    cache: str = "main"
+    target_hook: str | None = None
+    group: str | None = None
+    """Runs of one group train together from one pass over their cache."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the shared ``training`` settings."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Every other key, passed to :class:`saelab.saes.SAEConfig` as is (k, group_sizes, loss, ...)."""
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
+
+    def sae_config_kwargs(self, model_id: str) -> dict[str, Any]:
+        """Keyword arguments of ``SAEConfig`` except the widths, which come from the cache."""
+        return {
+            "arch": self.arch,
+            "width": self.width,
+            "hook_name": self.hook,
+            "target_hook_name": self.target_hook,
+            "model_name": model_id,
+            "extra": {"run": self.name},
+            **self.options,
+        }
+
+
+_RUN_FIELDS = ("arch", "hook", "width", "cache", "target_hook", "group", "train")
+
+
+def _parse_run(name: str, spec: dict[str, Any]) -> SAERun:
+    known = {key: spec[key] for key in _RUN_FIELDS if key in spec}
+    options = {key: value for key, value in spec.items() if key not in _RUN_FIELDS}
+    return SAERun(name=name, **known, options=options)
+
+
+@dataclass
 class PipelineConfig:
     """The whole validated config."""
 
@@ -115,7 +158,22 @@ class PipelineConfig:
     tiny: TinyConfig
     model_path: str | None = None
     device: str = "auto"
+    saes: dict[str, SAERun] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    """Shared TrainConfig settings (saelab.train)."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    toy: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def train_settings(self, run: SAERun) -> dict[str, Any]:
+        return {**self.training, **run.train}
+
+    def sae_groups(self) -> dict[str, list[SAERun]]:
+        """Runs by training group, in config order."""
+        groups: dict[str, list[SAERun]] = {}
+        for run in self.saes.values():
+            groups.setdefault(run.group_name, []).append(run)
+        return groups
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -170,6 +228,10 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         corpora=corpora,
         caches=caches,
         tiny=_from_dict(TinyConfig, config.get("tiny", {}), "tiny"),
+        saes={name: _parse_run(name, spec) for name, spec in config.get("saes", {}).items()},
+        training=dict(config.get("training", {})),
+        evaluation=dict(config.get("evaluation", {})),
+        toy=dict(config.get("toy", {})),
         raw=config,
     )
     check_config(parsed)
@@ -213,6 +275,45 @@ def check_config(cfg: PipelineConfig) -> None:
                 parse_hook(hook, info.n_layers)
             except HookError as err:
                 raise ConfigError(f"caches.{name}.hooks[{index}]: {err}") from err
+    _check_saes(cfg)
+
+
+def _check_saes(cfg: PipelineConfig) -> None:
+    from saelab.saes import resolve_group_sizes
+
+    for name, run in cfg.saes.items():
+        key = f"saes.{name}"
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{key}: SAE names may hold letters, digits, '-' and '_' only")
+        if run.cache not in cfg.caches:
+            raise ConfigError(
+                f"{key}.cache: {run.cache!r} is not a defined cache; defined: {sorted(cfg.caches)}"
+            )
+        hooks = cfg.caches[run.cache].hooks
+        for field_name in ("hook", "target_hook"):
+            hook = getattr(run, field_name)
+            if hook is not None and hook not in hooks:
+                raise ConfigError(
+                    f"{key}.{field_name}: {hook!r} is not cached by caches.{run.cache}; "
+                    f"its hooks: {hooks}"
+                )
+        k = run.options.get("k", 32)
+        if k > run.width:
+            raise ConfigError(f"{key}.k: {k} exceeds the width {run.width}")
+        if run.arch == "matryoshka":
+            sizes = run.options.get("group_sizes")
+            if not sizes:
+                raise ConfigError(f"{key}.group_sizes: a matryoshka SAE needs group sizes")
+            try:
+                resolve_group_sizes(sizes, run.width)
+            except ValueError as err:
+                raise ConfigError(f"{key}.group_sizes: {err}") from err
+    for group, runs in cfg.sae_groups().items():
+        caches = {run.cache for run in runs}
+        if len(caches) > 1:
+            raise ConfigError(
+                f"saes: group {group!r} mixes caches {sorted(caches)}; one pass reads one cache"
+            )
 
 
 def load_config(*paths: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -3,9 +3,8 @@
 import re
 import sys
 
-sys.path.insert(
-    0, os.path.join(workflow.basedir, "src")
-)  # saelab, also when not pip-installed
+# saelab is importable here even when it is not pip-installed in Snakemake's environment.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from saelab.config import ConfigError, parse_config
 from saelab.models import resolve_model
@@ -82,4 +81,64 @@ def gpu_request(wildcards):
 
 # ------------------------------------------------------------------ targets
 def all_targets():
-    return [cache_path(name) for name in CFG.caches]
+    return [cache_path(name) for name in CFG.caches] + sae_figures()
+
+
+# ------------------------------------------------------------------ SAEs
+def sae_dir(run):
+    """results/{model}/{hook}/{sae}: an SAE in SAE-Lens format plus config and metrics."""
+    return f"results/{MODEL_ID}/{run.hook}/{run.name}"
+
+
+def sae_dir_by_name(name):
+    return sae_dir(CFG.saes[name])
+
+
+def train_rule_name(group):
+    safe = re.sub(r"\W", "_", group)
+    return f"train_saes_{safe}"
+
+
+def group_train_params(runs):
+    """SAEConfig kwargs (widths come from the cache) and TrainConfig kwargs of a group."""
+    train = CFG.train_settings(runs[0])
+    return {
+        "saes": {run.name: run.sae_config_kwargs(MODEL_ID) for run in runs},
+        "train": train,
+    }
+
+
+def sae_input(wildcards):
+    return sae_dir_by_name(wildcards.sae)
+
+
+def sae_cache_input(wildcards):
+    return cache_path(CFG.saes[wildcards.sae].cache)
+
+
+def eval_params(wildcards):
+    return dict(CFG.evaluation)
+
+
+def sae_metrics_path(name):
+    return f"data/analysis/evaluation/{MODEL_ID}/{CFG.saes[name].hook}/{name}.json"
+
+
+def all_sae_evaluations(wildcards):
+    return {name: sae_metrics_path(name) for name in CFG.saes}
+
+
+def all_sae_dirs(wildcards):
+    return {name: sae_dir_by_name(name) for name in CFG.saes}
+
+
+def sae_figures():
+    if not CFG.saes:
+        return []
+    return [
+        "plots/saes/training_curves.png",
+        "plots/saes/l0_fvu_frontier.png",
+        "plots/saes/matryoshka_prefix_fvu.png",
+        "plots/saes/ce_recovered.png",
+        "plots/saes/toy_absorption.png",
+    ]

@@ -12,9 +12,11 @@ than a dense O(B·width·d) matmul; this is what makes CPU training fast.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,7 +53,7 @@ class SAEConfig:
     """Encode ``x - b_dec``. ``None``: yes for SAEs, no for transcoders (b_dec lives in the
     target space)."""
     normalize_input: bool = False
-    """Per-token standardisation (x - mean) / (std + 1e-5), undone on the output (SAE-Lens
+    """Per-token standardisation (x - mean) / (std + 1e-5), undone as out * std + mean (SAE-Lens
     ``layer_norm``)."""
     l1_coeff: float = 0.0
     """L1 penalty on the codes (the standard ReLU SAE's sparsity; 0 for TopK-style SAEs)."""
@@ -86,6 +88,13 @@ class SAEConfig:
             )
         if self.d_out is None:
             self.d_out = self.d_in
+        if self.normalize_input and self.is_transcoder:
+            # seed 001 standardised the target with its own statistics, which are unknown at
+            # inference (it de-normalised with the source's instead, a bug); refuse it here.
+            raise ValueError(
+                "normalize_input is not allowed for transcoders: the target's per-token "
+                "statistics are unknown at inference"
+            )
 
     @property
     def is_transcoder(self) -> bool:
@@ -168,14 +177,134 @@ class ForwardOutput(NamedTuple):
     """Matryoshka: reconstructions of every nested prefix, smallest first."""
 
 
+def _bag_offsets(bags: Tensor, n_bags: int) -> Tensor:
+    """Start of each bag in ``bags`` (sorted ascending), for ``embedding_bag``."""
+    counts = torch.bincount(bags, minlength=n_bags)
+    return torch.cumsum(counts, 0) - counts
+
+
+def stable_sort(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.sort(keys, stable=True)`` for non-negative integer keys, but fast on CPU.
+
+    torch's parallel CPU sort of 131k int64 keys took 0.1-0.4 s on a busy 2-core machine;
+    numpy's single-threaded radix sort of the same keys as uint16 takes under a millisecond.
+    """
+    if keys.numel() == 0:
+        return keys, keys.clone()
+    top = int(keys.max())
+    if keys.device.type == "cpu" and top < 2**16:
+        order = torch.from_numpy(np.argsort(keys.numpy().astype(np.uint16), kind="stable"))
+        return keys[order], order
+    if top < 2**31:
+        values, order = torch.sort(keys.to(torch.int32), stable=True)
+        return values.long(), order
+    return torch.sort(keys, stable=True)
+
+
+def _scatter_rows(table: Tensor, bags: Tensor, latents: Tensor, weights: Tensor, width: int):
+    """``S^T @ table`` [width, d] for the sparse S with ``S[bags[i], latents[i]] = weights[i]``:
+    a stable sort by latent, then one ``embedding_bag`` over ``table``'s rows."""
+    latents_sorted, order = stable_sort(latents)
+    return F.embedding_bag(
+        bags[order],
+        table,
+        _bag_offsets(latents_sorted, width),
+        mode="sum",
+        per_sample_weights=weights[order],
+    )
+
+
+def _sampled_dots(a: Tensor, b: Tensor, bags: Tensor, latents: Tensor) -> Tensor:
+    """``(a @ b.T)[bags[i], latents[i]]`` for every i (bags sorted): an SDDMM, O(nnz·d)."""
+    if bags.numel() == 0:
+        return a.new_zeros(0)
+    crow = torch.cat([_bag_offsets(bags, a.shape[0]), bags.new_tensor([bags.numel()])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(
+            crow, latents, a.new_zeros(bags.numel()), (a.shape[0], b.shape[0]),
+            check_invariants=False,
+        )  # fmt: skip
+    return torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values()
+
+
+class _GatherDecode(torch.autograd.Function):
+    """``out[g] = sum_{i: bags[i] = g} values[i] * W[latents[i]]`` with sparse gradients.
+
+    Forward is one ``embedding_bag``; backward computes d(values) as sampled dot products and
+    d(W) as a scatter of the output gradient's rows, both O(nnz·d), never a dense [B, width].
+    """
+
+    @staticmethod
+    def forward(ctx, values, W, bags, latents, n_bags):
+        out = F.embedding_bag(
+            latents, W, _bag_offsets(bags, n_bags), mode="sum", per_sample_weights=values
+        )
+        ctx.save_for_backward(values, W, bags, latents)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, W, bags, latents = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_values = _sampled_dots(grad_out, W, bags, latents)
+        if ctx.needs_input_grad[1]:
+            grad_W = _scatter_rows(grad_out, bags, latents, values, W.shape[0])
+        return grad_values, grad_W, None, None, None
+
+
+def gather_decode(values: Tensor, W: Tensor, bags: Tensor, latents: Tensor, n_bags: int):
+    """Sum of ``values[i] * W[latents[i]]`` per bag (``bags`` sorted ascending) [n_bags, d]."""
+    if values.numel() * 8 > n_bags * W.shape[0]:
+        # Dense enough (e.g. a ReLU SAE) that a matmul is cheaper than gathers.
+        dense = values.new_zeros(n_bags, W.shape[0]).index_put((bags, latents), values)
+        return dense @ W
+    return _GatherDecode.apply(values, W, bags, latents, n_bags)
+
+
 def sparse_decode(codes: SparseCodes, W_dec: Tensor) -> Tensor:
     """``codes.dense() @ W_dec`` as a gather: ``embedding_bag`` with per-entry weights."""
-    counts = torch.bincount(codes.rows, minlength=codes.n_rows)
-    offsets = torch.zeros(codes.n_rows, dtype=torch.long, device=codes.rows.device)
-    offsets[1:] = torch.cumsum(counts, 0)[:-1]
-    return F.embedding_bag(
-        codes.latents, W_dec, offsets, mode="sum", per_sample_weights=codes.values
-    )
+    return gather_decode(codes.values, W_dec, codes.rows, codes.latents, codes.n_rows)
+
+
+class _SparsePreActs(torch.autograd.Function):
+    """Selected pre-activations ``(x - b_dec) @ W_enc[:, l] + b_enc[l]`` at (row, l), already
+    computed densely without autograd, given their gradients sparsely.
+
+    Backward costs O(nnz·d) instead of the two dense [B, width] x [.] matmuls autograd would
+    run through the full pre-activation matrix (whose gradient is zero off the selection).
+    """
+
+    @staticmethod
+    def forward(ctx, values, x, b_dec, W_enc, b_enc, rows, latents):
+        x_cent = x - b_dec if b_dec is not None else x
+        ctx.save_for_backward(x_cent, W_enc, rows, latents)
+        ctx.has_b_dec, ctx.has_b_enc = b_dec is not None, b_enc is not None
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_cent, W_enc, rows, latents = ctx.saved_tensors
+        need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[1:5]
+        width = W_enc.shape[1]
+        grad_x = grad_b_dec = grad_W = grad_b_enc = None
+        if need_W:
+            grad_W = _scatter_rows(x_cent, rows, latents, grad, width).t().contiguous()
+        col_sum = None
+        if need_b_enc or (need_b_dec and not need_x):
+            col_sum = torch.zeros(width, dtype=grad.dtype, device=grad.device)
+            col_sum.index_add_(0, latents, grad)
+        if need_b_enc:
+            grad_b_enc = col_sum
+        if need_x:
+            grad_x = gather_decode(grad, W_enc.t().contiguous(), rows, latents, x_cent.shape[0])
+            if need_b_dec:
+                grad_b_dec = -grad_x.sum(0)
+        elif need_b_dec:
+            grad_b_dec = -(W_enc @ col_sum)
+        return None, grad_x, grad_b_dec, grad_W, grad_b_enc, None, None
 
 
 class SAE(nn.Module):
@@ -186,6 +315,9 @@ class SAE(nn.Module):
     """
 
     arch = "base"
+    #: Train through :class:`_SparsePreActs` (sparse encoder gradients). Off for the ReLU SAE,
+    #: whose codes are dense enough that autograd's dense matmuls are cheaper.
+    sparse_backward = True
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -200,7 +332,9 @@ class SAE(nn.Module):
             # Transcoders cannot tie: the decoder lives in another space (seed 001).
             W_dec = torch.empty(width, d_out).uniform_(-bound, bound, generator=generator)
         else:
-            W_dec = W_enc.T.clone()
+            # contiguous: a clone of the transposed view would keep its column-major strides,
+            # and every decoder-row gather would then stride through memory
+            W_dec = W_enc.T.contiguous()
         W_dec = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
         self.W_enc = nn.Parameter(W_enc)
         self.W_dec = nn.Parameter(W_dec)
@@ -235,15 +369,44 @@ class SAE(nn.Module):
         acts = self.pre_activations(x)
         return EncodeOutput(self.select(acts), acts)
 
+    def _encode_fast(self, xn: Tensor):
+        """Codes of the normalised ``xn`` whose values carry gradients, the ReLU'd
+        pre-activations (no gradient on the sparse path) and how to attach gradients to other
+        codes drawn from them (the aux loss's); ``attach`` is None on the dense path."""
+        if not self.sparse_backward:
+            acts = self.pre_activations(xn)
+            return self.select(acts), acts, None
+        b_dec = self.b_dec if self.cfg.decoder_bias_on_input else None
+        b_enc = self.b_enc if self.cfg.encoder_bias else None
+        with torch.no_grad():
+            x_cent = xn - b_dec if b_dec is not None else xn
+            if b_enc is not None:
+                acts = torch.addmm(b_enc, x_cent, self.W_enc)
+            else:
+                acts = x_cent @ self.W_enc
+            acts.clamp_min_(0)
+
+        def attach(codes: SparseCodes) -> SparseCodes:
+            if not torch.is_grad_enabled():
+                return codes
+            values = _SparsePreActs.apply(
+                codes.values, xn, b_dec, self.W_enc, b_enc, codes.rows, codes.latents
+            )
+            return codes._replace(values=values)
+
+        return attach(self.select(acts)), acts, attach
+
     def decode(self, codes: SparseCodes) -> Tensor:
         """Reconstruction in the normalised space (undo with :meth:`denormalize`)."""
         return sparse_decode(codes, self.W_dec) + self.b_dec
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Encode and decode, in the scale of ``x``: the map spliced into a model."""
+        if x.ndim != 2 or x.shape[-1] != self.cfg.d_in:
+            raise ValueError(f"expected input [B, {self.cfg.d_in}], got {tuple(x.shape)}")
         xn, mean, std = self._normalize(x)
-        out = self.decode(self.select(self.pre_activations(xn)))
-        return out * (std + 1e-5) + mean if mean is not None else out
+        out = self.decode(self._encode_fast(xn)[0])
+        return out * std + mean if mean is not None else out
 
     # ------------------------------------------------------------------ losses
     def forward(self, x: Tensor, target: Tensor | None = None) -> ForwardOutput:
@@ -256,28 +419,36 @@ class SAE(nn.Module):
             if self.cfg.is_transcoder:
                 raise ValueError("a transcoder needs the target activations")
             target = x
-        if x.shape[-1] != self.cfg.d_in or target.shape[-1] != self.cfg.d_out:
+        if (
+            x.ndim != 2
+            or target.shape != (x.shape[0], self.cfg.d_out)
+            or x.shape[-1] != self.cfg.d_in
+        ):
             raise ValueError(
                 f"expected input [B, {self.cfg.d_in}] and target [B, {self.cfg.d_out}], got "
                 f"{tuple(x.shape)} and {tuple(target.shape)}"
             )
         xn, x_mean, x_std = self._normalize(x)
-        if self.cfg.is_transcoder and self.cfg.normalize_input:
-            target_n, t_mean, t_std = self._normalize(target)
-        else:
+        if target is x or not self.cfg.normalize_input:
             target_n, t_mean, t_std = (xn, x_mean, x_std) if target is x else (target, None, None)
-        acts = self.pre_activations(xn)
-        codes = self.select(acts)
+        else:
+            # A separate target (a transcoder's, or an SAE's passed explicitly) is
+            # standardised with its own statistics.
+            target_n, t_mean, t_std = self._normalize(target)
+        codes, acts, attach = self._encode_fast(xn)
         recon, prefix_outputs = self.reconstruction_loss(codes, target_n)
         output = prefix_outputs[-1] if prefix_outputs else self.decode(codes)
-        aux = self.aux_loss(acts, target_n - output.detach()) if self.training else recon * 0
+        if self.training:
+            aux = self.aux_loss(acts, target_n - output.detach(), attach)
+        else:
+            aux = recon * 0
         sparsity = self.cfg.l1_coeff * codes.values.abs().sum() / codes.n_rows
         with torch.no_grad():
             fvu = (target_n - output).pow(2).mean() / target_n.var().clamp_min(1e-8)
             if self.training:
                 self._update_dead_counter(codes)
         if t_mean is not None:
-            output = output * (t_std + 1e-5) + t_mean
+            output = output * t_std + t_mean
         return ForwardOutput(
             output, codes, recon + aux + sparsity, recon, aux, sparsity, fvu, prefix_outputs
         )
@@ -305,9 +476,11 @@ class SAE(nn.Module):
         self.tokens_since_fired += codes.n_rows
         self.tokens_since_fired[fired] = 0
 
-    def aux_loss(self, acts: Tensor, residual: Tensor) -> Tensor:
+    def aux_loss(self, acts: Tensor, residual: Tensor, attach=None) -> Tensor:
         """Aux-k: the top ``aux_k`` dead latents per token reconstruct the residual.
 
+        ``acts`` are the ReLU'd pre-activations [B, width]; ``attach`` (from the sparse
+        training path) gives the chosen entries their gradients when ``acts`` has none.
         ``bussmann``: penalty x MSE over all elements; ``official``/``saelens``: summed squared
         error normalised by the residual's variance (dictionary_learning's AuxK).
         """
@@ -316,12 +489,15 @@ class SAE(nn.Module):
         if n_dead == 0:
             return acts.new_zeros(())
         k_aux = min(self.cfg.aux_k, n_dead)
-        masked = acts.masked_fill(~dead, 0.0)
-        values, latents = masked.topk(k_aux, dim=-1, sorted=False)
+        dead_latents = dead.nonzero().squeeze(1)
+        # Only the dead columns: a [B, n_dead] top-k, not a masked copy of all of acts.
+        values, picked = acts.index_select(1, dead_latents).topk(k_aux, dim=-1, sorted=False)
+        latents = dead_latents[picked.reshape(-1)]
         rows = torch.arange(acts.shape[0], device=acts.device).repeat_interleave(k_aux)
-        codes = SparseCodes(
-            rows, latents.reshape(-1), values.reshape(-1), acts.shape[0], acts.shape[1]
-        )
+        codes = SparseCodes(rows, latents, values.reshape(-1), acts.shape[0], acts.shape[1])
+        codes = codes.select(codes.values > 0)  # a ReLU'd zero passes no gradient
+        if attach is not None:
+            codes = attach(codes)
         aux_out = sparse_decode(codes, self.W_dec)
         if not aux_out.abs().sum() > 0:
             return acts.new_zeros(())

@@ -9,48 +9,74 @@ of the rest of its batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from saelab.saes.base import SAE, SAEConfig, SparseCodes
 
-#: Candidates per row for the fast path of the global top-k (a multiple of k).
-_CANDIDATE_FACTOR = 4
+#: Entries sampled to place the candidate floor of :func:`batch_topk`.
+_SAMPLE_SIZE = 65536
+#: The floor aims at this many times the entries to select.
+_CANDIDATE_FACTOR = 2
+
+
+def _sample_stride(total: int, width: int, n_sample: int) -> int:
+    """A stride about ``total / n_sample`` coprime with ``width``, so the strided sample
+    visits every column (latent) and spreads over the rows."""
+    stride = max(1, total // n_sample)
+    while math.gcd(stride, width) != 1:
+        stride += 1
+    return stride
+
+
+def _candidate_floor(acts: Tensor, n_select: int) -> float:
+    """A value with, almost surely, at least ``n_select`` entries of ``acts`` above it and not
+    many more (about ``_CANDIDATE_FACTOR`` times): an order statistic of a strided sample.
+    0.0 when the selection is a large share of the matrix."""
+    total = acts.numel()
+    stride = _sample_stride(total, acts.shape[1], min(total, _SAMPLE_SIZE))
+    sample = acts.detach().reshape(-1)[::stride]
+    rank = int(_CANDIDATE_FACTOR * n_select * sample.numel() / total) + 32
+    if rank >= sample.numel() // 2:
+        return 0.0
+    return max(float(sample.topk(rank, sorted=False).values.min()), 0.0)
 
 
 def batch_topk(acts: Tensor, k: int) -> SparseCodes:
-    """The ``k * n_rows`` largest entries of ``acts`` [n_rows, width], exactly.
+    """The ``k * n_rows`` largest entries of ``acts`` [n_rows, width], positive ones only,
+    exactly, in row-major order (ties at the cut-off: the first ones in that order).
 
-    Fast path: each row's top ``4k`` entries are candidates, and the global selection runs on
-    those (a 4k/width fraction of the data). It is exact unless some row had more than 4k
-    entries at or above the global cut-off; that is checked, and the full top-k runs instead.
+    Fast path: a floor from a strided sample leaves about 2·k·n_rows candidates (one compare
+    and one ``nonzero`` over ``acts``), and the cut-off is found among those. If fewer than
+    ``k * n_rows`` entries exceed the floor, the fallback takes every positive entry as a
+    candidate, which is exact too. Never a sort or top-k over the whole flattened matrix.
     """
     n_rows, width = acts.shape
     n_select = k * n_rows
-    per_row = min(width, _CANDIDATE_FACTOR * k)
-    if per_row < width:
-        cand_values, cand_latents = acts.topk(per_row, dim=-1, sorted=True)
-        values, flat = cand_values.reshape(-1).topk(n_select, sorted=False)
-        cutoff = values.min()
-        # A row whose smallest candidate reaches the cut-off may hide more selected entries.
-        if not bool((cand_values[:, -1] >= cutoff).any() & (cutoff > 0)):
-            rows = flat // per_row
-            latents = cand_latents.reshape(-1)[flat]
-            return _sorted_codes(rows, latents, values, n_rows, width)
-    values, flat = acts.reshape(-1).topk(n_select, sorted=False)
-    return _sorted_codes(flat // width, flat % width, values, n_rows, width)
-
-
-def _sorted_codes(rows, latents, values, n_rows, width) -> SparseCodes:
-    keep = values > 0
-    rows, latents, values = rows[keep], latents[keep], values[keep]
-    order = torch.argsort(rows, stable=True)
-    return SparseCodes(rows[order], latents[order], values[order], n_rows, width)
+    floor = _candidate_floor(acts, n_select)
+    flat = acts.reshape(-1)
+    index = (flat > floor).nonzero().squeeze(1)
+    if index.numel() < n_select and floor > 0:  # fallback: the sample's floor was too high
+        index = (flat > 0).nonzero().squeeze(1)
+    values = flat[index]
+    if values.numel() > n_select:
+        cutoff = values.topk(n_select, sorted=False).values.min()
+        keep = values > cutoff
+        n_ties = n_select - int(keep.sum())
+        if n_ties > 0:
+            tied = (values == cutoff).nonzero().squeeze(1)[:n_ties]
+            keep[tied] = True
+        index, values = index[keep], values[keep]
+    return SparseCodes(index // width, index % width, values, n_rows, width)
 
 
 def threshold_codes(acts: Tensor, threshold: Tensor) -> SparseCodes:
     """Entries strictly above ``threshold`` (a scalar or one per latent), and positive."""
-    return SparseCodes.from_dense(acts * ((acts > threshold) & (acts > 0)))
+    mask = (acts > threshold) & (acts > 0)
+    rows, latents = mask.nonzero(as_tuple=True)
+    return SparseCodes(rows, latents, acts[rows, latents], acts.shape[0], acts.shape[1])
 
 
 class BatchTopKSAE(SAE):

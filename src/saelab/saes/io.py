@@ -162,6 +162,14 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
                 getattr(sae, name).copy_(value)
         elif "threshold" in weights and hasattr(sae, "threshold"):
             sae.threshold.copy_(weights["threshold"].reshape(sae.threshold.shape))
+        if "saelab" not in raw and raw.get("rescale_acts_by_decoder_norm"):
+            # SAE-Lens multiplies the pre-activations by the decoder row norms before the
+            # top-k and divides the codes by them before decoding; folding the norms into the
+            # weights (as SAE-Lens's fold_W_dec_norm does) computes the same outputs.
+            norms = sae.W_dec.norm(dim=1).clamp_min(1e-8)
+            sae.W_enc.mul_(norms)
+            sae.b_enc.mul_(norms)
+            sae.W_dec.div_(norms[:, None])
     return sae.to(device).eval()
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import torch
 from torch import Tensor
 
-from saelab.saes.base import SAEConfig, SparseCodes, sparse_decode
+from saelab.saes.base import SAEConfig, SparseCodes, gather_decode, stable_sort
 from saelab.saes.batchtopk import BatchTopKSAE
 
 
@@ -55,25 +56,96 @@ class MatryoshkaSAE(BatchTopKSAE):
             start += size
         self.group_bounds = bounds
 
+    def _group_contributions(self, codes: SparseCodes) -> Tensor:
+        """Each group's decoded contribution (no bias) [B, G, d_out], from one gather whose
+        bags are (token, group) pairs."""
+        n_groups = len(self.group_bounds)
+        starts = torch.tensor([lo for lo, _ in self.group_bounds[1:]], device=codes.latents.device)
+        groups = torch.bucketize(codes.latents, starts, right=True)
+        bags = codes.rows * n_groups + groups
+        if bags.numel() > 1 and not bool((bags[1:] >= bags[:-1]).all()):
+            bags, order = stable_sort(bags)
+            codes = SparseCodes(
+                codes.rows[order], codes.latents[order], codes.values[order], codes.n_rows,
+                codes.width,
+            )  # fmt: skip
+        out = gather_decode(codes.values, self.W_dec, bags, codes.latents, codes.n_rows * n_groups)
+        return out.view(codes.n_rows, n_groups, -1)
+
     def prefix_contributions(self, codes: SparseCodes) -> list[Tensor]:
         """Each group's decoded contribution (no bias), smallest group first."""
-        return [
-            sparse_decode(codes.select((codes.latents >= lo) & (codes.latents < hi)), self.W_dec)
-            for lo, hi in self.group_bounds
-        ]
+        return list(self._group_contributions(codes).unbind(1))
 
     def reconstruction_loss(self, codes: SparseCodes, target: Tensor):
-        outputs, running = [], self.b_dec.expand_as(target)
-        for contribution in self.prefix_contributions(codes):
-            running = running + contribution
-            outputs.append(running)
+        """The variant's prefix loss, and every prefix's reconstruction, smallest first."""
+        contributions = self._group_contributions(codes)  # [B, G, d_out]
+        n_rows, n_groups, d_out = contributions.shape
+        # sse[0]: the bias-only reconstruction's; sse[g]: prefix g's (summed over B and d)
+        sse, prefixes = _PrefixErrors.apply(contributions, target, self.b_dec)
         variant = self.cfg.loss
         if variant == "bussmann":
-            terms = [(self.b_dec - target).pow(2).mean()]
-            terms += [(out - target).pow(2).mean() for out in outputs]
-            return sum(terms) / len(terms), outputs
-        per_prefix = [(out - target).pow(2).sum(dim=-1).mean() for out in outputs]
-        if variant == "official":
-            weight = 1.0 / len(per_prefix)
-            return sum(weight * term for term in per_prefix) / len(per_prefix), outputs
-        return sum(per_prefix), outputs
+            loss = sse.sum() / (n_rows * d_out) / (n_groups + 1)
+        elif variant == "official":
+            loss = (sse[1:] / n_rows * (1.0 / n_groups)).sum() / n_groups
+        else:
+            loss = sse[1:].sum() / n_rows
+        return loss, list(prefixes.unbind(1))
+
+
+class _PrefixErrors(torch.autograd.Function):
+    """Prefix reconstructions ``r_g = b_dec + C[:, 0] + ... + C[:, g-1]`` [B, G, d] of the
+    group contributions ``C`` [B, G, d], and ``sse[g] = sum over tokens and dims of
+    (target - r_g)^2`` for g = 0 (bias only) .. G.
+
+    One running residual e_g = target - r_g [B, d] forward; backward walks it back from the
+    last group (e_{g-1} = e_g + C_g), accumulating -2 * sum_{g' >= g} grad[g'] * e_g' for
+    group g, instead of autograd through [B, G, d] cumsum / difference / square temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, contributions, target, b_dec):
+        ctx.set_materialize_grads(False)
+        n_groups = contributions.shape[1]
+        prefixes = torch.empty_like(contributions)
+        e = target - b_dec
+        sse = [torch.dot(e.reshape(-1), e.reshape(-1))]
+        for g in range(n_groups):
+            e.sub_(contributions[:, g])
+            sse.append(torch.dot(e.reshape(-1), e.reshape(-1)))
+            torch.sub(target, e, out=prefixes[:, g])
+        ctx.save_for_backward(contributions, e)
+        return torch.stack(sse), prefixes
+
+    @staticmethod
+    def backward(ctx, grad_sse, grad_prefixes):
+        contributions, e = ctx.saved_tensors
+        n_groups = contributions.shape[1]
+        need_target, need_b_dec = ctx.needs_input_grad[1:]
+        # grad_c[:, g] = -(d loss / d e_g' summed over g' > g); built from the last group down,
+        # each from the next: one fused op per group
+        grad_c = torch.empty_like(contributions)
+        if grad_sse is not None:
+            weights = (2 * grad_sse).tolist()
+            e = e.clone()  # e_G, walked back to e_g
+            torch.mul(e, -weights[n_groups], out=grad_c[:, -1])
+        else:
+            grad_c[:, -1].zero_()
+        if grad_prefixes is not None:  # r_g = target - e_g: d loss / d e_g gets -grad_prefixes
+            grad_c[:, -1].add_(grad_prefixes[:, -1])
+        for g in reversed(range(n_groups - 1)):
+            if grad_sse is not None:
+                e.add_(contributions[:, g + 1])  # e_{g+1}
+                torch.add(grad_c[:, g + 1], e, alpha=-weights[g + 1], out=grad_c[:, g])
+            else:
+                grad_c[:, g].copy_(grad_c[:, g + 1])
+            if grad_prefixes is not None:
+                grad_c[:, g].add_(grad_prefixes[:, g])
+        grad_e0 = -grad_c[:, 0]  # d loss / d e_0 (through every later e_g)
+        if grad_sse is not None:
+            e.add_(contributions[:, 0])  # e_0
+            grad_e0.add_(e, alpha=weights[0])  # the bias-only term
+        grad_b_dec = -grad_e0.sum(0) if need_b_dec else None
+        grad_target = None
+        if need_target:  # e_g depends on the target, r_g = b_dec + C[:, :g].sum(1) does not
+            grad_target = grad_e0 if grad_prefixes is None else grad_e0 + grad_prefixes.sum(1)
+        return grad_c, grad_target, grad_b_dec

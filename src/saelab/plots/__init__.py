@@ -1,0 +1,1 @@
+"""Figures: each function takes data and returns a matplotlib Figure."""

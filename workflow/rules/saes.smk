@@ -1,0 +1,150 @@
+# SAEs and transcoders: every group of runs trains from one pass over its cache (one rule per
+# group, generated from the config), then each SAE is evaluated and the figures drawn.
+
+for _group, _runs in CFG.sae_groups().items():
+
+    rule:
+        name:
+            train_rule_name(_group)
+        input:
+            cache=cache_path(_runs[0].cache),
+        output:
+            **{run.name: directory(sae_dir(run)) for run in _runs},
+        log:
+            f"logs/train_saes/{_group}.log",
+        benchmark:
+            f"logs/benchmarks/train_saes/{_group}.tsv"
+        conda:
+            "../../envs/saelab.yaml"
+        threads: 4
+        resources:
+            mem_mb=8000,
+            runtime=240,
+            gpu=gpu_request,
+        params:
+            **group_train_params(_runs),
+        script:
+            "../../scripts/train_sae.py"
+
+
+rule evaluate_sae:
+    """FVU (three definitions), L0, dead latents, prefix FVU, CE recovered and KL, seed-001 metrics."""
+    input:
+        sae=sae_input,
+        cache=sae_cache_input,
+        model_dir=model_dir_path(),
+    output:
+        metrics="data/analysis/evaluation/{model}/{hook}/{sae}.json",
+    log:
+        "logs/evaluate_sae/{model}/{hook}/{sae}.log",
+    benchmark:
+        "logs/benchmarks/evaluate_sae/{model}/{hook}/{sae}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_request,
+    params:
+        eval=eval_params,
+        model=model_params,
+    script:
+        "../../scripts/evaluate_sae.py"
+
+
+rule plot_training_curves:
+    input:
+        unpack(all_sae_dirs),
+    output:
+        figure=report(
+            "plots/saes/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="SAEs",
+        ),
+    log:
+        "logs/plot_training_curves/plot.log",
+    conda:
+        "../../envs/saelab.yaml"
+    script:
+        "../../scripts/plot_training_curves.py"
+
+
+rule plot_l0_fvu_frontier:
+    input:
+        unpack(all_sae_evaluations),
+    output:
+        figure=report(
+            "plots/saes/l0_fvu_frontier.png",
+            caption="../report/l0_fvu_frontier.rst",
+            category="SAEs",
+        ),
+    log:
+        "logs/plot_l0_fvu_frontier/plot.log",
+    conda:
+        "../../envs/saelab.yaml"
+    params:
+        fvu=CFG.evaluation.get("fvu", "dim_centred"),
+    script:
+        "../../scripts/plot_l0_fvu_frontier.py"
+
+
+rule plot_matryoshka_prefix_fvu:
+    input:
+        unpack(all_sae_evaluations),
+    output:
+        figure=report(
+            "plots/saes/matryoshka_prefix_fvu.png",
+            caption="../report/matryoshka_prefix_fvu.rst",
+            category="SAEs",
+        ),
+    log:
+        "logs/plot_matryoshka_prefix_fvu/plot.log",
+    conda:
+        "../../envs/saelab.yaml"
+    params:
+        fvu=CFG.evaluation.get("fvu", "dim_centred"),
+    script:
+        "../../scripts/plot_matryoshka_prefix_fvu.py"
+
+
+rule plot_ce_recovered:
+    input:
+        unpack(all_sae_evaluations),
+    output:
+        figure=report(
+            "plots/saes/ce_recovered.png",
+            caption="../report/ce_recovered.rst",
+            category="SAEs",
+        ),
+    log:
+        "logs/plot_ce_recovered/plot.log",
+    conda:
+        "../../envs/saelab.yaml"
+    script:
+        "../../scripts/plot_ce_recovered.py"
+
+
+rule toy_absorption:
+    """The Matryoshka paper's toy: absorption of a parent feature by flat vs Matryoshka SAEs."""
+    output:
+        table="data/analysis/toy/absorption.csv",
+        figure=report(
+            "plots/saes/toy_absorption.png",
+            caption="../report/toy_absorption.rst",
+            category="SAEs",
+        ),
+    log:
+        "logs/toy_absorption/toy.log",
+    benchmark:
+        "logs/benchmarks/toy_absorption/toy.tsv"
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        toy=CFG.toy,
+    script:
+        "../../scripts/toy_absorption.py"
