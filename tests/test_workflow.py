@@ -3,6 +3,7 @@ and the whole DAG runs end to end on the micro config."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -112,6 +113,36 @@ def test_micro_dag_end_to_end(tmp_path):
     assert special[::64].all(), "with bos: per_context every context starts with BOS"
     assert special.mean() < 0.2
 
+    # SAEs: trained, SAE-Lens-loadable, evaluated; Matryoshka prefixes improve group by group.
+    from sae_lens import SAE as SAELensSAE
+
+    for name in ("batchtopk", "matryoshka", "relu"):
+        sae_dir = tmp_path / "results/tiny/blocks.1.hook_resid_pre" / name
+        SAELensSAE.load_from_disk(sae_dir)
+        assert json.loads((sae_dir / "config.json").read_text())["completed"]
+        evaluation = json.loads(
+            (
+                tmp_path / f"data/analysis/evaluation/tiny/blocks.1.hook_resid_pre/{name}.json"
+            ).read_text()
+        )
+        assert 0 < evaluation["fvu"] < 0.9, (name, evaluation["fvu"])
+        assert 0 <= evaluation["ce_recovered"]["ce_loss_score"] <= 1.05
+    prefix = [
+        row["dim_centred"]
+        for row in evaluation_of(tmp_path, "matryoshka")["matryoshka"]["prefix_fvu"]
+    ]
+    assert all(a > b for a, b in itertools.pairwise(prefix)), prefix
+    transcoder = evaluation_of(tmp_path, "matryoshka-transcoder", "blocks.1.hook_resid_mid")
+    assert transcoder["fvu"] < 1
+    for figure in ("training_curves", "l0_fvu_frontier", "matryoshka_prefix_fvu", "ce_recovered",
+                   "toy_absorption"):  # fmt: skip
+        assert (tmp_path / "plots/saes" / f"{figure}.png").stat().st_size > 10_000, figure
+
     # Nothing left to do, and asking for the cache again rebuilds nothing.
     again = snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def evaluation_of(workdir: Path, name: str, hook: str = "blocks.1.hook_resid_pre") -> dict:
+    path = workdir / "data/analysis/evaluation/tiny" / hook / f"{name}.json"
+    return json.loads(path.read_text())

@@ -205,17 +205,14 @@ class ToyHierarchy:
     def sample(self, n: int, generator: torch.Generator | None = None) -> ToyBatch:
         """``n`` tokens; ``generator`` defaults to the toy's own stream."""
         cfg, g = self.cfg, generator if generator is not None else self.generator
-        P = cfg.n_parents
+        P, C = cfg.n_parents, cfg.children_per_parent
         parent_on = torch.rand(n, P, generator=g) < cfg.parent_prob
-        # each parent's child by inverse CDF (drawn for every parent, used where it fires)
+        # each parent's child by inverse CDF (drawn for every parent, kept where it fires)
         choice = torch.searchsorted(self._child_cdf, torch.rand(n, P, generator=g), right=True)
-        chosen = self.children[torch.arange(P), choice.clamp_max(cfg.children_per_parent - 1)]
-        active = torch.zeros(n, cfg.n_features, dtype=torch.bool)
-        active[:, self.parents] = parent_on
-        rows = torch.arange(n).unsqueeze(1).expand(n, P)
-        active[rows[parent_on], chosen[parent_on]] = True
-        if cfg.n_extra:
-            active[:, self.extras] = torch.rand(n, cfg.n_extra, generator=g) < cfg.extra_prob
+        child_on = (choice.clamp_max(C - 1).unsqueeze(-1) == torch.arange(C)) & parent_on[..., None]
+        extra_on = torch.rand(n, cfg.n_extra, generator=g) < cfg.extra_prob
+        # columns in feature order: parents, children (parent-major), extras
+        active = torch.cat([parent_on, child_on.reshape(n, P * C), extra_on], dim=1)
         rows, features = active.nonzero(as_tuple=True)
         jitter = 1 + cfg.magnitude_noise * (2 * torch.rand(rows.numel(), generator=g) - 1)
         values = torch.zeros(n, cfg.n_features)
