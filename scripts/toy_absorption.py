@@ -2,7 +2,8 @@
 
 ``params.toy``: HierarchyConfig fields plus archs, seeds and training settings
 (see :func:`saelab.toy.split_params`). Writes the per-arch, per-seed table (CSV) and the figure.
-Training runs on one thread whatever the rule's ``threads`` (the toy's tensors are tiny).
+The rule's ``threads`` become ``n_jobs``, runs trained at once (each on one thread), unless
+``params.toy`` sets ``n_jobs``.
 """
 
 import os
@@ -17,6 +18,7 @@ with logged(snakemake.log[0]) as log:
     from saelab.toy import compare_from_params
 
     params = dict(snakemake.params.toy)
+    params.setdefault("n_jobs", snakemake.threads or 1)
     log.info("toy absorption experiment: %s", params)
     result = compare_from_params(params)
 

@@ -308,3 +308,15 @@ def test_transformers_backend_stops_after_the_deepest_hook(tokenizer_dir, tmp_pa
     assert ran == [], "block 1 must not run when only its input is needed"
     HFActivationSource(hf_model, ["blocks.1.hook_mlp_out"])(tokens)
     assert ran == [1]
+
+
+def test_float16_overflow_is_an_error_not_inf(tmp_path):
+    tokens, special = token_contexts()
+
+    def huge(batch):  # a residual stream beyond float16's range (65504)
+        return {"blocks.0.hook_resid_pre": torch.full((*batch.shape, 8), 1e6)}
+
+    path = tmp_path / "big.zarr"
+    with pytest.raises(CacheError, match="non-finite activations.*float32"):
+        build_cache(huge, tokens, special, ["blocks.0.hook_resid_pre"], path, progress=False)
+    assert not path.exists()

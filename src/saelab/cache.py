@@ -345,7 +345,7 @@ def build_cache(
         disable=not progress,
         mininterval=1.0,
     )
-    np_dtype = np.dtype(dtype)
+    torch_dtype = getattr(torch, dtype)
     for first in range(start_context, layout.n_contexts, batch_contexts):
         last = min(first + batch_contexts, layout.n_contexts)
         batch = torch.from_numpy(tokens[first:last].astype(np.int64)).to(device)
@@ -359,7 +359,14 @@ def build_cache(
                 raise CacheError(
                     f"{hook}: activations are {value.shape[1]} wide, expected {widths[hook]}"
                 )
-            arrays[hook][rows] = value.to("cpu", torch.float32).numpy().astype(np_dtype)
+            # torch's float16 cast is ~10x faster than numpy's astype, and bit-identical.
+            stored = value.to("cpu", torch_dtype)
+            if not torch.isfinite(stored).all():
+                raise CacheError(
+                    f"{hook}: non-finite activations in contexts {first}..{last - 1} after the "
+                    f"cast to {dtype} (float16 overflows above 65504); use dtype: float32"
+                )
+            arrays[hook][rows] = stored.numpy()
         _atomic_write_json(partial / PROGRESS_FILE, {"identity": identity, "contexts_done": last})
         bar.update((last - first) * layout.context_len)
         if on_batch is not None:

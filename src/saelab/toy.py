@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -238,7 +240,7 @@ def train_toy_sae(
     width: int,
     k: int = 2,
     steps: int = 800,
-    batch_size: int = 2048,
+    batch_size: int = 1024,
     lr: float = 3e-3,
     seed: int = 0,
     loss: str = "official",
@@ -524,6 +526,25 @@ class ToyComparison:
         return grouped.agg(["mean", "std", "min", "max", "count"])
 
 
+def _run_one(
+    toy_cfg: HierarchyConfig, spec: ArchSpec, seed: int, train: dict[str, Any], evaluate: dict
+) -> tuple[float, AbsorptionResult]:
+    """Train and measure one (architecture, seed); module-level so worker processes can run it."""
+    toy = ToyHierarchy(toy_cfg)
+    loss = spec.loss or train["loss"]
+    start = time.perf_counter()
+    sae = train_toy_sae(
+        spec.arch,
+        toy,
+        **{**train, "loss": loss},
+        seed=seed,
+        group_sizes=spec.group_sizes,
+        **spec.sae_kwargs,
+    )
+    seconds = time.perf_counter() - start
+    return seconds, absorption_report(sae, toy, **evaluate)
+
+
 def compare_architectures(
     toy_cfg: HierarchyConfig | Mapping[str, Any] | None = None,
     archs: Sequence[str | Mapping[str, Any] | ArchSpec] = DEFAULT_ARCHS,
@@ -531,13 +552,14 @@ def compare_architectures(
     width: int | None = None,
     k: int = 2,
     steps: int = 800,
-    batch_size: int = 2048,
+    batch_size: int = 1024,
     lr: float = 3e-3,
     k_start: int | None = None,
     anneal_fraction: float = 0.4,
     loss: str = "official",
     n_eval: int = 16384,
     match: str = "cosine",
+    n_jobs: int = 1,
 ) -> ToyComparison:
     """Train every architecture with every seed on one toy and measure its absorption.
 
@@ -547,55 +569,55 @@ def compare_architectures(
     tokens. ``width`` defaults to the number of ground-truth features; the training settings
     are those of :func:`train_toy_sae` and are shared by every run. Every run is evaluated on
     the same held-out tokens.
+
+    ``n_jobs > 1`` trains that many runs at once in worker processes (each on one thread);
+    results do not depend on it.
     """
     if toy_cfg is None:
         toy_cfg = HierarchyConfig()
     elif isinstance(toy_cfg, Mapping):
         toy_cfg = HierarchyConfig(**toy_cfg)
-    toy = ToyHierarchy(toy_cfg)
-    width = width or toy_cfg.n_features
     specs = [ArchSpec.parse(a) for a in archs]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"architecture names must be unique, got {names}")
     if not specs or not seeds:
         raise ValueError("need at least one architecture and one seed")
+    train = {
+        "width": width or toy_cfg.n_features,
+        "k": k,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "k_start": k_start,
+        "anneal_fraction": anneal_fraction,
+        "loss": loss,
+    }
+    evaluate = {"n_eval": n_eval, "match": match}
+    jobs = [(spec, int(seed)) for spec in specs for seed in seeds]
+    if n_jobs > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        with ProcessPoolExecutor(min(n_jobs, len(jobs)), mp_context=context) as pool:
+            futures = [pool.submit(_run_one, toy_cfg, s, seed, train, evaluate) for s, seed in jobs]
+            outcomes = [f.result() for f in futures]
+    else:
+        outcomes = [_run_one(toy_cfg, s, seed, train, evaluate) for s, seed in jobs]
+
     runs, pair_frames, reports = [], [], {}
-    for spec in specs:
-        for seed in seeds:
-            start = time.perf_counter()
-            sae = train_toy_sae(
-                spec.arch,
-                toy,
-                width=width,
-                k=k,
-                steps=steps,
-                batch_size=batch_size,
-                lr=lr,
-                seed=int(seed),
-                loss=spec.loss or loss,
-                group_sizes=spec.group_sizes,
-                k_start=k_start,
-                anneal_fraction=anneal_fraction,
-                **spec.sae_kwargs,
-            )
-            seconds = time.perf_counter() - start
-            report = absorption_report(sae, toy, n_eval=n_eval, match=match)
-            reports[(spec.name, int(seed))] = report
-            runs.append(
-                {"arch": spec.name, "seed": int(seed), **report.summary(), "train_seconds": seconds}
-            )
-            pair_frames.append(report.pairs.assign(arch=spec.name, seed=int(seed)))
-            log.info(
-                "%s seed %d: absorption %.3f, child-parent cos %.3f, fvu %.4f, l0 %.2f (%.1f s)",
-                spec.name,
-                seed,
-                report.mean_absorption,
-                report.mean_child_parent_cos,
-                report.fvu,
-                report.l0,
-                seconds,
-            )
+    for (spec, seed), (seconds, report) in zip(jobs, outcomes, strict=True):
+        reports[(spec.name, seed)] = report
+        runs.append({"arch": spec.name, "seed": seed, **report.summary(), "train_seconds": seconds})
+        pair_frames.append(report.pairs.assign(arch=spec.name, seed=seed))
+        log.info(
+            "%s seed %d: absorption %.3f, child-parent cos %.3f, fvu %.4f, l0 %.2f (%.1f s)",
+            spec.name,
+            seed,
+            report.mean_absorption,
+            report.mean_child_parent_cos,
+            report.fvu,
+            report.l0,
+            seconds,
+        )
     pairs = pd.concat(pair_frames, ignore_index=True)
     front = ["arch", "seed"]
     pairs = pairs[front + [c for c in pairs.columns if c not in front]]
@@ -617,6 +639,7 @@ RUN_KEYS = frozenset(
         "loss",
         "n_eval",
         "match",
+        "n_jobs",
     }
 )
 
