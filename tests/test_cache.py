@@ -317,6 +317,6 @@ def test_float16_overflow_is_an_error_not_inf(tmp_path):
         return {"blocks.0.hook_resid_pre": torch.full((*batch.shape, 8), 1e6)}
 
     path = tmp_path / "big.zarr"
-    with pytest.raises(CacheError, match="non-finite activations.*float32"):
+    with pytest.raises(CacheError, match=r"non-finite activations.*float32"):
         build_cache(huge, tokens, special, ["blocks.0.hook_resid_pre"], path, progress=False)
     assert not path.exists()
