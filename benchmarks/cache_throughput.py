@@ -100,27 +100,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
-                        help="prepared gemma-3-270m directory (prepared here if missing)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="pipeline config to read the default cache hooks from")
-    parser.add_argument("--contexts", type=int, default=64,
-                        help="contexts of --context-len tokens per measurement (default 64)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="prepared gemma-3-270m directory (prepared here if missing)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="pipeline config to read the default cache hooks from",
+    )
+    parser.add_argument(
+        "--contexts",
+        type=int,
+        default=64,
+        help="contexts of --context-len tokens per measurement (default 64)",
+    )
     parser.add_argument("--context-len", type=int, default=128)
-    parser.add_argument("--batch-contexts", type=int, default=None,
-                        help="contexts per forward (default: the config's, 16)")
+    parser.add_argument(
+        "--batch-contexts",
+        type=int,
+        default=None,
+        help="contexts per forward (default: the config's, 16)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds (default 3)")
-    parser.add_argument("--logits-contexts", type=int, default=8,
-                        help="contexts for the full-forward-with-logits reference (default 8)")
-    parser.add_argument("--logits-batch", type=int, default=4,
-                        help="contexts per full forward (logits are 1 MiB per token; default 4)")
+    parser.add_argument(
+        "--logits-contexts",
+        type=int,
+        default=8,
+        help="contexts for the full-forward-with-logits reference (default 8)",
+    )
+    parser.add_argument(
+        "--logits-batch",
+        type=int,
+        default=4,
+        help="contexts per full forward (logits are 1 MiB per token; default 4)",
+    )
     parser.add_argument("--sae-lens-hook", default="blocks.6.hook_resid_pre")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     parser.add_argument("--seed", type=int, default=0, help="corpus shuffle seed")
-    parser.add_argument("--tmp-dir", type=Path, default=None,
-                        help="where the temp caches go (default: the system temp dir)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list(DESCRIPTIONS),
-                        help="methods to leave out")
+    parser.add_argument(
+        "--tmp-dir",
+        type=Path,
+        default=None,
+        help="where the temp caches go (default: the system temp dir)",
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=list(DESCRIPTIONS), help="methods to leave out"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
     args = parser.parse_args(argv)
     if args.contexts < 1 or args.rounds < 1:
@@ -186,8 +215,15 @@ def make_saelab(name, source, tokens, special, hooks, dtype, batch_contexts, tmp
         out = tmp / f"{name}-{next(counter)}.zarr"
         state["out"] = out
         build_cache(
-            source, toks, mask, hooks, out,
-            dtype=dtype, batch_contexts=batch_contexts, device="cpu", progress=False,
+            source,
+            toks,
+            mask,
+            hooks,
+            out,
+            dtype=dtype,
+            batch_contexts=batch_contexts,
+            device="cpu",
+            progress=False,
         )
         return toks.size
 
@@ -396,8 +432,10 @@ def ratio_summary(methods: dict[str, Method], a: str, b: str) -> dict[str, Any] 
 def report(methods: dict[str, Method], fmt: dict[str, Any]) -> dict[str, Any]:
     bare = median(methods["hf-bare"].samples) if "hf-bare" in methods else float("nan")
     log("")
-    log(f"{'method':<11} {'tok/s':>7} {'min':>7} {'max':>7} {'vs bare':>8}  tokens  what "
-        "(tok/s: median over rounds)")
+    log(
+        f"{'method':<11} {'tok/s':>7} {'min':>7} {'max':>7} {'vs bare':>8}  tokens  what "
+        "(tok/s: median over rounds)"
+    )
     log("-" * 120)
     for method in methods.values():
         what = DESCRIPTIONS[method.name].format(**fmt)
@@ -417,8 +455,10 @@ def report(methods: dict[str, Method], fmt: dict[str, Any]) -> dict[str, Any]:
 
     def line(label: str, summary: dict[str, Any], tail: str = "") -> None:
         spread = f"{summary['min']:.2f} .. {summary['max']:.2f}"
-        log(f"  {label:<24} {summary['ratio']:>7.2f} {summary['best_ratio']:>7.2f}   "
-            f"{spread:<14} {tail}".rstrip())
+        log(
+            f"  {label:<24} {summary['ratio']:>7.2f} {summary['best_ratio']:>7.2f}   "
+            f"{spread:<14} {tail}".rstrip()
+        )
 
     for label, (a, b, goal) in GOALS.items():
         summary = ratio_summary(methods, a, b)
@@ -428,16 +468,21 @@ def report(methods: dict[str, Method], fmt: dict[str, Any]) -> dict[str, Any]:
             continue
         status = "PASS" if summary["ratio"] >= goal else "FAIL"
         noisy = summary["min"] < goal <= summary["max"]
-        line(label, summary, f">= {goal:.1f}  {status}" + ("  (rounds straddle the goal)"
-                                                          if noisy else ""))
+        line(
+            label,
+            summary,
+            f">= {goal:.1f}  {status}" + ("  (rounds straddle the goal)" if noisy else ""),
+        )
         results["goals"][label] = {**summary, "goal": goal, "status": status, "noisy": noisy}
     for label, (a, b) in INFO_RATIOS.items():
         summary = ratio_summary(methods, a, b)
         if summary is not None:
             line(label, summary)
             results["ratios"][label] = summary
-    log("PASS/FAIL is judged on the medians. 'best' compares each method's fastest round: other "
-        "jobs only ever slow a run down, so on a busy machine it is the less biased estimate.")
+    log(
+        "PASS/FAIL is judged on the medians. 'best' compares each method's fastest round: other "
+        "jobs only ever slow a run down, so on a busy machine it is the less biased estimate."
+    )
     return results
 
 
@@ -475,13 +520,17 @@ def main(argv: list[str] | None = None) -> int:
     batch_contexts = args.batch_contexts or config_batch
     n_layers = deepest_layer(hooks) + 1  # blocks 0..deepest run
     load = os.getloadavg()
-    log(f"cache throughput benchmark: {args.contexts} contexts x {args.context_len} tokens, "
+    log(
+        f"cache throughput benchmark: {args.contexts} contexts x {args.context_len} tokens, "
         f"batch {batch_contexts}, {args.rounds} rounds, torch threads {torch.get_num_threads()}, "
-        f"load average {load[0]:.2f}")
+        f"load average {load[0]:.2f}"
+    )
     log(f"hooks ({len(hooks)}, {dtype}): {', '.join(hooks)}")
     if load[0] > (os.cpu_count() or 1) - args.threads + 0.5:
-        log(f"! the machine is busy (load {load[0]:.1f} on {os.cpu_count()} cores): absolute "
-            "speeds will be low and noisy; ops-heavy paths (TransformerLens) suffer most")
+        log(
+            f"! the machine is busy (load {load[0]:.1f} on {os.cpu_count()} cores): absolute "
+            "speeds will be low and noisy; ops-heavy paths (TransformerLens) suffer most"
+        )
 
     info = resolve_model("gemma-3-270m")
     model_dir = args.model_dir
@@ -494,15 +543,21 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     tokenizer = load_tokenizer(model_dir)
     corpus = tokenize_documents(
-        python_docs_documents(), tokenizer, context_len=args.context_len,
-        n_contexts=max(args.contexts, args.logits_contexts), bos="per_context",
-        seed=args.seed, progress=False,
+        python_docs_documents(),
+        tokenizer,
+        context_len=args.context_len,
+        n_contexts=max(args.contexts, args.logits_contexts),
+        bos="per_context",
+        seed=args.seed,
+        progress=False,
     )
     tokens = corpus.tokens[: args.contexts]
     special = corpus.special_mask[: args.contexts]
     assert (tokens[:, 0] == tokenizer.bos_token_id).all(), "every context must start with BOS"
-    log(f"tokens: python-docs, {tokens.shape[0]} x {tokens.shape[1]} "
-        f"(fingerprint {corpus.fingerprint[:12]}) in {time.perf_counter() - t:.1f} s")
+    log(
+        f"tokens: python-docs, {tokens.shape[0]} x {tokens.shape[1]} "
+        f"(fingerprint {corpus.fingerprint[:12]}) in {time.perf_counter() - t:.1f} s"
+    )
 
     t = time.perf_counter()
     hf_source = activation_source(info, model_dir, hooks, "cpu", "auto")
@@ -513,30 +568,52 @@ def main(argv: list[str] | None = None) -> int:
     attn_impl = getattr(getattr(hf_source, "hf_model", None), "config", None)
     attn_impl = getattr(attn_impl, "_attn_implementation", None)
     bare = load_bare_hf(model_dir, n_layers, attn_impl)
-    log(f"models loaded in {time.perf_counter() - t:.0f} s (HF attention: {attn_impl}; "
-        f"bare model: {len(bare.layers)} decoder layers)")
+    log(
+        f"models loaded in {time.perf_counter() - t:.0f} s (HF attention: {attn_impl}; "
+        f"bare model: {len(bare.layers)} decoder layers)"
+    )
 
     checks = consistency_checks(hf_source, tl_source, bare, tokens, hooks, n_layers)
     for label, value in checks.items():
         log(f"  check {label}: max |diff| {value:.2e}")
 
-    fmt = {"n_hooks": len(hooks), "n_layers": n_layers, "last": n_layers - 1,
-           "sl_hook": args.sae_lens_hook}
+    fmt = {
+        "n_hooks": len(hooks),
+        "n_layers": n_layers,
+        "last": n_layers - 1,
+        "sl_hook": args.sae_lens_hook,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="saelab-bench-", dir=args.tmp_dir))
     methods: dict[str, Method] = {}
     try:
         candidates: list[tuple[str, Callable[[], Method]]] = [
-            ("saelab-hf", lambda: make_saelab("saelab-hf", hf_source, tokens, special, hooks,
-                                              dtype, batch_contexts, tmp)),
-            ("saelab-tl", lambda: make_saelab("saelab-tl", tl_source, tokens, special, hooks,
-                                              dtype, batch_contexts, tmp)),
+            (
+                "saelab-hf",
+                lambda: make_saelab(
+                    "saelab-hf", hf_source, tokens, special, hooks, dtype, batch_contexts, tmp
+                ),
+            ),
+            (
+                "saelab-tl",
+                lambda: make_saelab(
+                    "saelab-tl", tl_source, tokens, special, hooks, dtype, batch_contexts, tmp
+                ),
+            ),
             ("saelab-fwd", lambda: make_source_only(hf_source, tokens, batch_contexts)),
             ("hf-bare", lambda: make_hf_bare(bare, tokens, batch_contexts)),
             ("tl-rwc", lambda: make_tl_rwc(tl_model, tokens, hooks, n_layers, batch_contexts)),
-            ("sae-lens", lambda: make_sae_lens(tl_model, tokens, args.sae_lens_hook,
-                                               tl_model.cfg.d_model, batch_contexts, tmp)),
-            ("hf-logits", lambda: make_hf_logits(hf_source.hf_model, corpus.tokens,
-                                                 args.logits_contexts, args.logits_batch)),
+            (
+                "sae-lens",
+                lambda: make_sae_lens(
+                    tl_model, tokens, args.sae_lens_hook, tl_model.cfg.d_model, batch_contexts, tmp
+                ),
+            ),
+            (
+                "hf-logits",
+                lambda: make_hf_logits(
+                    hf_source.hf_model, corpus.tokens, args.logits_contexts, args.logits_batch
+                ),
+            ),
         ]
         for name, make in candidates:
             if name in args.skip:
@@ -558,8 +635,10 @@ def main(argv: list[str] | None = None) -> int:
                 n = method.run(True)
                 if method.name == "sae-lens":
                     sl_checks = check_sae_lens_output(
-                        method.state["result"], tokens[:batch_contexts],  # type: ignore[attr-defined]
-                        args.sae_lens_hook, hf_source,
+                        method.state["result"],
+                        tokens[:batch_contexts],  # type: ignore[attr-defined]
+                        args.sae_lens_hook,
+                        hf_source,
                     )
                     for label, value in sl_checks.items():
                         log(f"  check {label}: max |diff| {value:.2e}")
@@ -597,8 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     results = report(methods, fmt)
     runtime = time.perf_counter() - t_start
     log("")
-    log(f"total runtime {runtime:.0f} s; load average now {os.getloadavg()[0]:.2f} "
-        "(absolute speeds vary with other jobs: compare ratios only)")
+    log(
+        f"total runtime {runtime:.0f} s; load average now {os.getloadavg()[0]:.2f} "
+        "(absolute speeds vary with other jobs: compare ratios only)"
+    )
 
     if args.json:
         payload = {

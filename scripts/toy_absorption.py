@@ -2,8 +2,8 @@
 
 ``params.toy``: HierarchyConfig fields plus archs, seeds and training settings
 (see :func:`saelab.toy.split_params`). Writes the per-arch, per-seed table (CSV) and the figure.
-The rule's ``threads`` become ``n_jobs``, runs trained at once (each on one thread), unless
-``params.toy`` sets ``n_jobs``.
+Runs train one after another on one thread each (the toy's tensors are tiny: more threads only
+slow them down), so the rule needs one thread.
 """
 
 import os
@@ -18,7 +18,6 @@ with logged(snakemake.log[0]) as log:
     from saelab.toy import compare_from_params
 
     params = dict(snakemake.params.toy)
-    params.setdefault("n_jobs", snakemake.threads or 1)
     log.info("toy absorption experiment: %s", params)
     result = compare_from_params(params)
 

@@ -167,7 +167,7 @@ def test_absorption_metric_per_child():
 def comparison():
     """The default toy and training settings, three seeds of each architecture."""
     return compare_architectures(
-        HierarchyConfig(), archs=["topk", "batchtopk", "matryoshka"], seeds=[0, 1, 2], n_jobs=2
+        HierarchyConfig(), archs=["topk", "batchtopk", "matryoshka"], seeds=[0, 1, 2]
     )
 
 

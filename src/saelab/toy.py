@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -268,7 +266,9 @@ def train_toy_sae(
     ``loss`` defaults to ``official`` (dictionary_learning's, the code the Matryoshka paper
     names): with ``bussmann`` the bias-only term of the Matryoshka loss pulls ``b_dec`` towards
     the data mean (a share of every parent direction), and on some seeds one parent then stays
-    absorbed. Matryoshka SAEs default to :func:`default_group_sizes`. ``sae_kwargs`` go to
+    absorbed. ``loss`` picks the loss variant only: this loop has no learning-rate warm-up and
+    starts ``b_dec`` at zero (``b_dec_init="geometric_median"`` is refused). Matryoshka SAEs
+    default to :func:`default_group_sizes`. ``sae_kwargs`` go to
     :class:`~saelab.saes.SAEConfig` (e.g. ``dead_after_tokens``, ``aux_penalty``).
 
     ``threads``: torch intra-op threads while training (restored afterwards; ``None`` leaves
@@ -287,6 +287,8 @@ def train_toy_sae(
         seed=seed,
         **sae_kwargs,
     )
+    if cfg.b_dec_init != "zeros":
+        raise ValueError("the toy trainer starts b_dec at zero; b_dec_init must be 'zeros'")
     if not 0.0 <= anneal_fraction < 1.0:
         raise ValueError(f"anneal_fraction = {anneal_fraction} must be in [0, 1)")
     k_start = min(width, 6 * k) if k_start is None else min(max(int(k_start), k), width)
@@ -529,7 +531,7 @@ class ToyComparison:
 def _run_one(
     toy_cfg: HierarchyConfig, spec: ArchSpec, seed: int, train: dict[str, Any], evaluate: dict
 ) -> tuple[float, AbsorptionResult]:
-    """Train and measure one (architecture, seed); module-level so worker processes can run it."""
+    """Train and measure one (architecture, seed): (training seconds, report)."""
     toy = ToyHierarchy(toy_cfg)
     loss = spec.loss or train["loss"]
     start = time.perf_counter()
@@ -559,7 +561,6 @@ def compare_architectures(
     loss: str = "official",
     n_eval: int = 16384,
     match: str = "cosine",
-    n_jobs: int = 1,
 ) -> ToyComparison:
     """Train every architecture with every seed on one toy and measure its absorption.
 
@@ -569,9 +570,6 @@ def compare_architectures(
     tokens. ``width`` defaults to the number of ground-truth features; the training settings
     are those of :func:`train_toy_sae` and are shared by every run. Every run is evaluated on
     the same held-out tokens.
-
-    ``n_jobs > 1`` trains that many runs at once in worker processes (each on one thread);
-    results do not depend on it.
     """
     if toy_cfg is None:
         toy_cfg = HierarchyConfig()
@@ -594,17 +592,9 @@ def compare_architectures(
         "loss": loss,
     }
     evaluate = {"n_eval": n_eval, "match": match}
-    jobs = [(spec, int(seed)) for spec in specs for seed in seeds]
-    if n_jobs > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")  # no fork of a process running torch
-        with ProcessPoolExecutor(min(n_jobs, len(jobs)), mp_context=context) as pool:
-            futures = [pool.submit(_run_one, toy_cfg, s, seed, train, evaluate) for s, seed in jobs]
-            outcomes = [f.result() for f in futures]
-    else:
-        outcomes = [_run_one(toy_cfg, s, seed, train, evaluate) for s, seed in jobs]
-
     runs, pair_frames, reports = [], [], {}
-    for (spec, seed), (seconds, report) in zip(jobs, outcomes, strict=True):
+    for spec, seed in [(spec, int(seed)) for spec in specs for seed in seeds]:
+        seconds, report = _run_one(toy_cfg, spec, seed, train, evaluate)
         reports[(spec.name, seed)] = report
         runs.append({"arch": spec.name, "seed": seed, **report.summary(), "train_seconds": seconds})
         pair_frames.append(report.pairs.assign(arch=spec.name, seed=seed))
@@ -639,7 +629,6 @@ RUN_KEYS = frozenset(
         "loss",
         "n_eval",
         "match",
-        "n_jobs",
     }
 )
 

@@ -140,7 +140,7 @@ rule toy_absorption:
         "logs/benchmarks/toy_absorption/toy.tsv"
     conda:
         "../../envs/saelab.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
