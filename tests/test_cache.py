@@ -258,19 +258,10 @@ ALL_SITES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    from saelab.models import train_bpe_tokenizer
-
-    out = tmp_path_factory.mktemp("tok")
-    train_bpe_tokenizer([topics[k] for k in sorted(topics)[:20]], 400, out)
-    return out
-
-
 @pytest.mark.parametrize("case", sorted(HF_CASES))
-def test_transformers_backend_matches_transformer_lens(case, tokenizer_dir, tmp_path, monkeypatch):
+def test_transformers_backend_matches_transformer_lens(
+    case, small_tokenizer_dir, tmp_path, monkeypatch
+):
     """The fast backend's hooks equal TransformerLens's on the same unprocessed weights."""
     from saelab.cache import HFActivationSource, activation_source
     from saelab.models import prepare_model, resolve_model
@@ -280,7 +271,9 @@ def test_transformers_backend_matches_transformer_lens(case, tokenizer_dir, tmp_
     torch.manual_seed(0)
     hf_model = build(400).eval()
     perturb_norms(hf_model)
-    info = resolve_model(name, model_path=str(save_hf(hf_model, tokenizer_dir, tmp_path / "hf")))
+    info = resolve_model(
+        name, model_path=str(save_hf(hf_model, small_tokenizer_dir, tmp_path / "hf"))
+    )
     model_dir = tmp_path / "model"
     prepare_model(info, model_dir)
 
@@ -294,7 +287,7 @@ def test_transformers_backend_matches_transformer_lens(case, tokenizer_dir, tmp_
         torch.testing.assert_close(got[hook], want[hook], atol=1e-4, rtol=1e-4, msg=hook)
 
 
-def test_transformers_backend_stops_after_the_deepest_hook(tokenizer_dir, tmp_path):
+def test_transformers_backend_stops_after_the_deepest_hook(tmp_path):
     from saelab.cache import HFActivationSource
 
     hf_model = HF_CASES["gemma3"][0](400).eval()

@@ -40,14 +40,6 @@ from saelab.models import (
 DOC_TEXTS = [topics[key] for key in sorted(topics)]
 
 
-@pytest.fixture(scope="module")
-def small_tokenizer_dir(tmp_path_factory) -> Path:
-    """A 400-token byte-level BPE tokenizer, for the random HF models."""
-    out = tmp_path_factory.mktemp("tok400")
-    train_bpe_tokenizer(DOC_TEXTS[:20], 400, out)
-    return out
-
-
 @pytest.mark.parametrize("case", sorted(HF_CASES))
 def test_hub_model_from_local_dir_matches_hf(case, small_tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

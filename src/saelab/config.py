@@ -24,13 +24,18 @@ class ConfigError(ValueError):
     """A config value that is wrong, with the key that holds it and what is allowed."""
 
 
-def _from_dict(cls, data: dict[str, Any], key: str):
-    """Build dataclass ``cls`` from ``data``, refusing keys it does not have."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+def dataclass_from_dict(cls, data: dict[str, Any], what: str, error: type[Exception] = ValueError):
+    """``cls(**data)``, refusing keys ``cls`` has no field for; the error names them and the
+    allowed ones."""
+    allowed = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        raise error(f"unknown {what} key(s) {unknown}; allowed: {allowed}")
     return cls(**data)
+
+
+def _from_dict(cls, data: dict[str, Any], key: str):
+    return dataclass_from_dict(cls, data, key, ConfigError)
 
 
 @dataclass

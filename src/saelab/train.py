@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, cache_manifest
+from saelab.config import dataclass_from_dict
 from saelab.runtime import atomic_dir
 from saelab.saes import SAE, SAEConfig, build_sae
 from saelab.saes.io import SAELoadError, saelens_cfg, save_sae
@@ -126,11 +127,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TrainError(f"unknown train config key(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "train config", TrainError)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the trained weights (a checkpoint resumes only if equal)."""

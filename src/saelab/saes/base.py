@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from saelab.config import dataclass_from_dict
 
 #: Matryoshka / reconstruction loss variants found in the originals (see docs/methods.md).
 LOSS_VARIANTS = ("bussmann", "official", "saelens")
@@ -117,11 +119,7 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown SAE config key(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "SAE config")
 
 
 class SparseCodes(NamedTuple):
