@@ -32,6 +32,9 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/saes.smk"
+include: "workflow/rules/cooccurrence.smk"
+include: "workflow/rules/darkmatter.smk"
+include: "workflow/rules/trajectories.smk"
 
 
 rule all:

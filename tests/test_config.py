@@ -54,6 +54,22 @@ def test_micro_test_config_is_valid():
         ({"caches": {"main": {"corpus": "wiki"}}}, r"caches.main.corpus: 'wiki' is not a defined"),
         ({"caches": {"main": {"colour": "red"}}}, r"Additional properties are not allowed"),
         ({"corpora": {"local": {"source": "text"}}}, r"corpora.local.paths: source 'text' needs"),
+        (
+            {"caches": {"layers": {"layers": [3, 18]}}},
+            r"caches.layers.layers: layer 18 is out of range; allowed: 0..17 or 'all'",
+        ),
+        (
+            {"sweeps": {"darkmatter": {"k": [16, 0]}}},
+            r"is not valid under any of the given schemas",
+        ),
+        (
+            {"sweeps": {"darkmatter": {"name": "dm-w{width}"}}},
+            r"sweeps.darkmatter.name: the template 'dm-w\{width\}' gives 'dm-w1024' twice",
+        ),
+        (
+            {"sweeps": {"layers": {"hook": "blocks.{layer}.hook_mlp_out"}}},
+            r"saes.layers-l0.hook: 'blocks.0.hook_mlp_out' is not cached by caches.layers",
+        ),
     ],
 )
 def test_bad_config_names_the_key_and_what_is_allowed(override, message):
@@ -66,3 +82,21 @@ def test_layer_range_of_the_tiny_model_follows_its_config():
     base["caches"]["main"]["hooks"] = ["blocks.2.hook_resid_pre"]
     with pytest.raises(ConfigError, match=r"layers 0\.\.1"):
         load_config(DEFAULT, overrides=base)
+
+
+def test_sweeps_expand_to_one_named_run_per_point():
+    cfg = load_config(DEFAULT)
+    grid = cfg.sweeps["darkmatter"]
+    widths = sorted({point.width for point in grid})
+    ks = sorted({point.k for point in grid})
+    assert len(grid) == len(widths) * len(ks) > 1
+    first = cfg.saes[grid[0].name]
+    assert grid[0].name == f"darkmatter-w{grid[0].width}-k{grid[0].k}"
+    assert first.options["k"] == grid[0].k and first.width == grid[0].width
+    assert first.group == "darkmatter"  # the whole family trains from one pass
+    layers = cfg.sweeps["layers"]
+    assert [point.layer for point in layers] == list(range(18))  # layer: all on gemma-3-270m
+    assert cfg.saes["layers-l17"].hook == "blocks.17.hook_resid_mid"
+    assert cfg.caches["layers"].hooks == [f"blocks.{i}.hook_resid_mid" for i in range(18)]
+    # Sweep SAEs are not among the named runs that the SAE figures evaluate.
+    assert set(cfg.named_saes) == set(load_yaml(DEFAULT)["saes"])

@@ -4,32 +4,16 @@ and the whole DAG runs end to end on the micro config."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from conftest import MICRO, snakemake
 
 from saelab.cache import ActivationReader, cache_manifest
 from saelab.config import REPO_ROOT
-
-MICRO = REPO_ROOT / "tests" / "config" / "micro.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), *args],
-        capture_output=True, text=True, env=env, timeout=1800,
-    )  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 def jobs_by_rule(dry_run_output: str) -> dict[str, str]:
@@ -84,9 +68,9 @@ def test_bad_config_fails_before_any_job(tmp_path, config, message):
 
 
 @pytest.mark.slow
-def test_micro_dag_end_to_end(tmp_path):
+def test_micro_dag_end_to_end(micro_run):
     """The whole DAG on the micro config: corpus, tokenizer, tiny LM, tokens, activation cache."""
-    snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO))
+    tmp_path = micro_run
     cache = tmp_path / "data" / "cache" / "tiny" / "main.zarr"
     manifest = cache_manifest(cache)
     assert manifest["model"] == "tiny" and manifest["backend"] == "transformer_lens"

@@ -8,6 +8,7 @@ error names the config key and what is allowed.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ class CacheConfig:
     backend: str = "auto"
     """``auto`` (transformers where it can capture every hook, it is the faster forward on CPU;
     else TransformerLens), ``transformers`` or ``transformer_lens``."""
+    layers: list[int] | str | None = None
+    """Layers that hook templates holding ``{layer}`` expand over: a list or ``all``."""
 
 
 @dataclass
@@ -144,6 +147,100 @@ class SAERun:
         }
 
 
+@dataclass(frozen=True)
+class SweepPoint:
+    """One generated SAE of a ``sweeps`` family and its coordinates (None where not swept)."""
+
+    name: str
+    layer: int | None
+    width: int
+    k: int | None
+
+
+#: Keys of a sweep that may hold a list (or, for ``layer``, ``all``); their product is the family.
+SWEEP_AXES = ("layer", "width", "k")
+_AXIS_PREFIX = {"layer": "l", "width": "w", "k": "k"}
+
+
+def _layer_list(value: Any, n_layers: int | None, key: str) -> list[int]:
+    if value == "all":
+        if n_layers is None:
+            raise ConfigError(
+                f"{key}: 'all' needs a model whose layer count saelab knows; list the layers"
+            )
+        return list(range(n_layers))
+    layers = list(value) if isinstance(value, list) else [value]
+    for layer in layers:
+        if not isinstance(layer, int) or layer < 0 or (n_layers is not None and layer >= n_layers):
+            allowed = f"0..{n_layers - 1}" if n_layers is not None else "non-negative integers"
+            raise ConfigError(
+                f"{key}: layer {layer!r} is out of range; allowed: {allowed} or 'all'"
+            )
+    return layers
+
+
+def expand_cache_hooks(spec: dict[str, Any], n_layers: int | None, key: str) -> list[str]:
+    """The cache's hook list with every ``{layer}`` template expanded over ``layers``."""
+    hooks: list[str] = []
+    templated = [hook for hook in spec["hooks"] if "{layer}" in hook]
+    if templated and spec.get("layers") is None:
+        raise ConfigError(
+            f"{key}.layers: hooks {templated} hold '{{layer}}'; give layers: [..] or all"
+        )
+    layers = _layer_list(spec["layers"], n_layers, f"{key}.layers") if templated else []
+    for hook in spec["hooks"]:
+        if "{layer}" in hook:
+            hooks.extend(hook.format(layer=layer) for layer in layers)
+        else:
+            hooks.append(hook)
+    return hooks
+
+
+def expand_sweep(
+    sweep: str, spec: dict[str, Any], n_layers: int | None
+) -> tuple[dict[str, dict[str, Any]], list[SweepPoint]]:
+    """Run specs (as in ``saes``) and points of one ``sweeps`` family: the product of its axes.
+
+    ``hook``, ``target_hook`` and ``name`` are templates over ``{layer}``, ``{width}`` and ``{k}``;
+    the default name is the sweep name plus one ``l``/``w``/``k`` tag per swept axis.
+    """
+    key = f"sweeps.{sweep}"
+    axes: dict[str, list[Any]] = {}
+    for axis in SWEEP_AXES:
+        if axis not in spec:
+            continue
+        if axis == "layer":
+            axes[axis] = _layer_list(spec[axis], n_layers, f"{key}.layer")
+        else:
+            axes[axis] = list(spec[axis]) if isinstance(spec[axis], list) else [spec[axis]]
+    if "{layer}" in str(spec.get("hook", "")) and "layer" not in axes:
+        raise ConfigError(f"{key}.layer: the hook {spec['hook']!r} holds '{{layer}}'; give layer")
+    swept = [axis for axis, values in axes.items() if len(values) > 1 or axis == "layer"]
+    default_name = sweep + "".join(f"-{_AXIS_PREFIX[axis]}{{{axis}}}" for axis in swept)
+    template = spec.get("name") or default_name
+    base = {k: v for k, v in spec.items() if k not in (*SWEEP_AXES, "name")}
+    base["group"] = base.get("group") or sweep
+    runs: dict[str, dict[str, Any]] = {}
+    points: list[SweepPoint] = []
+    names = list(axes)
+    for values in itertools.product(*(axes[name] for name in names)):
+        coords = dict(zip(names, values, strict=True))
+        fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
+        run = dict(base)
+        for field_name in ("hook", "target_hook"):
+            if isinstance(run.get(field_name), str):
+                run[field_name] = run[field_name].format(**fmt)
+        run["width"] = coords["width"]
+        if "k" in coords:
+            run["k"] = coords["k"]
+        name = template.format(**fmt)
+        if name in runs:
+            raise ConfigError(f"{key}.name: the template {template!r} gives {name!r} twice")
+        runs[name] = run
+        points.append(SweepPoint(name, coords.get("layer"), coords["width"], coords.get("k")))
+    return runs, points
+
+
 _RUN_FIELDS = ("arch", "hook", "width", "cache", "target_hook", "group", "train")
 
 
@@ -168,10 +265,24 @@ class PipelineConfig:
     """Shared TrainConfig settings (saelab.train)."""
     evaluation: dict[str, Any] = field(default_factory=dict)
     toy: dict[str, Any] = field(default_factory=dict)
+    sweeps: dict[str, list[SweepPoint]] = field(default_factory=dict)
+    """Generated SAE families (``sweeps`` section); their runs are also in ``saes``."""
+    cooccurrence: dict[str, Any] = field(default_factory=dict)
+    """The co-occurrence analysis section (saelab.cooccurrence)."""
+    darkmatter: dict[str, Any] = field(default_factory=dict)
+    """The dark-matter analysis section (saelab.darkmatter)."""
+    trajectories: dict[str, Any] = field(default_factory=dict)
+    """The trajectory analysis section (saelab.trajectories)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def train_settings(self, run: SAERun) -> dict[str, Any]:
         return {**self.training, **run.train}
+
+    @property
+    def named_saes(self) -> dict[str, SAERun]:
+        """The runs of the ``saes`` section, without the generated ``sweeps`` families."""
+        swept = {point.name for points in self.sweeps.values() for point in points}
+        return {name: run for name, run in self.saes.items() if name not in swept}
 
     def sae_groups(self) -> dict[str, list[SAERun]]:
         """Runs by training group, in config order."""
@@ -218,25 +329,50 @@ def validate_schema(config: dict[str, Any]) -> None:
 
 def parse_config(config: dict[str, Any]) -> PipelineConfig:
     """Typed view of a schema-validated config dict, with semantic checks."""
+    from saelab.models import ModelError, resolve_model
+
+    tiny = _from_dict(TinyConfig, config.get("tiny", {}), "tiny")
+    try:
+        n_layers = resolve_model(
+            config["model"], tiny=tiny, model_path=config.get("model_path")
+        ).n_layers
+    except ModelError as err:
+        raise ConfigError(f"model: {err}") from err
     corpora = {
         name: _from_dict(CorpusConfig, spec, f"corpora.{name}")
         for name, spec in config.get("corpora", {}).items()
     }
     caches = {
-        name: _from_dict(CacheConfig, spec, f"caches.{name}")
+        name: _from_dict(
+            CacheConfig,
+            {**spec, "hooks": expand_cache_hooks(spec, n_layers, f"caches.{name}")},
+            f"caches.{name}",
+        )
         for name, spec in config.get("caches", {}).items()
     }
+    run_specs = dict(config.get("saes", {}))
+    sweeps: dict[str, list[SweepPoint]] = {}
+    for sweep, spec in config.get("sweeps", {}).items():
+        runs, sweeps[sweep] = expand_sweep(sweep, spec, n_layers)
+        clash = sorted(set(runs) & set(run_specs))
+        if clash:
+            raise ConfigError(f"sweeps.{sweep}: generated SAE names {clash} are already taken")
+        run_specs.update(runs)
     parsed = PipelineConfig(
         model=config["model"],
         model_path=config.get("model_path"),
         device=config.get("device", "auto"),
         corpora=corpora,
         caches=caches,
-        tiny=_from_dict(TinyConfig, config.get("tiny", {}), "tiny"),
-        saes={name: _parse_run(name, spec) for name, spec in config.get("saes", {}).items()},
+        tiny=tiny,
+        saes={name: _parse_run(name, spec) for name, spec in run_specs.items()},
         training=dict(config.get("training", {})),
         evaluation=dict(config.get("evaluation", {})),
         toy=dict(config.get("toy", {})),
+        sweeps=sweeps,
+        cooccurrence=dict(config.get("cooccurrence", {})),
+        darkmatter=dict(config.get("darkmatter", {})),
+        trajectories=dict(config.get("trajectories", {})),
         raw=config,
     )
     check_config(parsed)
@@ -281,6 +417,21 @@ def check_config(cfg: PipelineConfig) -> None:
             except HookError as err:
                 raise ConfigError(f"caches.{name}.hooks[{index}]: {err}") from err
     _check_saes(cfg)
+    _check_cooccurrence(cfg)
+    _check_darkmatter(cfg)
+    _check_trajectories(cfg)
+
+
+def _check_cooccurrence(cfg: PipelineConfig) -> None:
+    """Semantic checks of the ``cooccurrence`` section (names of SAEs it reads, ...)."""
+
+
+def _check_darkmatter(cfg: PipelineConfig) -> None:
+    """Semantic checks of the ``darkmatter`` section (its sweep, hooks, window, ...)."""
+
+
+def _check_trajectories(cfg: PipelineConfig) -> None:
+    """Semantic checks of the ``trajectories`` section (its sweep, layers, prompts, ...)."""
 
 
 def _check_saes(cfg: PipelineConfig) -> None:

@@ -81,7 +81,22 @@ def gpu_request(wildcards):
 
 # ------------------------------------------------------------------ targets
 def all_targets():
-    return [cache_path(name) for name in CFG.caches] + sae_figures()
+    """Every cache and every figure the config asks for; each analysis adds its own targets
+    through a function defined in its rule file."""
+    return (
+        [cache_path(name) for name in CFG.caches]
+        + sae_figures()
+        + cooccurrence_targets()
+        + darkmatter_targets()
+        + trajectory_targets()
+    )
+
+
+def sweep_runs(sweep):
+    """The SAE runs of one ``sweeps`` family, in config order (name, layer, width, k in each point)."""
+    if sweep not in CFG.sweeps:
+        raise WorkflowError(f"no sweep {sweep!r}; the config defines: {sorted(CFG.sweeps)}")
+    return [CFG.saes[point.name] for point in CFG.sweeps[sweep]]
 
 
 # ------------------------------------------------------------------ SAEs
@@ -125,15 +140,16 @@ def sae_metrics_path(name):
 
 
 def all_sae_evaluations(wildcards):
-    return {name: sae_metrics_path(name) for name in CFG.saes}
+    """Evaluations of the named SAEs (sweep families are evaluated by their own analyses)."""
+    return {name: sae_metrics_path(name) for name in CFG.named_saes}
 
 
 def all_sae_dirs(wildcards):
-    return {name: sae_dir_by_name(name) for name in CFG.saes}
+    return {name: sae_dir_by_name(name) for name in CFG.named_saes}
 
 
 def sae_figures():
-    if not CFG.saes:
+    if not CFG.named_saes:
         return []
     return [
         "plots/saes/training_curves.png",
