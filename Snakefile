@@ -34,6 +34,7 @@ include: "workflow/rules/cache.smk"
 include: "workflow/rules/saes.smk"
 include: "workflow/rules/cooccurrence.smk"
 include: "workflow/rules/darkmatter.smk"
+include: "workflow/rules/darkmatter_interventions.smk"
 include: "workflow/rules/trajectories.smk"
 
 

@@ -88,6 +88,7 @@ def all_targets():
         + sae_figures()
         + cooccurrence_targets()
         + darkmatter_targets()
+        + darkmatter_intervention_targets()
         + trajectory_targets()
     )
 
