@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install run test lint bench clean-venv
+.PHONY: install browser run test lint bench clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -21,7 +21,11 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
-test: install
+# The feature-page and trajectory-graph tests open the HTML in real headless Chromium (Debian's).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install browser
 	$(PY) -m pytest -q
 
 lint: install

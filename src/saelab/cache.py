@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -346,31 +347,47 @@ def build_cache(
         mininterval=1.0,
     )
     torch_dtype = getattr(torch, dtype)
-    for first in range(start_context, layout.n_contexts, batch_contexts):
-        last = min(first + batch_contexts, layout.n_contexts)
-        batch = torch.from_numpy(tokens[first:last].astype(np.int64)).to(device)
-        acts = source(batch)
-        rows = slice(first * layout.context_len, last * layout.context_len)
-        for hook in hooks:
-            if hook not in acts:
-                raise CacheError(f"the activation source returned no {hook!r}")
-            value = acts[hook].reshape(batch.numel(), -1)
-            if value.shape[1] != widths[hook]:
-                raise CacheError(
-                    f"{hook}: activations are {value.shape[1]} wide, expected {widths[hook]}"
-                )
-            # torch's float16 cast is ~10x faster than numpy's astype, and bit-identical.
-            stored = value.to("cpu", torch_dtype)
-            if not torch.isfinite(stored).all():
-                raise CacheError(
-                    f"{hook}: non-finite activations in contexts {first}..{last - 1} after the "
-                    f"cast to {dtype} (float16 overflows above 65504); use dtype: float32"
-                )
-            arrays[hook][rows] = stored.numpy()
+
+    def commit(rows: slice, stored: dict[str, np.ndarray], first: int, last: int) -> None:
+        # Arrays first, then the progress file: a kill in between re-runs this batch on resume.
+        for hook, values in stored.items():
+            arrays[hook][rows] = values
         _atomic_write_json(partial / PROGRESS_FILE, {"identity": identity, "contexts_done": last})
         bar.update((last - first) * layout.context_len)
         if on_batch is not None:
             on_batch(last)
+
+    # One writer thread, FIFO: batch i is written while the model runs batch i + 1, which hides
+    # the zarr write (10-18% of the time on CPU). At most one batch waits in memory.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer") as writer:
+        pending = None
+        for first in range(start_context, layout.n_contexts, batch_contexts):
+            last = min(first + batch_contexts, layout.n_contexts)
+            batch = torch.from_numpy(tokens[first:last].astype(np.int64)).to(device)
+            acts = source(batch)
+            rows = slice(first * layout.context_len, last * layout.context_len)
+            stored = {}
+            for hook in hooks:
+                if hook not in acts:
+                    raise CacheError(f"the activation source returned no {hook!r}")
+                value = acts[hook].reshape(batch.numel(), -1)
+                if value.shape[1] != widths[hook]:
+                    raise CacheError(
+                        f"{hook}: activations are {value.shape[1]} wide, expected {widths[hook]}"
+                    )
+                # torch's float16 cast is ~10x faster than numpy's astype, and bit-identical.
+                cast = value.to("cpu", torch_dtype)
+                if not torch.isfinite(cast).all():
+                    raise CacheError(
+                        f"{hook}: non-finite activations in contexts {first}..{last - 1} after "
+                        f"the cast to {dtype} (float16 overflows above 65504); use dtype: float32"
+                    )
+                stored[hook] = cast.numpy()
+            if pending is not None:
+                pending.result()  # re-raises a failed write here, before more work is queued
+            pending = writer.submit(commit, rows, stored, first, last)
+        if pending is not None:
+            pending.result()
     bar.close()
     seconds = time.perf_counter() - t0
     done_tokens = (layout.n_contexts - start_context) * layout.context_len
