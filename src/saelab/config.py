@@ -424,14 +424,112 @@ def check_config(cfg: PipelineConfig) -> None:
 
 def _check_cooccurrence(cfg: PipelineConfig) -> None:
     """Semantic checks of the ``cooccurrence`` section (names of SAEs it reads, ...)."""
+    section = cfg.cooccurrence
+    names = list(section.get("saes", []))
+    if not names:
+        return
+    key = "cooccurrence"
+    unknown = [name for name in names if name not in cfg.saes]
+    if unknown:
+        raise ConfigError(
+            f"{key}.saes: {unknown} are not SAEs of `saes`; defined: {sorted(cfg.saes)}"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}.saes: names repeat: {names}")
+    runs = [cfg.saes[name] for name in names]
+    widths = {run.name: run.width for run in runs}
+    if len(set(widths.values())) > 1:
+        raise ConfigError(f"{key}.saes: the SAEs compared must share one width; got {widths}")
+    if not any(run.arch == "matryoshka" for run in runs):
+        raise ConfigError(
+            f"{key}.saes: at least one must be a matryoshka SAE (its group sizes define the "
+            f"groups); got architectures {[run.arch for run in runs]}"
+        )
+    if section.get("encoding") == "train_batchtopk":
+        flat = [run.name for run in runs if run.arch not in ("batchtopk", "matryoshka")]
+        if flat:
+            raise ConfigError(
+                f"{key}.encoding: train_batchtopk needs BatchTopK-style SAEs; {flat} are not"
+            )
+    width = runs[0].width
+    low, high = section.get("component_size", [150, 200])
+    if low > high or low > width:
+        raise ConfigError(
+            f"{key}.component_size: [{low}, {high}] needs min <= max and min <= the width {width}"
+        )
+    rep = section.get("representative", {})
+    if rep.get("sae") is not None and rep["sae"] not in names:
+        raise ConfigError(f"{key}.representative.sae: {rep['sae']!r} is not one of {names}")
+    thresholds = [float(t) for t in section.get("thresholds", [0.0])]
+    if rep.get("threshold") is not None and float(rep["threshold"]) not in thresholds:
+        raise ConfigError(
+            f"{key}.representative.threshold: {rep['threshold']} is not one of {thresholds}"
+        )
+    if len(set(thresholds)) != len(thresholds):
+        raise ConfigError(f"{key}.thresholds: values repeat: {thresholds}")
+    subgraph = rep.get("subgraph", "auto")
+    if isinstance(subgraph, str) and subgraph != "auto":
+        raise ConfigError(f"{key}.representative.subgraph: {subgraph!r}; use an id or 'auto'")
+    for sub, field_name in (("representative", "size_range"), ("pca", "all_in_size_range")):
+        bounds = section.get(sub, {}).get(field_name)
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ConfigError(f"{key}.{sub}.{field_name}: {bounds} needs min <= max")
 
 
 def _check_darkmatter(cfg: PipelineConfig) -> None:
     """Semantic checks of the ``darkmatter`` section (its sweep, hooks, window, ...)."""
+    from saelab.darkmatter.scaling import ScalingError, curve_points
+
+    dm = cfg.darkmatter
+    sweep = dm.get("sweep", "darkmatter")
+    if sweep not in cfg.sweeps:
+        if sweep == "darkmatter":  # the default name, not defined: the analysis is off
+            return
+        raise ConfigError(
+            f"darkmatter.sweep: {sweep!r} is not a `sweeps` family; defined: {sorted(cfg.sweeps)}"
+        )
+    points = cfg.sweeps[sweep]
+    window = dm.get("window", [1, 128])
+    if len(window) != 2 or window[0] >= window[1]:
+        raise ConfigError(f"darkmatter.window: {window} must be [start, stop) with start < stop")
+    for point in points:
+        run = cfg.saes[point.name]
+        if run.target_hook is not None:
+            raise ConfigError(
+                f"sweeps.{sweep}: {point.name} is a transcoder; the dark-matter analyses need "
+                "SAEs that reconstruct their own input"
+            )
+    try:
+        curve = curve_points(points, dm.get("fixed_k"))
+    except ScalingError as err:
+        raise ConfigError(f"darkmatter.fixed_k: {err}") from err
+    if len({point.width for point in curve}) < 3:
+        raise ConfigError(
+            f"sweeps.{sweep}: the power law c + a W^-m needs at least 3 widths at k = "
+            f"{curve[0].k}; the sweep has {[point.width for point in curve]}"
+        )
+    names = [point.name for point in points]
+    for key, value in (("probe_sae", dm.get("probe_sae")),
+                       ("noise.sae", dm.get("noise", {}).get("sae"))):  # fmt: skip
+        if value is not None and value not in names:
+            raise ConfigError(f"darkmatter.{key}: {value!r} is not in sweeps.{sweep}: {names}")
+    baselines = dm.get("baselines_sweep")
+    if baselines is not None and baselines not in cfg.sweeps:
+        raise ConfigError(
+            f"darkmatter.baselines_sweep: {baselines!r} is not a `sweeps` family; "
+            f"defined: {sorted(cfg.sweeps)}"
+        )
 
 
 def _check_trajectories(cfg: PipelineConfig) -> None:
     """Semantic checks of the ``trajectories`` section (its sweep, layers, prompts, ...)."""
+    from saelab.models import resolve_model
+    from saelab.trajectories.settings import TrajectoriesConfig, check_trajectories
+
+    if not TrajectoriesConfig.from_dict(cfg.trajectories).prompts:
+        return  # nothing to analyse, so no SAEs are needed
+    info = resolve_model(cfg.model, tiny=cfg.tiny, model_path=cfg.model_path)
+    check_trajectories(cfg, info.n_layers)
 
 
 def _check_saes(cfg: PipelineConfig) -> None:

@@ -159,3 +159,10 @@ def sae_figures():
         "plots/saes/ce_recovered.png",
         "plots/saes/toy_absorption.png",
     ]
+
+
+# ------------------------------------------------------------------ analyses
+# Each analysis keeps its helpers in its own common_<analysis>.smk (rule files hold only rules).
+include: "common_cooccurrence.smk"
+include: "common_trajectories.smk"
+include: "common_darkmatter_interventions.smk"

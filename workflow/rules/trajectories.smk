@@ -1,6 +1,90 @@
-# SAE feature trajectories through attention (issue 6, methods §6).
+# SAE feature trajectories through attention (issue 6, methods §6): per prompt, the evolution
+# data (per-source-token attention decomposition, SAE latents at each step, logit lens), then
+# one trajectory graph (PNG + interactive HTML) per final-rank filter T, and the rank evolution
+# plot of the chosen layers. SAEs: the per-layer family `trajectories.sweep`, or an SAE-Lens
+# release (`trajectories.pretrained`).
 
 
-def trajectory_targets():
-    """Every figure of this analysis that the config asks for."""
-    return []
+rule trajectory_evolution:
+    """Per prefix length and layer: the last token's attention output split by source token,
+    checked against hook_resid_mid; SAE latents of resid_pre and of every cumulative step; logit
+    lens. Every prompt in one job (the model loads once), one forward pass each, no logits."""
+    input:
+        unpack(trajectory_sae_inputs),
+        model_dir=model_dir_path(),
+    output:
+        evolution=trajectory_evolution_outputs(),
+    log:
+        f"logs/trajectory_evolution/{MODEL_ID}.log",
+    benchmark:
+        f"logs/benchmarks/trajectory_evolution/{MODEL_ID}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+        gpu=gpu_request,
+    params:
+        traj=trajectory_evolution_params,
+        model=model_params,
+    script:
+        "../../scripts/trajectory_evolution.py"
+
+
+rule trajectory_graph:
+    """Newcomers (final rank <= T), edges per prompt length, the backward trace; for every T the
+    graph as JSON, PNG and interactive HTML (hover: each newcomer latent with its description).
+    One job per prompt: loading the 262k-token gemma tokenizer costs more than a graph."""
+    input:
+        unpack(trajectory_feature_inputs),
+        evolution=trajectory_evolution_input,
+        tokenizer=tokenizer_input,
+    output:
+        **trajectory_graph_outputs(),
+    log:
+        "logs/trajectory_graph/{prompt}.log",
+    benchmark:
+        "logs/benchmarks/trajectory_graph/{prompt}.tsv"
+    wildcard_constraints:
+        prompt=one_of(TRAJ.prompt_names) or "$^",
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        graph=trajectory_graph_params,
+    script:
+        "../../scripts/trajectory_graph.py"
+
+
+rule trajectory_evolution_plot:
+    """Rank of every latent against the step, at one layer, for the full prompt."""
+    input:
+        evolution=trajectory_evolution_input,
+    output:
+        figure=report(
+            "plots/trajectories/{prompt}/evolution_L{layer}.png",
+            caption="../report/trajectory_evolution.rst",
+            category="Trajectories",
+            subcategory="{prompt}",
+        ),
+    log:
+        "logs/trajectory_evolution_plot/{prompt}/L{layer}.log",
+    benchmark:
+        "logs/benchmarks/trajectory_evolution_plot/{prompt}/L{layer}.tsv"
+    wildcard_constraints:
+        prompt=one_of(TRAJ.prompt_names) or "$^",
+        layer=r"\d+",
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        top=TRAJ.evolution_plot_top,
+    script:
+        "../../scripts/trajectory_evolution_plot.py"

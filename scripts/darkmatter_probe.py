@@ -1,0 +1,27 @@
+"""Rule darkmatter_probe: the norm probe a* against each latent's mean activation (Fig 14)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from saelab.darkmatter.info import load_sae_info
+from saelab.darkmatter.norms import probe_vs_latents
+from saelab.darkmatter.regression import shuffled_split
+from saelab.runtime import logged
+from saelab.saes.io import load_sae
+
+with logged(snakemake.log[0]) as log:
+    info = load_sae_info(snakemake.input.info)
+    sae = load_sae(snakemake.input.sae)
+    common = snakemake.params.common
+    split = shuffled_split(len(info.x), common["seed"], common["train_fraction"])
+    result = probe_vs_latents(info, sae.W_dec.detach().numpy(), sae.b_dec.detach().numpy(), split)
+    log.info(
+        "%s: probe R2 %.4f, %d latents fired, corr(W_dec a*, mean activation) %.3f",
+        info.attrs["sae"], result.probe_r2, len(result.latents), result.correlation,
+    )  # fmt: skip
+    out = Path(snakemake.output.npz)
+    tmp = out.with_name(f".{out.stem}.tmp.npz")
+    np.savez(tmp, sae=info.attrs["sae"], **result._asdict())
+    os.replace(tmp, out)

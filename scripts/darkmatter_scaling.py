@@ -1,0 +1,29 @@
+"""Rule darkmatter_scaling: FVU against width, power-law fit with CIs, breakdown, contour table."""
+
+import json
+from pathlib import Path
+
+from saelab.darkmatter.regression import write_json
+from saelab.darkmatter.scaling import scaling_summary
+from saelab.runtime import logged
+
+with logged(snakemake.log[0]) as log:
+    opts = snakemake.params.scaling
+    rows = []
+    for point in opts["points"]:
+        metrics = json.loads(Path(snakemake.input[f"reg_{point['name']}"]).read_text())
+        rows.append({**metrics, "name": point["name"], "width": point["width"], "k": point["k"]})
+    pursuit = None
+    if opts["pursuit"]:
+        pursuit = {
+            key[len("pursuit_") :]: json.loads(Path(path).read_text())
+            for key, path in snakemake.input.items()
+            if key.startswith("pursuit_")
+        }
+    summary = scaling_summary(rows, opts["curve_k"], pursuit)
+    fit = summary["power_law"]
+    log.info(
+        "FVU = %.4f + %.4g W^-%.3f (c 95%% CI %s); FVU falls with width: %s",
+        fit["c"], fit["a"], fit["m"], fit["c_ci"], summary["fvu_falls_with_width"],
+    )  # fmt: skip
+    write_json(summary, snakemake.output.json)

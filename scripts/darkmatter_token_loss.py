@@ -1,0 +1,39 @@
+"""Rule darkmatter_token_loss: per-token model loss over the window contexts of one cache."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab.cache import ActivationReader, cache_manifest
+from saelab.config import TinyConfig
+from saelab.darkmatter.norms import token_losses
+from saelab.models import default_device, load_model, resolve_model
+from saelab.runtime import logged, set_torch_threads
+
+with logged(snakemake.log[0]) as log:
+    set_torch_threads(snakemake.threads)
+    opts = snakemake.params.loss
+    spec = opts["model"]
+    device = default_device(spec["device"])
+    cache = snakemake.input.cache
+    hook = cache_manifest(cache)["hooks"][0]
+    # The same split and context order as sae_info's window.
+    reader = ActivationReader(cache, hook, 1, split=opts["window"]["split"], shuffle=False)
+    ctx = reader.manifest["context_len"]
+    first = reader.row_range[0] // ctx
+    last = min(reader.row_range[1] // ctx, first + opts["max_contexts"])
+    tokens = np.asarray(reader.group["tokens"][first * ctx : last * ctx], dtype=np.int64)
+    tokens = torch.from_numpy(tokens.reshape(-1, ctx)).to(device)
+    info = resolve_model(
+        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
+    )
+    model = load_model(info, snakemake.input.model_dir, device=device)
+    log.info("per-token loss of %d contexts of %d tokens", *tokens.shape)
+    losses = token_losses(model, tokens)
+    rows = np.arange(first * ctx, last * ctx, dtype=np.int64)
+    out = Path(snakemake.output.npz)
+    tmp = out.with_name(f".{out.stem}.tmp.npz")
+    np.savez(tmp, rows=rows, loss=losses.reshape(-1))
+    os.replace(tmp, out)

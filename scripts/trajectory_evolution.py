@@ -1,0 +1,49 @@
+"""Rule trajectory_evolution: the evolution data of every prompt (saelab.trajectories.evolution)."""
+
+from saelab.config import TinyConfig
+from saelab.models import default_device, load_model, resolve_model
+from saelab.runtime import logged, set_torch_threads
+from saelab.saes.io import load_pretrained, load_sae
+from saelab.trajectories import compute_evolution, write_json_atomic
+
+with logged(snakemake.log[0]) as log:
+    set_torch_threads(snakemake.threads)
+    opts = snakemake.params.traj
+    spec = snakemake.params.model
+    device = default_device(spec["device"])
+    layers = [int(layer) for layer in opts["layers"]]
+    if opts["pretrained"] is not None:
+        release, template = opts["pretrained"]["release"], opts["pretrained"]["sae_id"]
+        saes = {
+            layer: load_pretrained(release, template.format(layer=layer), "data/saes/pretrained")
+            for layer in layers
+        }
+        names = {layer: f"{release}/{template.format(layer=layer)}" for layer in layers}
+    else:
+        saes = {layer: load_sae(snakemake.input[f"sae_l{layer}"]) for layer in layers}
+        names = {int(layer): name for layer, name in opts["sae_names"].items()}
+    saes = {layer: sae.to(device).eval() for layer, sae in saes.items()}
+    info = resolve_model(
+        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
+    )
+    model = load_model(info, snakemake.input.model_dir, device=device)
+    if len(snakemake.output.evolution) != len(opts["prompts"]):
+        raise ValueError("one evolution output per prompt expected")
+    for prompt, out in zip(opts["prompts"], snakemake.output.evolution, strict=True):
+        evolution = compute_evolution(
+            model,
+            prompt["text"],
+            saes,
+            top_k=opts["top_k"],
+            tolerance=opts["check_tolerance"],
+            logit_lens_top=opts["logit_lens_top"],
+            logit_lens_lengths=opts["logit_lens_lengths"],
+            sae_names=names,
+            prompt_name=prompt["name"],
+        )
+        meta = evolution["metadata"]
+        log.info(
+            "%s: %d tokens, %d layers, max relative error of the decomposition %.2e",
+            prompt["name"], meta["max_prompt_length"], len(layers), meta["max_relative_error"],
+        )  # fmt: skip
+        write_json_atomic(evolution, out)

@@ -1,0 +1,165 @@
+"""Per-group statistics of subgraphs (the original's ``4_summary_stats`` notebook, methods §2.1 S4).
+
+Latents are assigned to Matryoshka groups from the SAE's own group sizes (individual sizes, in
+order); a non-Matryoshka SAE gets "pretend" groups of the same sizes, so the two are compared
+latent index for latent index. Subgraph statistics exclude singletons and the giant component
+(the largest subgraph, found from the data; the notebook hard-coded its size, 192).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+
+def resolve_group_sizes(group_sizes: list[int], width: int) -> list[int]:
+    """Individual group sizes from individual or cumulative sizes, as
+    :func:`saelab.saes.resolve_group_sizes` (which is not imported: it would load torch)."""
+    sizes = [int(s) for s in group_sizes]
+    if sizes and all(s > 0 for s in sizes):
+        if sum(sizes) == width:
+            return sizes
+        if sizes[-1] == width and all(a < b for a, b in pairwise(sizes)):
+            return [sizes[0]] + [b - a for a, b in pairwise(sizes)]
+    raise ValueError(
+        f"group sizes {group_sizes} fit neither form for width {width}: individual sizes must "
+        f"sum to {width}; cumulative prefixes must increase and end at {width}"
+    )
+
+
+def group_index(width: int, group_sizes: list[int]) -> np.ndarray:
+    """[width] group of each latent from individual (or cumulative) group sizes."""
+    sizes = resolve_group_sizes(group_sizes, width)
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+def giant_subgraph_id(node_info: pd.DataFrame) -> int | None:
+    """Id of the largest subgraph if it has more than one node (the smallest id on ties)."""
+    sizes = node_info.groupby("subgraph_id")["subgraph_size"].first()
+    if sizes.empty or sizes.max() < 2:
+        return None
+    return int(sizes[sizes == sizes.max()].index.min())
+
+
+class GroupStatistics(NamedTuple):
+    per_group: pd.DataFrame
+    """One row per group: group, first_latent, n_latents, n_in_subgraphs (latents in a
+    non-singleton, non-giant subgraph), n_subgraphs (distinct such subgraphs touching the group),
+    subgraphs_per_latent, mean/median subgraph size of its latents in such subgraphs."""
+    box_sizes: list[np.ndarray]
+    """Per group: subgraph size of each latent in a non-singleton, non-giant subgraph."""
+    correlations: dict[str, Any]
+    giant_id: int | None
+    giant_size: int
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"n": len(x), "pearson_r": None, "pearson_p": None, "spearman_r": None}
+    pearson = scipy.stats.pearsonr(x, y)
+    spearman = scipy.stats.spearmanr(x, y)
+    return {
+        "n": len(x),
+        "pearson_r": float(pearson.statistic),
+        "pearson_p": float(pearson.pvalue),
+        "spearman_r": float(spearman.statistic),
+    }
+
+
+def group_statistics(node_info: pd.DataFrame, group_sizes: list[int]) -> GroupStatistics:
+    """Box-plot data, subgraph counts per group and the notebook's correlations."""
+    node_info = node_info.sort_values("node_id")
+    width = len(node_info)
+    groups = group_index(width, group_sizes)
+    giant = giant_subgraph_id(node_info)
+    sizes = node_info["subgraph_size"].to_numpy()
+    ids = node_info["subgraph_id"].to_numpy()
+    in_small = (sizes >= 2) & (ids != (giant if giant is not None else -1))
+    rows, box = [], []
+    starts = np.concatenate([[0], np.cumsum(resolve_group_sizes(group_sizes, width))[:-1]])
+    for g in range(int(groups.max()) + 1):
+        mask = groups == g
+        chosen = in_small & mask
+        box.append(sizes[chosen])
+        n_latents = int(mask.sum())
+        n_subgraphs = len(np.unique(ids[chosen]))
+        rows.append(
+            {
+                "group": g,
+                "first_latent": int(starts[g]),
+                "n_latents": n_latents,
+                "n_in_subgraphs": int(chosen.sum()),
+                "n_subgraphs": n_subgraphs,
+                "subgraphs_per_latent": n_subgraphs / n_latents,
+                "mean_subgraph_size": float(sizes[chosen].mean()) if chosen.any() else np.nan,
+                "median_subgraph_size": float(np.median(sizes[chosen])) if chosen.any() else np.nan,
+            }
+        )
+    per_group = pd.DataFrame(rows)
+    node_ids = node_info["node_id"].to_numpy()
+    mid = (sizes > 2) & (sizes < 100)
+    has_mean = per_group["mean_subgraph_size"].notna().to_numpy()
+    correlations = {
+        "group_vs_subgraph_size": _corr(groups[in_small], sizes[in_small]),
+        "group_vs_mean_subgraph_size": _corr(
+            per_group["group"].to_numpy()[has_mean],
+            per_group["mean_subgraph_size"].to_numpy()[has_mean],
+        ),
+        "group_vs_subgraphs_per_latent": _corr(
+            per_group["group"].to_numpy(), per_group["subgraphs_per_latent"].to_numpy()
+        ),
+        "node_id_vs_subgraph_size": _corr(node_ids, sizes),
+        "node_id_vs_subgraph_size_2_100": _corr(node_ids[mid], sizes[mid]),
+    }
+    giant_size = int(sizes[ids == giant][0]) if giant is not None else 0
+    return GroupStatistics(per_group, box, correlations, giant, giant_size)
+
+
+def subgraph_table(node_info: pd.DataFrame) -> pd.DataFrame:
+    """One row per subgraph: id, size, total and max firing count, latents (space-separated)."""
+    grouped = node_info.sort_values("node_id").groupby("subgraph_id")
+    return pd.DataFrame(
+        {
+            "subgraph_id": grouped["subgraph_id"].first(),
+            "subgraph_size": grouped["subgraph_size"].first(),
+            "total_firing": grouped["feature_activations"].sum(),
+            "latents": grouped["node_id"].apply(lambda ids: " ".join(map(str, ids))),
+        }
+    ).reset_index(drop=True)
+
+
+def choose_subgraph(
+    node_info: pd.DataFrame, subgraph: int | str = "auto", size_range: tuple[int, int] = (5, 30)
+) -> int:
+    """The representative subgraph: an explicit id, or ``auto``: among non-giant subgraphs with
+    size in ``size_range``, the one whose latents fire most in total (else the largest
+    non-giant, non-singleton subgraph; else the giant)."""
+    table = subgraph_table(node_info)
+    if subgraph != "auto":
+        subgraph = int(subgraph)
+        if subgraph not in set(table["subgraph_id"]):
+            raise ValueError(
+                f"subgraph {subgraph} does not exist; ids run 0..{table['subgraph_id'].max()}"
+            )
+        return subgraph
+    giant = giant_subgraph_id(node_info)
+    candidates = table[table["subgraph_id"] != (giant if giant is not None else -1)]
+    lo, hi = size_range
+    within = candidates[(candidates["subgraph_size"] >= lo) & (candidates["subgraph_size"] <= hi)]
+    if not within.empty:
+        return int(within.sort_values("total_firing", ascending=False)["subgraph_id"].iloc[0])
+    multi = candidates[candidates["subgraph_size"] >= 2]
+    if not multi.empty:
+        return int(multi.sort_values("subgraph_size", ascending=False)["subgraph_id"].iloc[0])
+    if giant is not None:
+        return giant
+    raise ValueError("every latent is a singleton: there is no subgraph to analyse")
+
+
+def subgraph_latents(node_info: pd.DataFrame, subgraph: int) -> np.ndarray:
+    return np.sort(node_info.loc[node_info["subgraph_id"] == subgraph, "node_id"].to_numpy())

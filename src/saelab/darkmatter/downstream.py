@@ -1,0 +1,246 @@
+"""Downstream CE with parts of the SAE error spliced back (methods.md §5.5, Fig 9).
+
+At the SAE's hook, the analysis-window positions of a few contexts are replaced by
+
+* ``sae``: x̂;
+* ``sae_linear``: x̂ + x W (the linear error, W from the core regression, x W ≈ x − x̂);
+* ``sae_nonlinear``: x̂ + (x − x̂ − x W) (the nonlinear error),
+
+every other position keeping its clean activation. CE is the mean next-token loss of the
+predictions made at window positions (targets that are special tokens left out), and
+
+    percent recovered = (CE_sae − CE_variant) / (CE_sae − CE_clean) · 100
+
+(0 % = the SAE alone, 100 % = the clean model). The original loaded R² and norm percentages
+from files made by a script it never published; here they are derived on the same spliced
+tokens: R² % = (R²_sae − R²_variant) / (R²_sae − 1) · 100 with R² = 1 − FVU (per-dimension
+centred), and norm % = Σ‖part‖² / Σ‖x − x̂‖² · 100 for part = linear, nonlinear error.
+
+Cost: the model runs from the cached activation where the hook allows it (``hook_resid_pre``
+of block L: ``start_at_layer=L``; ``hook_resid_post``: L + 1), so the earlier blocks never run;
+other hooks run from the tokens with the hook's activation replaced. The unembedding, which
+dominates on gemma-3's 262k vocabulary, is applied only at the positions whose loss counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelab.hooks import parse_hook
+
+#: Splice variants, in plotting order.
+VARIANTS = ("sae", "sae_linear", "sae_nonlinear")
+
+
+class DownstreamContexts(NamedTuple):
+    """Whole contexts around the spliced window positions."""
+
+    tokens: Tensor
+    """[n, ctx] int64."""
+    acts: Tensor
+    """Clean activations at the hook [n, ctx, d] float32 (from the cache)."""
+    window: Tensor
+    """[n, ctx] bool: positions replaced (the SAE info's window tokens)."""
+    loss_mask: Tensor
+    """[n, ctx − 1] bool: predictions (position p → token p + 1) whose CE counts."""
+    info_index: np.ndarray
+    """Index into the SAE info of every window position, in (context, position) order."""
+
+
+def contexts_from_info(info, cache_group, n_contexts: int) -> DownstreamContexts:
+    """The first ``n_contexts`` contexts of an SAE info window (``saelab.darkmatter.info``),
+    with their tokens and clean activations read from the cache group."""
+    ctx = int(info.attrs["context_len"])
+    hook = info.attrs["hook"]
+    context_of = np.asarray(info.rows) // ctx
+    chosen = list(dict.fromkeys(context_of.tolist()))[:n_contexts]
+    if not chosen:
+        raise ValueError("the SAE info holds no tokens to splice")
+    tokens, acts, window, loss_mask, index = [], [], [], [], []
+    special_all = cache_group["special_mask"]
+    for c in chosen:
+        lo, hi = c * ctx, (c + 1) * ctx
+        tokens.append(np.asarray(cache_group["tokens"][lo:hi], dtype=np.int64))
+        acts.append(np.asarray(cache_group[hook][lo:hi], dtype=np.float32))
+        special = np.asarray(special_all[lo:hi], dtype=bool)
+        rows = np.nonzero(context_of == c)[0]
+        pos = np.asarray(info.position)[rows]
+        mask = np.zeros(ctx, dtype=bool)
+        mask[pos] = True
+        window.append(mask)
+        loss_mask.append(mask[:-1] & ~special[1:])
+        index.append(rows[np.argsort(pos)])
+    return DownstreamContexts(
+        torch.from_numpy(np.stack(tokens)),
+        torch.from_numpy(np.stack(acts)),
+        torch.from_numpy(np.stack(window)),
+        torch.from_numpy(np.stack(loss_mask)),
+        np.concatenate(index),
+    )
+
+
+def splice_variants(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[str, Tensor]:
+    """The three replacements of ``x`` [N, d]: x̂, x̂ + x W, x̂ + (x − x̂ − x W)."""
+    linear = x @ W_vec
+    return {
+        "sae": x_hat,
+        "sae_linear": x_hat + linear,
+        "sae_nonlinear": x_hat + (x - x_hat - linear),
+    }
+
+
+def percent_recovered(ce_sae: float, ce_variant: float, ce_clean: float) -> float:
+    """(CE_sae − CE_variant) / (CE_sae − CE_clean) · 100; NaN when the SAE costs nothing."""
+    gap = ce_sae - ce_clean
+    return (ce_sae - ce_variant) / gap * 100 if gap != 0 else float("nan")
+
+
+def r2_percent(r2_sae: float, r2_variant: float) -> float:
+    """(R²_sae − R²_variant) / (R²_sae − 1) · 100: the share of the SAE's unexplained variance
+    that adding the part explains."""
+    return (r2_sae - r2_variant) / (r2_sae - 1) * 100 if r2_sae != 1 else float("nan")
+
+
+def reconstruction_percentages(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[str, float]:
+    """R² of each variant and the R² and norm percentages of the linear and nonlinear parts."""
+    from saelab.evaluate import fvu_dim_centred
+
+    variants = splice_variants(x, x_hat, W_vec)
+    r2 = {name: 1 - float(fvu_dim_centred(x, recon)) for name, recon in variants.items()}
+    error = (x - x_hat).double()
+    linear = (x @ W_vec).double()
+    error_sq = float(error.pow(2).sum())
+    return {
+        **{f"r2_{name}": value for name, value in r2.items()},
+        "r2_percent_linear": r2_percent(r2["sae"], r2["sae_linear"]),
+        "r2_percent_nonlinear": r2_percent(r2["sae"], r2["sae_nonlinear"]),
+        "norm_percent_linear": float(linear.pow(2).sum()) / error_sq * 100,
+        "norm_percent_nonlinear": float((error - linear).pow(2).sum()) / error_sq * 100,
+    }
+
+
+def _entry(model, hook: str) -> tuple[int | None, str]:
+    """(layer to start at from the hook's activation, or None to run from the tokens; hook)."""
+    site = parse_hook(hook, model.cfg.n_layers)
+    if site.site == "hook_resid_pre":
+        return site.layer, hook
+    if site.site == "hook_resid_post":
+        return site.layer + 1, hook
+    return None, hook
+
+
+def _final_logits(model, resid: Tensor) -> Tensor:
+    """ln_final, unembedding and (if the model has one) the output soft-cap, as ``forward``."""
+    logits = model.unembed(model.ln_final(resid[:, None, :]))[:, 0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+@torch.no_grad()
+def _loss_sum(model, final_resid: Tensor, tokens: Tensor, loss_mask: Tensor, chunk: int = 128):
+    """Summed next-token CE over ``loss_mask`` [B, ctx − 1] from the last block's output."""
+    b, p = torch.nonzero(loss_mask, as_tuple=True)
+    total = 0.0
+    for lo in range(0, len(b), chunk):
+        bb, pp = b[lo : lo + chunk], p[lo : lo + chunk]
+        logits = _final_logits(model, final_resid[bb, pp]).float()
+        total += float(F.cross_entropy(logits, tokens[bb, pp + 1], reduction="sum"))
+    return total, len(b)
+
+
+@torch.no_grad()
+def spliced_ce(
+    model,
+    contexts: DownstreamContexts,
+    hook: str,
+    replacements: Mapping[str, Tensor],
+    batch_size: int = 4,
+    clean: bool = True,
+) -> dict[str, float]:
+    """Mean CE over ``contexts.loss_mask`` with the hook's activation replaced at the window by
+    each of ``replacements`` ([n_window, d], in ``info_index`` order), and (with ``clean``) with
+    the clean activations as ``clean``."""
+    start, hook = _entry(model, hook)
+    n_layers = model.cfg.n_layers
+    device = model.cfg.device
+    sums = {name: [0.0, 0] for name in (*(["clean"] if clean else []), *replacements)}
+    offsets = np.concatenate([[0], np.cumsum(contexts.window.sum(dim=1).numpy())])
+    for lo in range(0, len(contexts.tokens), batch_size):
+        hi = min(lo + batch_size, len(contexts.tokens))
+        tokens = contexts.tokens[lo:hi].to(device)
+        clean = contexts.acts[lo:hi].to(device)
+        window = contexts.window[lo:hi].to(device)
+        loss_mask = contexts.loss_mask[lo:hi].to(device)
+        first, last = int(offsets[lo]), int(offsets[hi])
+        for name in sums:
+            act = clean.clone()
+            if name != "clean":
+                act[window] = replacements[name][first:last].to(device, act.dtype)
+            if start is not None:
+                final = (
+                    model(act, start_at_layer=start, stop_at_layer=n_layers)
+                    if start < n_layers
+                    else act
+                )
+            else:
+
+                def replace(value, hook, act=act):
+                    return act.reshape(value.shape).to(value.dtype)
+
+                final = model.run_with_hooks(
+                    tokens, stop_at_layer=n_layers, fwd_hooks=[(hook, replace)]
+                )
+            loss, count = _loss_sum(model, final, tokens, loss_mask)
+            sums[name][0] += loss
+            sums[name][1] += count
+    return {name: total / max(1, count) for name, (total, count) in sums.items()}
+
+
+def downstream_record(
+    model,
+    info,
+    regression,
+    cache_group,
+    n_contexts: int,
+    batch_size: int = 4,
+    clean_ce: dict[tuple, float] | None = None,
+) -> dict[str, Any]:
+    """CE of every splice variant of one SAE, its percentages recovered and the derived R² and
+    norm percentages, on the first ``n_contexts`` contexts of its analysis window.
+
+    ``clean_ce`` (a dict kept across calls) holds the clean CE of each (hook, contexts, window),
+    so SAEs of one grid, which share their window, pay for the clean pass once."""
+    contexts = contexts_from_info(info, cache_group, n_contexts)
+    x = torch.from_numpy(np.asarray(info.x, dtype=np.float32)[contexts.info_index])
+    x_hat = torch.from_numpy(np.asarray(info.x_hat, dtype=np.float32)[contexts.info_index])
+    W_vec = torch.from_numpy(np.asarray(regression.W_vec, dtype=np.float32))
+    variants = splice_variants(x, x_hat, W_vec)
+    hook = info.attrs["hook"]
+    key = (hook, contexts.tokens.numpy().tobytes(), contexts.loss_mask.numpy().tobytes())
+    known = clean_ce if clean_ce is not None else {}
+    ce = spliced_ce(model, contexts, hook, variants, batch_size, clean=key not in known)
+    if key in known:
+        ce["clean"] = known[key]
+    known[key] = ce["clean"]
+    record: dict[str, Any] = {
+        "sae": info.attrs.get("sae"),
+        "width": info.attrs.get("width"),
+        "k": info.attrs.get("k"),
+        "hook": info.attrs["hook"],
+        "n_contexts": len(contexts.tokens),
+        "n_spliced": int(contexts.window.sum()),
+        "n_predictions": int(contexts.loss_mask.sum()),
+        **{f"ce_{name}": value for name, value in ce.items()},
+        "linear_percent": percent_recovered(ce["sae"], ce["sae_linear"], ce["clean"]),
+        "nonlinear_percent": percent_recovered(ce["sae"], ce["sae_nonlinear"], ce["clean"]),
+    }
+    record.update(reconstruction_percentages(x, x_hat, W_vec))
+    return record

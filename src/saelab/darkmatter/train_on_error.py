@@ -1,0 +1,144 @@
+"""Train SAEs on the parts of an SAE's error (methods.md §5.8, Fig 8).
+
+For one SAE (x̂ = SAE(x)) and its linear error map W (x W ≈ x − x̂, the core regression), two
+training targets per token:
+
+* ``linear``: the linear prediction of the error, x W (the original's x·(−P), P fitted to
+  x̂ − x);
+* ``nonlinear``: the nonlinear error, x − x̂ − x W.
+
+A TopK SAE is trained on each (the original: EleutherAI's ``sae`` fork, k 32, 16 × d latents,
+loss = FVU of the batch, no aux-k, decoder rows unit-norm, b_dec initialised to the geometric
+median of the first batch, lr 2e-4 / √(width / 2^14) with warmup then linear decay, gradient
+clip 1). The loop here is the same, on tokens of the cache's ``train`` split (the original:
+RedPajama), with saelab's TopK SAE and the step order of :mod:`saelab.train`: loss, backward,
+remove the decoder gradient's radial part, clip, Adam, renormalise the decoder rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+#: The two training targets, as the original names its runs.
+ERROR_TARGETS = ("linear", "nonlinear")
+
+
+def error_parts(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[str, Tensor]:
+    """``linear`` = x W and ``nonlinear`` = x − x̂ − x W ([N, d] each)."""
+    linear = x @ W_vec
+    return {"linear": linear, "nonlinear": x - x_hat - linear}
+
+
+@torch.no_grad()
+def training_targets(
+    sae, cache_path, W_vec: Tensor, n_tokens: int, seed: int = 0, batch_size: int = 4096
+) -> dict[str, Tensor]:
+    """Both targets on ``n_tokens`` shuffled tokens of the cache's train split at the SAE's
+    hook (special tokens excluded; fewer if the split is smaller)."""
+    from saelab.cache import ActivationReader
+
+    reader = ActivationReader(
+        cache_path, sae.cfg.hook_name, batch_size, split="train", seed=seed, drop_last=False
+    )
+    sae.eval()
+    parts: dict[str, list[Tensor]] = {name: [] for name in ERROR_TARGETS}
+    total = 0
+    for x in reader.batches():
+        x = x[: n_tokens - total].to(sae.device)
+        for name, part in error_parts(x, sae.reconstruct(x), W_vec.to(x.device)).items():
+            parts[name].append(part.cpu())
+        total += len(x)
+        if total >= n_tokens:
+            break
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+class ErrorSAEConfig(NamedTuple):
+    width: int
+    k: int = 32
+    n_tokens: int = 65536
+    batch_size: int = 512
+    lr: float | None = None
+    """``None``: 2e-4 / √(width / 2^14)."""
+    seed: int = 0
+    warmup_fraction: float = 0.1
+    """Warmup over this fraction of the steps (the original: 1000 steps), then linear decay."""
+
+
+def batch_fvu(target: Tensor, output: Tensor) -> Tensor:
+    """The original's loss: Σ‖target − output‖² / Σ‖target − mean_batch(target)‖²."""
+    return (target - output).pow(2).sum() / (target - target.mean(dim=0)).pow(2).sum().clamp_min(
+        1e-12
+    )
+
+
+def train_error_sae(targets: Tensor, cfg: ErrorSAEConfig, hook_name: str = "", progress=True):
+    """A TopK SAE trained on ``targets`` [N, d] (epochs repeat as needed); returns
+    (sae in eval mode, list of per-step FVUs)."""
+    from saelab.saes import SAEConfig, build_sae
+    from saelab.train import default_lr, geometric_median, lr_factor, make_adam
+
+    if targets.ndim != 2 or len(targets) < cfg.batch_size:
+        raise ValueError(
+            f"need at least one batch ({cfg.batch_size}) of [N, d] targets, got {tuple(targets.shape)}"
+        )
+    d = targets.shape[1]
+    sae = build_sae(
+        SAEConfig(
+            arch="topk", d_in=d, width=cfg.width, k=cfg.k, hook_name=hook_name,
+            aux_penalty=0.0, seed=cfg.seed, extra={"trained_on": "error part"},
+        )
+    )  # fmt: skip
+    sae.train()
+    params = [p for p in sae.parameters() if p.requires_grad]
+    base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.width)
+    optimizer = make_adam(params, base_lr, (0.9, 0.999))
+    steps = max(1, cfg.n_tokens // cfg.batch_size)
+    warmup = int(steps * cfg.warmup_fraction)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(targets), generator=generator)
+    cursor = 0
+    fvus = []
+    for step in tqdm(range(steps), desc="train on error", disable=not progress, mininterval=1.0):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(targets), generator=generator), 0
+        batch = targets[order[cursor : cursor + cfg.batch_size]]
+        cursor += cfg.batch_size
+        if step == 0:
+            with torch.no_grad():
+                sae.b_dec.copy_(geometric_median(batch).to(sae.b_dec.dtype))
+        decay = warmup / steps if warmup < steps else None
+        factor = lr_factor(step, steps, warmup, decay)
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * factor
+        out = sae(batch)
+        loss = batch_fvu(batch, out.output)
+        loss.backward()
+        sae.remove_parallel_decoder_grad()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training on the error diverged at step {step + 1}")
+        fvus.append(loss.item())
+    return sae.eval(), fvus
+
+
+@torch.no_grad()
+def dense_activations(sae, x: Tensor, batch_size: int = 4096) -> np.ndarray:
+    """Latent activations [N, width] float32 of ``x`` under ``sae`` (0 where inactive)."""
+    sae.eval()
+    out = np.zeros((len(x), sae.cfg.width), dtype=np.float32)
+    for lo in range(0, len(x), batch_size):
+        codes = sae.encode(x[lo : lo + batch_size].to(sae.device)).codes
+        out[lo + codes.rows.cpu().numpy(), codes.latents.cpu().numpy()] = (
+            codes.values.float().cpu().numpy()
+        )
+    return out

@@ -1,0 +1,334 @@
+"""Figures of the dark-matter analysis (one function per figure; data in, Figure out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from saelab.darkmatter.norms import NORM_LABELS, NORM_TARGETS, running_mean
+from saelab.darkmatter.scaling import breakdown, contour_grid, fit_from_summary
+
+AREA_COLOURS = {
+    "absent": "#9ecae1",
+    "linear": "#a1d99b",
+    "encoder": "#fdae6b",
+    "nonlinear": "#fc9272",
+}
+
+
+def _fit_label(fit) -> str:
+    return f"FVU ≈ {fit.c:.3f} + {fit.a:.3g}·W^(−{fit.m:.2f})"
+
+
+def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
+    """Fig 1: FVU against width at fixed k with the four dark-matter areas."""
+    fit = fit_from_summary(summary)
+    widths = np.asarray(summary["curve_widths"], dtype=float)
+    fvus = np.asarray(summary["curve_fvu"])
+    grid = np.geomspace(widths.min(), widths.max() * 10, 200)
+    pursuit = summary.get("curve_pursuit_fvu")
+    parts = breakdown(fit, widths, summary["curve_nonlinear_fvu"], grid, pursuit)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    floor = parts.nonlinear_error
+    ax.fill_between(grid, 0, floor, color=AREA_COLOURS["nonlinear"], label="Nonlinear error")
+    if parts.pursuit is not None:
+        ax.fill_between(grid, floor, parts.linear_level, color=AREA_COLOURS["encoder"],
+                        label="Encoder error")  # fmt: skip
+    ax.fill_between(grid, parts.linear_level, parts.asymptote, color=AREA_COLOURS["linear"],
+                    label="Linear error")  # fmt: skip
+    ax.fill_between(grid, parts.asymptote, parts.fitted, color=AREA_COLOURS["absent"],
+                    label="Absent features")  # fmt: skip
+    # Level lines keep the picture readable when an area is negative (small SAEs can fit an
+    # asymptote below the nonlinear FVU, or pursuit can end above the encoder's level).
+    ax.axhline(parts.asymptote, color="k", ls=":", lw=0.8)
+    ax.axhline(parts.linear_level, color="darkgreen", ls="--", lw=0.8,
+               label="mean FVU after adding x·W")  # fmt: skip
+    ax.scatter(widths, summary["curve_nonlinear_fvu"], color="darkgreen", marker="s", s=14,
+               zorder=3)  # fmt: skip
+    if parts.pursuit is not None:
+        ax.plot(grid, parts.pursuit, color="darkorange", lw=1, label="gradient pursuit")
+    inside = grid <= widths.max()
+    ax.plot(grid[inside], parts.fitted[inside], "k-", lw=1, label=_fit_label(fit))
+    ax.plot(grid[~inside], parts.fitted[~inside], "k:", lw=1)
+    ax.scatter(widths, fvus, color="k", zorder=3, s=18, label=f"SAEs (k = {summary['curve_k']})")
+    negative = [name for name, value in [
+        ("linear error", parts.linear_error),
+        ("encoder error", None if parts.encoder_error is None else parts.encoder_error[-1]),
+    ] if value is not None and value < 0]  # fmt: skip
+    if negative:
+        ax.text(0.02, 0.02, "negative here: " + ", ".join(negative), transform=ax.transAxes,
+                fontsize=7, color="firebrick")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("SAE width (latents)")
+    ax.set_ylabel("FVU")
+    ax.set_ylim(0, max(fvus.max(), parts.fitted.max()) * 1.1)
+    ax.set_title("Dark matter of SAEs: breakdown of FVU" + ("" if pursuit else " (no pursuit)"))
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_power_law_fit(summary: dict[str, Any]) -> Figure:
+    """Fig 2: FVU and FVU after adding the linear error prediction against width, log-log."""
+    fit = fit_from_summary(summary)
+    widths = np.asarray(summary["curve_widths"], dtype=float)
+    grid = np.geomspace(widths.min(), widths.max() * 10, 200)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.scatter(widths, summary["curve_fvu"], color="C0", zorder=3, label="SAE FVU")
+    ax.plot(grid, fit(grid), "C0-", lw=1, label=_fit_label(fit))
+    ax.axhline(fit.c, color="C0", ls=":", lw=1, label=f"asymptote c = {fit.c:.3f}")
+    ax.scatter(widths, summary["curve_nonlinear_fvu"], color="C3", marker="s", zorder=3,
+               label="FVU after adding x·W (nonlinear FVU)")  # fmt: skip
+    ax.axhline(np.mean(summary["curve_nonlinear_fvu"]), color="C3", ls="--", lw=1,
+               label="mean nonlinear FVU")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("SAE width (latents)")
+    ax.set_ylabel("FVU")
+    ci = summary["power_law"]["m_ci"]
+    ci_text = (
+        f"m 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]"
+        if None not in ci and np.all(np.isfinite(ci))
+        else "no CI: as many parameters as widths"
+    )
+    ax.set_title(f"Power-law fit ({ci_text})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _contour(ax, rows: list[dict], key: str, title: str):
+    widths = [r["width"] for r in rows]
+    l0s = [max(r["l0_mean"], 1e-3) for r in rows]
+    grid = contour_grid(widths, l0s, [r[key] for r in rows])
+    filled = ax.contourf(grid.widths, grid.l0s, grid.values, levels=15, cmap="viridis")
+    ax.scatter(widths, l0s, c="w", edgecolors="k", s=14)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("SAE width")
+    ax.set_ylabel("L0")
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(filled, ax=ax)
+
+
+def plot_error_r2_contours(summary: dict[str, Any]) -> Figure:
+    """Fig 3: held-out R² of the error norm and of the error vector from x over (width, L0)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    _contour(axes[0], summary["saes"], "r2_norm", "R² of ‖x − x̂‖² from x")
+    _contour(axes[1], summary["saes"], "r2_vector", "R² of x − x̂ from x (mean over dims)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_nonlinear_fvu_contour(summary: dict[str, Any]) -> Figure:
+    """Fig 11: FVU after adding the linear error prediction (nonlinear FVU) over (width, L0)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    _contour(ax, summary["saes"], "nonlinear_error_fvu", "Nonlinear SAE FVU")
+    fig.tight_layout()
+    return fig
+
+
+def _trace_slice(data, start: int, length: int) -> slice:
+    n = data["total"].shape[1]
+    start = min(start, max(n - 2, 0))
+    return slice(start, min(start + length, n))
+
+
+def plot_token_trace(data, start: int = 0, length: int = 100) -> Figure:
+    """Fig 4: the error norm of every width on a span of consecutive window tokens."""
+    span = _trace_slice(data, start, length)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(data["widths"])))
+    for row, (width, colour) in enumerate(zip(data["widths"], colours, strict=True)):
+        ax.plot(np.arange(span.start, span.stop), data["total"][row, span], color=colour, lw=1,
+                label=f"width {width}")  # fmt: skip
+    ax.set_xlabel("window token")
+    ax.set_ylabel("‖x − x̂‖")
+    ax.set_title("Per-token SAE error norms across widths", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _heatmap(ax, matrix: np.ndarray, widths, title: str, fmt: str, cmap="viridis"):
+    masked = np.ma.masked_invalid(matrix)
+    image = ax.imshow(masked, cmap=cmap)
+    for i in range(len(widths)):
+        for j in range(len(widths)):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="w")  # fmt: skip
+    labels = [str(w) for w in widths]
+    ax.set_xticks(range(len(widths)), labels, fontsize=7, rotation=45)
+    ax.set_yticks(range(len(widths)), labels, fontsize=7)
+    ax.set_xlabel("predicted width")
+    ax.set_ylabel("predictor width")
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(image, ax=ax)
+
+
+def plot_cross_width(data) -> Figure:
+    """Fig 5: held-out R² of ‖e_j‖ from [‖e_i‖, 1] (narrower row predicts wider column)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.8))
+    _heatmap(ax, data["r2_basic"], data["widths"], "R² of error norms across widths", ".2f")
+    fig.tight_layout()
+    return fig
+
+
+def plot_nonlinear_extra(data) -> Figure:
+    """Fig 12: % of the remaining variance explained by adding ‖nonlinear_i‖ as a predictor."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.8))
+    _heatmap(ax, data["extra_percent"], data["widths"],
+             "% remaining variance explained\nby adding the nonlinear error norm", ".1f", "magma")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_linear_nonlinear_trace(data, start: int = 0, length: int = 100) -> Figure:
+    """Fig 6: linear-error and nonlinear-error norms of every width on the token span."""
+    span = _trace_slice(data, start, length)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(data["widths"])))
+    xs = np.arange(span.start, span.stop)
+    for row, (width, colour) in enumerate(zip(data["widths"], colours, strict=True)):
+        axes[0].plot(xs, data["linear"][row, span], color=colour, lw=1, label=f"width {width}")
+        axes[1].plot(xs, data["nonlinear"][row, span], color=colour, lw=1)
+    axes[0].set_ylabel("‖x·W‖ (linear)")
+    axes[1].set_ylabel("‖e − x·W‖ (nonlinear)")
+    axes[1].set_xlabel("window token")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title("Linear and nonlinear error norms per token", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_norm_violin(norms: dict[str, Any]) -> Figure:
+    """Fig 7: held-out R² of predicting each squared norm from x, over the sweep's SAEs."""
+    results = norms["r2"]
+    values = [[results[name][target] for name in results] for target in NORM_TARGETS]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.violinplot(values, showmeans=True)
+    for i, vals in enumerate(values, start=1):
+        ax.scatter(np.full(len(vals), i), vals, s=8, color="k", zorder=3)
+    ax.set_xticks(range(1, len(NORM_TARGETS) + 1), [NORM_LABELS[t] for t in NORM_TARGETS],
+                  rotation=20, fontsize=7)  # fmt: skip
+    ax.set_ylabel("held-out R² of ‖·‖² from x")
+    ax.set_title(f"Norm prediction over {len(results)} SAEs", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+BASELINE_LABELS = {
+    "x_affine": "[x, 1] (linear probe)",
+    "token_id": "token id (mean per id)",
+    "model_loss": "[model loss, 1]",
+    "l0": "[L0, 1]",
+    "x_norm": "[‖x‖, 1]",
+}
+
+
+def plot_baselines(baselines: dict[str, Any]) -> Figure:
+    """Fig 13: R² of the squared error norm from x against simple baselines, per layer/SAE."""
+    saes = baselines["saes"]
+    by_layer = all(s.get("layer") is not None for s in saes)
+    xs = [s["layer"] for s in saes] if by_layer else list(range(len(saes)))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label in BASELINE_LABELS.items():
+        ys = [s["r2"].get(key, np.nan) for s in saes]
+        if np.all(np.isnan(ys)):
+            continue
+        ax.plot(xs, ys, marker="o", ms=3, lw=1, label=label)
+    if by_layer:
+        ax.set_xlabel("layer")
+    else:
+        ax.set_xticks(xs, [s["name"] for s in saes], rotation=45, fontsize=6)
+    ax.set_ylabel("R² of ‖x − x̂‖²")
+    ax.set_title("Predicting the SAE error norm: linear probe vs baselines", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_probe(probe, window: int = 100, limit: int = 10000) -> Figure:
+    """Fig 14: W_dec[i]·a* against each latent's mean activation when active (sorted)."""
+    dots = np.asarray(probe["probe_dot"])[:limit]
+    acts = np.asarray(probe["mean_active"])[:limit]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = np.arange(len(dots))
+    ax.plot(xs, dots, lw=0.4, alpha=0.4, color="C0", label="(a*)ᵀ · decoder row")
+    ax.plot(xs, running_mean(dots, window), lw=1.5, color="C1", label=f"running mean ({window})")
+    if len(dots):
+        lo, hi = np.percentile(dots, [1, 99])
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+    ax.set_ylabel("(a*)ᵀ · decoder row")
+    # The mean activation gets its own axis: the probe's scale is arbitrary.
+    twin = ax.twinx()
+    twin.plot(xs, acts, lw=1.5, color="C2", label="mean activation when active")
+    twin.set_ylabel("mean activation when active", color="C2")
+    ax.set_xlabel("latent, sorted by mean active value")
+    ax.set_title(
+        f"{probe['sae']}: probe R² {float(probe['probe_r2']):.3f}, "
+        f"corr {float(probe['correlation']):.2f}",
+        fontsize=9,
+    )
+    lines = ax.get_legend_handles_labels()
+    twin_lines = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_noise(noise: dict[str, Any]) -> Figure:
+    """Fig 15: FVU of the reconstruction and of reconstruction + linear prediction against the
+    ablated percent per noise setting, and the grid's estimated linear / nonlinear error."""
+    points = noise["points"]
+    cfg = noise["config"]
+    settings = [tuple(s) for s in cfg["line_settings"]]
+    grid = list(cfg["grid"])
+    fig, axes = plt.subplots(2, max(len(settings), 2), figsize=(4 * max(len(settings), 2), 6.4))
+    for ax, (act, rec) in zip(axes[0], settings, strict=False):
+        chosen = sorted(
+            (p for p in points if p["sigma_act"] == act and p["sigma_rec"] == rec),
+            key=lambda p: -p["ablate_percent"],
+        )
+        seen, rows = set(), []
+        for p in chosen:
+            if p["ablate_percent"] not in seen:
+                seen.add(p["ablate_percent"])
+                rows.append(p)
+        xs = [f"{p['ablate_percent']:.0f}%" for p in rows]
+        ax.plot(xs, [p["fvu_recon"] for p in rows], "-", label="SAE reconstruction")
+        ax.plot(xs, [p["fvu_recon_plus_linear"] for p in rows], "--",
+                label="reconstruction + error prediction")  # fmt: skip
+        ax.set_title(f"σ_rec = {rec}, σ_act = {act}", fontsize=9)
+        ax.set_xlabel("% latents ablated")
+        ax.set_ylabel("FVU (1 − R²)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=6)
+    for ax in axes[0][len(settings) :]:
+        ax.axis("off")
+    cells = {(p["sigma_act"], p["sigma_rec"]): p for p in points if p["ablate_percent"] == 0}
+    for ax, key, title in [
+        (axes[1][0], "nonlinear_estimate", "Est. nonlinear error (FVU)"),
+        (axes[1][1], "linear_estimate", "Est. linear error (FVU difference)"),
+    ]:
+        matrix = np.array([[cells[(a, r)][key] for r in grid] for a in grid])
+        image = ax.imshow(matrix, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(grid)), grid, fontsize=7)
+        ax.set_yticks(range(len(grid)), grid, fontsize=7)
+        ax.set_xlabel("reconstruction noise σ_rec")
+        ax.set_ylabel("activation noise σ_act")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax)
+    for ax in axes[1][2:]:
+        ax.axis("off")
+    fig.suptitle(f"Synthetic noise simulation on {noise['sae']} (σ in {cfg['units']} units)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,460 @@
+"""saelab.cooccurrence: counts, normalisation, both "Jaccards", the bisection, subgraphs, group
+statistics, PCA and the feature pages, each on a hand-computed example."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from saelab.cache import build_cache
+from saelab.cooccurrence import (
+    connected_subgraphs,
+    cooccurrence_from_cache,
+    dense_pair_counts,
+    find_edge_threshold,
+    jaccard,
+    load_counts,
+    node_info_table,
+    normalised_cooccurrence,
+    pair_counts,
+    save_counts,
+    seed000_jaccard,
+    threshold_tag,
+)
+from saelab.cooccurrence.counts import (
+    CooccurrenceCounts,
+    SparseActivity,
+    counts_from_activity,
+    mean_cooccurrence_by_latent,
+)
+from saelab.cooccurrence.dashboards import load_unembedding, logit_effects, write_dashboards
+from saelab.cooccurrence.pca import pca_project, subgraph_pca
+from saelab.cooccurrence.summary import choose_subgraph, group_index, group_statistics
+from saelab.features import collect_feature_summary
+from saelab.saes import SAEConfig, build_sae
+
+# Four tokens, three latents: t0 {0, 1}, t1 {0, 1, 2}, t2 {0}, t3 {2}.
+ROWS = np.array([0, 0, 1, 1, 1, 2, 3])
+LATENTS = np.array([0, 1, 0, 1, 2, 0, 2])
+VALUES = np.array([2.0, 2.0, 2.0, 2.0, 0.5, 2.0, 2.0], dtype=np.float32)
+
+
+def hand_counts(threshold: float = 0.0) -> CooccurrenceCounts:
+    activity = SparseActivity(ROWS, LATENTS, VALUES, 4, 3)
+    return counts_from_activity(activity, threshold)
+
+
+# ------------------------------------------------------------------ counts and matrices
+
+
+def test_counts_by_hand():
+    cc = hand_counts()
+    assert cc.firing_count.tolist() == [3, 2, 2]
+    assert cc.counts.toarray().tolist() == [[3, 2, 1], [2, 2, 1], [1, 1, 2]]
+    # τ = 1.0 drops latent 2 on t1 (0.5 is not > 1.0): only t3 remains for it
+    high = hand_counts(threshold=1.0)
+    assert high.firing_count.tolist() == [3, 2, 1]
+    assert high.counts.toarray().tolist() == [[3, 2, 0], [2, 2, 0], [0, 0, 1]]
+    assert high.counts.nnz == 5  # zeros are not stored
+
+
+def test_normalised_and_jaccards_by_hand():
+    cc = hand_counts()
+    n = normalised_cooccurrence(cc).toarray()
+    expected = [[1, 2 / 3, 1 / 3], [2 / 3, 1, 1 / 2], [1 / 3, 1 / 2, 1]]
+    np.testing.assert_allclose(n, expected, rtol=1e-6)
+    # min(P(i|j), P(j|i)): P(1|0) = 2/3, P(0|1) = 1
+    j = jaccard(cc).toarray()
+    np.testing.assert_allclose(
+        j, [[1, 2 / 3, 1 / 4], [2 / 3, 1, 1 / 3], [1 / 4, 1 / 3, 1]], rtol=1e-6
+    )
+    # the original's quantity: N'_ij / (n_i + n_j - N'_ij)
+    s = seed000_jaccard(cc).toarray()
+    np.testing.assert_allclose(
+        s, [[1, 2 / 13, 1 / 14], [2 / 13, 1, 1 / 7], [1 / 14, 1 / 7, 1]], rtol=1e-5
+    )
+    # mean over the two other latents, diagonal excluded
+    np.testing.assert_allclose(
+        mean_cooccurrence_by_latent(normalised_cooccurrence(cc)),
+        [(2 / 3 + 1 / 3) / 2, (2 / 3 + 1 / 2) / 2, (1 / 3 + 1 / 2) / 2], rtol=1e-6,
+    )  # fmt: skip
+
+
+def test_never_firing_latent_gets_unit_diagonal_like_the_original():
+    activity = SparseActivity(np.array([0]), np.array([0]), np.array([1.0], np.float32), 2, 2)
+    cc = counts_from_activity(activity, 0.0)
+    assert normalised_cooccurrence(cc).toarray().tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_counts_equal_the_original_dense_method(seed):
+    rng = np.random.default_rng(seed)
+    n_rows, width, k = 700, 50, 6
+    rows = np.repeat(np.arange(n_rows), k)
+    latents = np.concatenate([rng.choice(width, k, replace=False) for _ in range(n_rows)])
+    sparse = pair_counts(rows, latents, n_rows, width)
+    dense = dense_pair_counts(rows, latents, n_rows, width, chunk_rows=64)
+    np.testing.assert_array_equal(sparse.toarray(), dense)
+    binary = np.zeros((n_rows, width))
+    binary[rows, latents] = 1
+    np.testing.assert_array_equal(dense, binary.T @ binary)
+    activity = SparseActivity(rows, latents, np.ones(len(rows), np.float32), n_rows, width)
+    a = counts_from_activity(activity, 0.0, "sparse")
+    b = counts_from_activity(activity, 0.0, "dense")  # compacted to the latents that fire
+    assert (a.counts != b.counts).nnz == 0 and b.counts.shape == (width, width)
+
+
+def test_auto_method_picks_dense_for_dense_codes():
+    from saelab.cooccurrence.counts import choose_method
+
+    sparse_rows = np.repeat(np.arange(1000), 4)
+    sparse_latents = np.tile([0, 300, 600, 900], 1000) + np.repeat(np.arange(1000) % 90, 4)
+    assert choose_method(sparse_rows, sparse_latents, 1000) == "sparse"  # 16 vs 1000^2 / 128
+    dense_rows = np.repeat(np.arange(100), 60)
+    dense_latents = np.tile(np.arange(60), 100)  # k = U = 60: k^2 * 128 > U^2
+    assert choose_method(dense_rows, dense_latents, 100) == "dense"
+
+
+def test_duplicate_entries_are_refused():
+    with pytest.raises(ValueError, match="once"):
+        pair_counts(np.array([0, 0]), np.array([1, 1]), 1, 2)
+
+
+def test_counts_roundtrip(tmp_path):
+    from saelab.cooccurrence.counts import save_sparse_matrix
+
+    cc = hand_counts()
+    matrix = normalised_cooccurrence(cc)
+    loaded_matrix = sp.load_npz(save_sparse_matrix(matrix, tmp_path / "m.npz"))
+    assert (loaded_matrix != matrix).nnz == 0  # readable by scipy.sparse.load_npz
+    path = save_counts(cc, tmp_path / "c.npz")
+    loaded = load_counts(path)
+    assert (loaded.counts != cc.counts).nnz == 0
+    assert loaded.firing_count.tolist() == [3, 2, 2] and loaded.n_tokens == 4
+    assert threshold_tag(1.5) == "1_5" and threshold_tag(0) == "0_0"
+
+
+# ------------------------------------------------------------------ bisection and subgraphs
+
+
+def path_graph() -> sp.csr_matrix:
+    """0-1-2-3-4 at 0.9, 4-5 at 0.6, 5-6 at 0.3; 7, 8, 9 alone. Largest component: 7 nodes for
+    θ ≤ 0.3, 6 for θ ≤ 0.6, 5 for θ ≤ 0.9, else 1."""
+    edges = {(0, 1): 0.9, (1, 2): 0.9, (2, 3): 0.9, (3, 4): 0.9, (4, 5): 0.6, (5, 6): 0.3}
+    dense = np.eye(10, dtype=np.float32)
+    for (i, j), w in edges.items():
+        dense[i, j] = dense[j, i] = w
+    return sp.csr_matrix(dense)
+
+
+def test_bisection_by_hand(caplog):
+    matrix = path_graph()
+    found = find_edge_threshold(matrix, 6, 6)
+    assert found.reached and found.threshold == 0.5 and found.largest_size == 6
+    found = find_edge_threshold(matrix, 7, 7)  # 0.5 gives 6 (too small): hi = 0.5, then 0.25
+    assert found.threshold == 0.25 and found.largest_size == 7
+    assert found.trace == [(0.5, 6), (0.25, 7)]
+    with caplog.at_level(logging.WARNING, logger="saelab.cooccurrence"):
+        found = find_edge_threshold(matrix, 3, 4)  # unreachable: sizes jump 5 -> 1
+    assert not found.reached
+    # 0.5 -> 6, 0.75 -> 5, 0.875 -> 5, 0.9375 -> 1, ...: closest to 3.5 is the first 5
+    assert found.threshold == 0.75 and found.largest_size == 5
+    assert "no edge threshold" in caplog.text
+    with pytest.raises(ValueError, match="bounds"):
+        find_edge_threshold(matrix, 5, 4)
+
+
+def test_components_match_networkx_order():
+    rng = np.random.default_rng(0)
+    dense = np.triu(rng.random((40, 40)) * (rng.random((40, 40)) < 0.05), 1)
+    dense = dense + dense.T
+    matrix = sp.csr_matrix(dense)
+    result = connected_subgraphs(matrix, 0.2)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(40))
+    graph.add_edges_from(zip(*np.nonzero(dense >= 0.2), strict=True))
+    for index, component in enumerate(nx.connected_components(graph)):
+        assert set(np.nonzero(result.labels == index)[0]) == component
+        assert all(result.sizes[list(component)] == len(component))
+    assert result.matrix.data.min() >= 0.2 and result.matrix.diagonal().sum() == 0
+
+
+def test_node_info_table():
+    result = connected_subgraphs(path_graph(), 0.5)
+    table = node_info_table(result, "m", 1.5, np.arange(10))
+    assert list(table.columns) == [
+        "node_id", "sae_name", "activity_threshold", "subgraph_id", "subgraph_size",
+        "feature_activations",
+    ]  # fmt: skip
+    assert table["subgraph_size"].tolist() == [6] * 6 + [1] * 4
+    assert table["subgraph_id"].tolist() == [0] * 6 + [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ summary statistics
+
+
+def hand_node_info() -> pd.DataFrame:
+    """A = {0, 1, 5} (the giant), B = {2, 6}, C = {3, 7}, D = {4}."""
+    labels = np.array([0, 0, 1, 2, 3, 0, 1, 2])
+    sizes = np.bincount(labels)[labels]
+    return pd.DataFrame({
+        "node_id": np.arange(8), "sae_name": "x", "activity_threshold": 0.0,
+        "subgraph_id": labels, "subgraph_size": sizes, "feature_activations": np.arange(8) + 1,
+    })  # fmt: skip
+
+
+def test_group_statistics_by_hand():
+    assert group_index(8, [2, 2, 4]).tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert group_index(8, [2, 4, 8]).tolist() == [0, 0, 1, 1, 2, 2, 2, 2]  # cumulative form
+    stats = group_statistics(hand_node_info(), [2, 2, 4])
+    assert stats.giant_id == 0 and stats.giant_size == 3
+    assert stats.per_group["n_subgraphs"].tolist() == [0, 2, 2]
+    assert stats.per_group["subgraphs_per_latent"].tolist() == [0.0, 1.0, 0.5]
+    assert [b.tolist() for b in stats.box_sizes] == [[], [2, 2], [2, 2]]
+    assert stats.correlations["node_id_vs_subgraph_size"]["n"] == 8
+    with pytest.raises(ValueError, match="group sizes"):
+        group_statistics(hand_node_info(), [3, 3])
+
+
+def test_choose_subgraph():
+    info = hand_node_info()
+    # non-giant subgraphs of size 2..3: B (firing 3 + 7) and C (4 + 8): C fires more
+    assert choose_subgraph(info, "auto", (2, 3)) == 2
+    assert choose_subgraph(info, 1) == 1
+    assert choose_subgraph(info, "auto", (10, 20)) == 1  # none in range: the largest, first id
+    with pytest.raises(ValueError, match="does not exist"):
+        choose_subgraph(info, 9)
+
+
+# ------------------------------------------------------------------ from a cache
+
+HOOK = "blocks.0.hook_resid_pre"
+CTX = 8
+
+
+class TableSource:
+    def __init__(self, table):
+        self.table = table
+
+    def __call__(self, tokens):
+        return {HOOK: self.table[tokens.long()]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Rows 0..31 (4 contexts of 8, BOS at each start). Latents 0 and 1 both fire on rows
+    1..4; latent 0 alone on 9..10; BOS rows carry 9.0 on every latent (masked). Latent 2 fires
+    on row 12 at 0.5 only."""
+    table = np.full((32, 3), -1.0, dtype=np.float32)
+    table[1:5, :2] = 2.0
+    table[9:11, 0] = 3.0
+    table[12, 2] = 0.5
+    table[::CTX] = 9.0
+    tokens = np.arange(32, dtype=np.int32).reshape(4, CTX)
+    special = np.zeros(tokens.shape, dtype=bool)
+    special[:, 0] = True
+    path = tmp_path_factory.mktemp("cooc") / "cache.zarr"
+    build_cache(TableSource(torch.from_numpy(table)), tokens, special, [HOOK], path,
+                dtype="float32", batch_contexts=1, progress=False)  # fmt: skip
+    return path
+
+
+def identity_sae(arch="relu"):
+    sae = build_sae(SAEConfig(arch=arch, d_in=3, width=3, k=1, hook_name=HOOK))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(3))
+        sae.W_dec.copy_(torch.eye(3) * torch.tensor([[1.0], [2.0], [3.0]]))
+    return sae
+
+
+def test_cooccurrence_from_cache_masks_special_tokens(cache):
+    result = cooccurrence_from_cache(identity_sae(), cache, 1000, [0.0, 1.0], batch_size=5,
+                                     progress=False)  # fmt: skip
+    low, high = result[0.0], result[1.0]
+    assert low.n_tokens == 28  # 32 rows minus 4 BOS
+    assert low.firing_count.tolist() == [6, 4, 1]
+    assert low.counts.toarray().tolist() == [[6, 4, 0], [4, 4, 0], [0, 0, 1]]
+    assert high.firing_count.tolist() == [6, 4, 0]
+    assert low.meta["encoding"] == "eval" and low.meta["l0_mean"] == pytest.approx(11 / 28)
+
+
+def test_train_mode_batchtopk_option(cache):
+    sae = identity_sae("batchtopk")
+    with torch.no_grad():
+        sae.threshold.fill_(100.0)  # eval mode would select nothing
+    evald = cooccurrence_from_cache(sae, cache, 1000, [0.0], batch_size=7, progress=False)[0.0]
+    assert evald.firing_count.sum() == 0
+    trained = cooccurrence_from_cache(sae, cache, 1000, [0.0], batch_size=7,
+                                      encoding="train_batchtopk", progress=False)[0.0]  # fmt: skip
+    # 28 tokens = 4 batches of 7 tokens, k = 1: at most 7 selections per batch. Batch 1 (rows
+    # 1..7) holds 8 positive entries, so one is dropped; batch 2 holds 3 (rows 9, 10, 12).
+    assert trained.firing_count.sum() == 7 + 3
+    assert float(sae.threshold) == 100.0
+
+
+def test_subgraph_pca_on_cache(cache):
+    result = subgraph_pca(identity_sae(), cache, [0, 1], max_examples=5, batch_size=4)
+    # tokens firing 0 or 1, in order: rows 1, 2, 3, 4, 9 (BOS rows masked)
+    assert result.rows.tolist() == [1, 2, 3, 4, 9]
+    assert result.token_ids.tolist() == [1, 2, 3, 4, 9]
+    assert result.active_latent.tolist() == [0, 0, 0, 0, 0]  # ties: the first latent
+    # r_t = f0 * (1, 0, 0) + f1 * (0, 2, 0): four copies of (2, 4, 0) and one (3, 0, 0)
+    assert result.explained_variance_ratio[0] == pytest.approx(1.0)
+    assert np.ptp(result.coords[:4, 0]) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="no token"):
+        subgraph_pca(identity_sae(), cache, [2], max_tokens=8)
+
+
+def test_pca_project_matches_known_directions():
+    # a 4 x 2 grid in the first two of four dimensions: variances 5 and 1, uncorrelated
+    grid = np.array([(x, y, 0.0, 0.0) for x in (-3, -1, 1, 3) for y in (-1, 1)]) + 7.0
+    coords, ratio = pca_project(grid)
+    np.testing.assert_allclose(ratio, [5 / 6, 1 / 6, 0], atol=1e-12)
+    # sklearn's sign rule: the largest loading is positive, so PC1 = x and PC2 = y exactly
+    np.testing.assert_allclose(coords[:, 0], grid[:, 0] - 7.0, atol=1e-12)
+    np.testing.assert_allclose(coords[:, 1], grid[:, 1] - 7.0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ feature pages
+
+
+def find_chromium() -> str:
+    """The Debian chromium binary; a missing browser is a failure, not a skip."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if Path("/usr/bin/chromium").exists():
+        return "/usr/bin/chromium"
+    pytest.fail("no headless browser found: run `apt-get install chromium` (Debian chromium)")
+
+
+class FakeTokenizer:
+    def decode(self, ids):
+        return f"<t{int(ids[0])}>" if int(ids[0]) % 2 else f" w{int(ids[0])}"
+
+
+def test_logit_effects_by_hand():
+    W_U = torch.tensor([[1.0, -1.0, 0.0], [0.0, 2.0, -3.0]])  # d = 2, vocab = 3
+    effect = logit_effects(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), W_U, n=2)
+    assert effect.top_ids.tolist() == [[0, 2], [1, 0]]
+    assert effect.bottom_ids.tolist() == [[1, 2], [2, 0]]
+    assert effect.bottom_values[1, 0] == -3.0
+    with pytest.raises(ValueError, match="residual"):
+        logit_effects(torch.ones(1, 3), W_U)
+
+
+def test_load_unembedding_from_hf_and_tiny(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "hf").mkdir()
+    embed = torch.arange(12.0).reshape(4, 3)  # vocab 4, d 3, tied
+    save_file({"model.embed_tokens.weight": embed}, tmp_path / "hf" / "model.safetensors")
+    assert torch.equal(load_unembedding(tmp_path), embed.T)
+    (tmp_path / "tiny").mkdir()
+    save_file({"unembed.W_U": embed.T.contiguous()}, tmp_path / "tiny" / "model.safetensors")
+    assert torch.equal(load_unembedding(tmp_path), embed.T)
+    with pytest.raises(FileNotFoundError, match="prepare_model"):
+        load_unembedding(tmp_path / "nothing")
+
+
+def test_feature_pages_render_in_headless_chromium(cache, tmp_path):
+    sae = identity_sae()
+    summary = collect_feature_summary(sae, cache, 1000, top_n=3, before=2, after=1,
+                                      progress=False)  # fmt: skip
+    W_U = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "pages"
+    out.mkdir()
+    pages = write_dashboards(summary, [0, 1], FakeTokenizer(), sae.W_dec, W_U, out, title="S 7")
+    text = pages[0].read_text()
+    # latent 0's top activation is 3.0 on row 9 (token 9), drawn with full highlight
+    assert 'title="3.000"' in text and "&lt;t9&gt;" in text and "rgba(230, 106, 31, 1.00)" in text
+    assert "<svg" in text and "promoted" in text and 'href="latent_1.html"' in text
+    assert (out / "index.html").is_file()
+
+    shot = tmp_path / "shot.png"
+    browser = find_chromium()
+    run = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--screenshot={shot}", "--window-size=900,700", pages[0].as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.is_file(), f"chromium made no screenshot: {run.stderr[-2000:]}"
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    non_white = (image < 240).any(axis=2)
+    assert non_white.mean() > 0.005  # text, bars and highlights were drawn
+    orange = (image[..., 0] > 200) & (image[..., 1] < 150) & (image[..., 2] < 100)
+    assert orange.sum() > 20  # the histogram bars / highlights
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"saes": ["nope"]}, "not SAEs of"),
+        ({"saes": ["batchtopk"]}, "matryoshka"),
+        ({"saes": ["matryoshka", "matryoshka-transcoder", "darkmatter-w1024-k16"]}, "one width"),
+        ({"saes": ["matryoshka", "relu"], "encoding": "train_batchtopk"}, "train_batchtopk"),
+        ({"saes": ["matryoshka"], "component_size": [300, 200]}, "min <= max"),
+        ({"saes": ["matryoshka"], "component_size": [5000, 6000]}, "width 4096"),
+        ({"saes": ["matryoshka"], "representative": {"threshold": 2.0}}, "not one of"),
+        ({"saes": ["matryoshka"], "representative": {"subgraph": "big"}}, "'auto'"),
+    ],
+)
+def test_config_errors_name_the_key(section, message):
+    from saelab.config import REPO_ROOT, ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO_ROOT / "config" / "config.yaml", overrides={"cooccurrence": section})
+
+
+def test_default_config_section_is_valid():
+    from saelab.config import REPO_ROOT, load_config
+
+    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
+    assert cfg.cooccurrence["saes"] == ["matryoshka", "batchtopk"]
+    assert cfg.cooccurrence["component_size"] == [150, 200]
+    micro = load_config(REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "tests/config/micro.yaml")
+    low, high = micro.cooccurrence["component_size"]
+    assert low <= high < micro.saes["matryoshka"].width  # reachable bounds for width 256
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_micro_run_cooccurrence(micro_run):
+    analysis = micro_run / "data" / "analysis" / "cooccurrence" / "tiny"
+    edge = pd.read_csv(analysis / "edge_thresholds.csv")
+    assert set(edge["sae_name"]) >= {"matryoshka", "batchtopk"}
+    assert edge["edge_threshold"].between(0, 1).all()
+    info = pd.read_csv(next(analysis.glob("matryoshka/node_info_tau*.csv")))
+    assert len(info) == 256 and info["subgraph_size"].between(1, 256).all()
+    counts = load_counts(next(analysis.glob("matryoshka/counts_tau*.npz")))
+    assert counts.n_tokens > 1000
+    assert (counts.counts.diagonal() == counts.firing_count).all()
+    summary = json.loads(next(analysis.glob("summary_tau*.json")).read_text())
+    assert {"matryoshka", "batchtopk"} <= set(summary["saes"])
+    plots = micro_run / "plots" / "cooccurrence"
+    for name in ("subgraph_sizes", "group_subgraph_sizes", "group_subgraph_counts",
+                 "cooccurrence_by_index", "pca_subgraph"):  # fmt: skip
+        figures = list(plots.glob(f"{name}_tau*.png"))
+        assert figures and all(f.stat().st_size > 5000 for f in figures), name
+    assert list(plots.glob("pca_subgraph_tau*.html"))
+    pages = list((plots / "dashboards").glob("latent_*.html"))
+    assert pages and "Top activations" in pages[0].read_text()
