@@ -1,31 +1,28 @@
-"""Rule evaluate_sae: activation metrics, CE recovered and KL, and absorption of one SAE, as JSON.
+"""Rule evaluate_sae: activation metrics and absorption of one SAE, plus its CE recovered and KL
+(computed for every SAE of the cache at once by rule ce_recovered), as JSON.
 
 Every metric is computed in saelab.evaluate; this script only wires the rule's files to it.
 """
 
+import json
 from pathlib import Path
 
-from saelab.config import TinyConfig
 from saelab.evaluate import (
-    ce_recovered,
     evaluate_sae,
     first_letter_absorption_from_cache,
-    heldout_contexts,
     heldout_reader,
     write_metrics,
 )
-from saelab.models import default_device, load_model, load_tokenizer, resolve_model
+from saelab.models import default_device, load_tokenizer
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = dict(snakemake.params.eval)  # defaults filled by config/schema.yaml
-    spec = snakemake.params.model
-    device = default_device(spec["device"])
     cache = snakemake.input.cache
     name = getattr(snakemake.wildcards, "sae", None) or Path(snakemake.input.sae).name
-    sae = load_sae(snakemake.input.sae, device=device)
+    sae = load_sae(snakemake.input.sae, device=default_device(snakemake.params.model["device"]))
     cfg = sae.cfg
     metrics = {
         "sae": name,
@@ -50,27 +47,10 @@ with logged(snakemake.log[0]) as log:
     )
     log.info("FVU (%s) %.4f, L0 %.1f", opts["fvu"], metrics["fvu"], metrics["l0"]["mean"])
 
-    metrics["ce_recovered"] = None
-    if opts["ce_contexts"] > 0:
-        info = resolve_model(
-            spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-        )
-        model = load_model(info, snakemake.input.model_dir, device=device)
-        tokens, special = heldout_contexts(
-            cache, cfg.hook_name, opts["ce_contexts"], opts["ce_context_len"]
-        )
-        log.info("CE recovered on %d contexts of %d tokens", *tokens.shape)
-        ce = ce_recovered(
-            model,
-            tokens,
-            {name: sae},
-            special_mask=special,
-            splice_special=opts["splice_special"],
-            batch_size=opts["ce_batch_size"],
-        )[name]
-        metrics["ce_recovered"] = ce._asdict()
-        log.info("CE loss score %.4f, KL %.4f", ce.ce_loss_score, ce.kl_sae)
-        del model
+    ce_scores = json.loads(Path(snakemake.input.ce).read_text())["saes"]
+    metrics["ce_recovered"] = ce_scores.get(name)
+    if metrics["ce_recovered"] is not None:
+        log.info("CE loss score %.4f (rule ce_recovered)", metrics["ce_recovered"]["ce_loss_score"])
 
     metrics["first_letter_absorption"] = None
     if opts["absorption"]:

@@ -96,7 +96,9 @@ def all_targets():
 def sweep_runs(sweep):
     """The SAE runs of one ``sweeps`` family, in config order (name, layer, width, k in each point)."""
     if sweep not in CFG.sweeps:
-        raise WorkflowError(f"no sweep {sweep!r}; the config defines: {sorted(CFG.sweeps)}")
+        raise WorkflowError(
+            f"no sweep {sweep!r}; the config defines: {sorted(CFG.sweeps)}"
+        )
     return [CFG.saes[point.name] for point in CFG.sweeps[sweep]]
 
 
@@ -136,6 +138,26 @@ def eval_params(wildcards):
     return dict(CFG.evaluation)
 
 
+def ce_scores_path(cache):
+    """CE recovered and KL of every named SAE of one cache (one job, one model load)."""
+    return f"data/analysis/evaluation/{MODEL_ID}/ce_recovered/{cache}.json"
+
+
+def sae_ce_scores_input(wildcards):
+    return ce_scores_path(CFG.saes[wildcards.sae].cache)
+
+
+def ce_sae_names(wildcards):
+    """Named SAEs (not sweep families) trained on the cache of this CE job."""
+    return [
+        name for name, run in CFG.named_saes.items() if run.cache == wildcards.cache
+    ]
+
+
+def ce_sae_inputs(wildcards):
+    return [sae_dir_by_name(name) for name in ce_sae_names(wildcards)]
+
+
 def sae_metrics_path(name):
     return f"data/analysis/evaluation/{MODEL_ID}/{CFG.saes[name].hook}/{name}.json"
 
@@ -165,4 +187,5 @@ def sae_figures():
 # Each analysis keeps its helpers in its own common_<analysis>.smk (rule files hold only rules).
 include: "common_cooccurrence.smk"
 include: "common_trajectories.smk"
+include: "common_darkmatter.smk"
 include: "common_darkmatter_interventions.smk"

@@ -216,5 +216,4 @@ def dashboard_params(wildcards):
 def representative_json(wildcards=None):
     return f"{cooccurrence_dir()}/representative_tau{representative_tag()}.json"
 
-
 # ------------------------------------------------------------------ rules

@@ -35,7 +35,9 @@ def dmi_fixed_sae():
     """The grid SAE at (fixed_width, fixed_k): the components and train-on-error SAE."""
     names = [n for n in dmi_k_sweep() if n in dmi_width_sweep()]
     if not names:
-        raise WorkflowError("no grid SAE has both darkmatter.fixed_width and darkmatter.fixed_k")
+        raise WorkflowError(
+            "no grid SAE has both darkmatter.fixed_width and darkmatter.fixed_k"
+        )
     return names[0]
 
 
@@ -76,7 +78,10 @@ def dmi_pursuit_sae_input(wildcards):
 
 
 def dmi_downstream_input(wildcards):
-    inputs = {"cache": cache_path(CFG.saes[dmi_fixed_sae()].cache), "model_dir": model_dir_path()}
+    inputs = {
+        "cache": cache_path(CFG.saes[dmi_fixed_sae()].cache),
+        "model_dir": model_dir_path(),
+    }
     for name in dmi_union(dmi_width_sweep(), dmi_k_sweep()):
         inputs[f"info_{name}"] = darkmatter_info_path(name)
         inputs[f"reg_{name}"] = darkmatter_regression_path(name)
@@ -169,7 +174,10 @@ def dmi_score_params(wildcards):
 
 def dmi_fig10a_input(wildcards):
     """pursuit.json of every pursuit SAE (the width sweep at least)."""
-    return {name: darkmatter_pursuit_path(name) for name in dmi_union(dmi_width_sweep(), dmi_pursuit_saes())}
+    return {
+        name: darkmatter_pursuit_path(name)
+        for name in dmi_union(dmi_width_sweep(), dmi_pursuit_saes())
+    }
 
 
 def dmi_fig10a_params(wildcards):
@@ -190,6 +198,5 @@ def darkmatter_intervention_targets():
     if not darkmatter_points():
         return []
     return [dmi_figure(name) for name in DMI_FIGURES.values()]
-
 
 # ------------------------------------------------------------------ analyses

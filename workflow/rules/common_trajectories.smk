@@ -23,7 +23,10 @@ def trajectory_sae_names():
 
 
 def trajectory_sae_inputs(wildcards):
-    return {f"sae_l{layer}": sae_dir_by_name(name) for layer, name in trajectory_sae_names().items()}
+    return {
+        f"sae_l{layer}": sae_dir_by_name(name)
+        for layer, name in trajectory_sae_names().items()
+    }
 
 
 def trajectory_feature_inputs(wildcards):
@@ -51,7 +54,9 @@ def trajectory_graph_outputs():
     """Per T: the traced graph (JSON), its PNG and its HTML, each a report item."""
     outputs = {}
     for T in TRAJ.T:
-        outputs[f"graph_T{T}"] = f"data/analysis/trajectories/{MODEL_ID}/{{prompt}}/graph_T{T}.json"
+        outputs[f"graph_T{T}"] = (
+            f"data/analysis/trajectories/{MODEL_ID}/{{prompt}}/graph_T{T}.json"
+        )
         outputs[f"png_T{T}"] = report(
             f"plots/trajectories/{{prompt}}/graph_T{T}.png",
             caption="../report/trajectory_graph.rst",

@@ -27,11 +27,41 @@ for _group, _runs in CFG.sae_groups().items():
             "../../scripts/train_sae.py"
 
 
+rule ce_recovered:
+    """CE loss recovered and KL (zero and mean ablation) of every named SAE of a cache, sharing
+    the model load, the clean pass and the ablation passes."""
+    input:
+        saes=ce_sae_inputs,
+        cache=cache_path("{cache}"),
+        model_dir=model_dir_path(),
+    output:
+        scores="data/analysis/evaluation/{model}/ce_recovered/{cache}.json",
+    log:
+        "logs/ce_recovered/{model}/{cache}.log",
+    benchmark:
+        "logs/benchmarks/ce_recovered/{model}/{cache}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_request,
+    params:
+        saes=ce_sae_names,
+        eval=eval_params,
+        model=model_params,
+    script:
+        "../../scripts/ce_recovered.py"
+
+
 rule evaluate_sae:
-    """FVU (three definitions), L0, dead latents, prefix FVU, CE recovered and KL, seed-001 metrics."""
+    """FVU (three definitions), L0, dead latents, prefix FVU, seed-001 metrics, absorption, and
+    the SAE's CE recovered and KL from its cache's ce_recovered job."""
     input:
         sae=sae_input,
         cache=sae_cache_input,
+        ce=sae_ce_scores_input,
         model_dir=model_dir_path(),
     output:
         metrics="data/analysis/evaluation/{model}/{hook}/{sae}.json",
@@ -41,7 +71,7 @@ rule evaluate_sae:
         "logs/benchmarks/evaluate_sae/{model}/{hook}/{sae}.tsv"
     conda:
         "../../envs/saelab.yaml"
-    threads: 4
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=60,

@@ -8,7 +8,8 @@
 rule trajectory_evolution:
     """Per prefix length and layer: the last token's attention output split by source token,
     checked against hook_resid_mid; SAE latents of resid_pre and of every cumulative step; logit
-    lens. Every prompt in one job (the model loads once), one forward pass each, no logits."""
+    lens. Every prompt in one job (the model loads once), one forward pass each, no logits.
+    """
     input:
         unpack(trajectory_sae_inputs),
         model_dir=model_dir_path(),
@@ -35,7 +36,8 @@ rule trajectory_evolution:
 rule trajectory_graph:
     """Newcomers (final rank <= T), edges per prompt length, the backward trace; for every T the
     graph as JSON, PNG and interactive HTML (hover: each newcomer latent with its description).
-    One job per prompt: loading the 262k-token gemma tokenizer costs more than a graph."""
+    One job per prompt: loading the 262k-token gemma tokenizer costs more than a graph.
+    """
     input:
         unpack(trajectory_feature_inputs),
         evolution=trajectory_evolution_input,

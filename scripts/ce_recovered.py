@@ -1,0 +1,47 @@
+"""Rule ce_recovered: CE loss recovered and KL of every named SAE, in one job.
+
+The model loads once and every costly pass is shared (saelab.evaluate.ce_recovered): one clean
+pass per batch, zero- and mean-ablation passes per spliced hook, one spliced pass per SAE.
+"""
+
+from saelab.config import TinyConfig
+from saelab.evaluate import ce_recovered, heldout_contexts, write_metrics
+from saelab.models import default_device, load_model, resolve_model
+from saelab.runtime import logged, set_torch_threads
+from saelab.saes.io import load_sae
+
+with logged(snakemake.log[0]) as log:
+    set_torch_threads(snakemake.threads)
+    opts = dict(snakemake.params.eval)  # defaults filled by config/schema.yaml
+    spec = snakemake.params.model
+    device = default_device(spec["device"])
+    names = list(snakemake.params.saes)
+    results = {}
+    if opts["ce_contexts"] > 0:
+        saes = {
+            name: load_sae(path, device=device)
+            for name, path in zip(names, snakemake.input.saes, strict=True)
+        }
+        info = resolve_model(
+            spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
+        )
+        model = load_model(info, snakemake.input.model_dir, device=device)
+        first = saes[names[0]]
+        tokens, special = heldout_contexts(
+            snakemake.input.cache, first.cfg.hook_name, opts["ce_contexts"], opts["ce_context_len"]
+        )
+        log.info("CE recovered of %d SAEs on %d contexts of %d tokens", len(saes), *tokens.shape)
+        scores = ce_recovered(
+            model,
+            tokens,
+            saes,
+            special_mask=special,
+            splice_special=opts["splice_special"],
+            batch_size=opts["ce_batch_size"],
+        )
+        for name, ce in scores.items():
+            results[name] = ce._asdict()
+            log.info("%s: CE loss score %.4f, KL %.4f", name, ce.ce_loss_score, ce.kl_sae)
+    else:
+        log.info("evaluation.ce_contexts is 0: CE recovered skipped")
+    write_metrics({"saes": results, "options": opts}, snakemake.output.scores)
