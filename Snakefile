@@ -26,6 +26,8 @@ wildcard_constraints:
     model=re.escape(MODEL_ID),
     corpus=one_of(CFG.corpora),
     cache=one_of(CFG.caches),
+    hook=r"blocks\.\d+\.[\w.]+",
+    sae=r"[\w-]+",
 
 
 include: "workflow/rules/models.smk"

@@ -434,3 +434,19 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
     for i, fig in enumerate(figures):
         save_figure(fig, tmp_path / f"{i}.png", dpi=30)
         assert (tmp_path / f"{i}.png").stat().st_size > 500
+
+
+def test_encoder_error_area_comes_from_pursuit_paired_with_its_own_encoder_fit():
+    """Pursuit's nonlinear FVU is measured on its own tokens and fit; the encoder-error area is
+    its improvement over the encoder on that same basis, never a level from another fit."""
+    rows = [{"name": f"w{w}", "width": w, "k": 8, "l0_mean": 8, "fvu": 0.3 * w ** -0.3 + 0.05,
+             "nonlinear_error_fvu": nl, "r2_vector": 0.5, "r2_norm": 0.9}
+            for w, nl in ((64, 0.05), (128, 0.04), (256, 0.03), (512, 0.04))]  # fmt: skip
+    pursuit = {r["name"]: {"encoder_nonlinear_error_fvu": 0.09, "pursuit_nonlinear_error_fvu": 0.07,
+                           "pursuit_fvu": 0.5} for r in rows}  # fmt: skip
+    summary = scaling_summary(rows, None, pursuit)
+    # level (mean nonlinear FVU 0.04) minus the paired improvement 0.02, at every width.
+    assert np.allclose(summary["curve_pursuit_fvu"], 0.02)
+    widest = summary["breakdown_at_widest"]
+    assert widest["encoder_error"] == pytest.approx(0.02)
+    assert widest["nonlinear_error"] == pytest.approx(0.02)

@@ -239,12 +239,19 @@ def scaling_summary(
     nonlinear = [r["nonlinear_error_fvu"] for r in curve]
     fit = fit_power_law(widths, fvus)
     pursuit_fvus, pursuit_key = None, None
-    if pursuit:
-        pursuit_key = (
-            "pursuit_nonlinear_error_fvu"
-            if all("pursuit_nonlinear_error_fvu" in pursuit[r["name"]] for r in curve)
-            else "pursuit_fvu"
-        )
+    paired = ("encoder_nonlinear_error_fvu", "pursuit_nonlinear_error_fvu")
+    if pursuit and all(all(key in pursuit[r["name"]] for key in paired) for r in curve):
+        # The encoder-error area is what pursuit removes from the nonlinear error, measured on
+        # pursuit's own tokens and fit for both encoders (its absolute levels come from a smaller
+        # fit than the regression's, so they are not comparable with ``nonlinear`` directly).
+        pursuit_key = "nonlinear_error_fvu - (encoder - pursuit nonlinear error fvu)"
+        level = float(np.mean(nonlinear))
+        pursuit_fvus = [
+            level - (float(pursuit[r["name"]][paired[0]]) - float(pursuit[r["name"]][paired[1]]))
+            for r in curve
+        ]
+    elif pursuit:
+        pursuit_key = "pursuit_fvu"
         pursuit_fvus = [float(pursuit[r["name"]][pursuit_key]) for r in curve]
     parts = breakdown(fit, widths, nonlinear, pursuit_fvus=pursuit_fvus)
     return {
