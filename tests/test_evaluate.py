@@ -475,14 +475,29 @@ def test_script_writes_metrics(tiny_model, cached, tmp_path):
     model_dir = tmp_path / "model"
     train_bpe_tokenizer(["the cat sat on the mat"] * 20, 300, model_dir / "tokenizer")
     out = tmp_path / "eval" / "id.json"
+    ce_path = tmp_path / "eval" / "ce.json"
+    params = SimpleNamespace(
+        # the schema's defaults, as the Snakefile passes them
+        eval={**load_config(DEFAULT_CONFIG).evaluation, "n_tokens": 100, "ce_contexts": 0},
+        model={"name": "tiny", "model_path": None, "device": "cpu", "tiny": {}},
+        saes=["id"],
+    )
+    # Rule ce_recovered with ce_contexts 0 writes an empty table (and loads no model).
+    ce_job = SimpleNamespace(
+        input=SimpleNamespace(saes=[str(sae_dir)], cache=str(path), model_dir=str(model_dir)),
+        output=SimpleNamespace(scores=str(ce_path)),
+        params=params,
+        log=[str(tmp_path / "ce.log")],
+        threads=1,
+    )
+    runpy.run_path(str(REPO / "scripts" / "ce_recovered.py"), init_globals={"snakemake": ce_job})
+    assert json.loads(ce_path.read_text())["saes"] == {}
     snakemake = SimpleNamespace(
-        input=SimpleNamespace(sae=str(sae_dir), cache=str(path), model_dir=str(model_dir)),
-        output=SimpleNamespace(metrics=str(out)),
-        params=SimpleNamespace(
-            # the schema's defaults, as the Snakefile passes them
-            eval={**load_config(DEFAULT_CONFIG).evaluation, "n_tokens": 100, "ce_contexts": 0},
-            model={"name": "tiny", "model_path": None, "device": "cpu", "tiny": {}},
+        input=SimpleNamespace(
+            sae=str(sae_dir), cache=str(path), model_dir=str(model_dir), ce=str(ce_path)
         ),
+        output=SimpleNamespace(metrics=str(out)),
+        params=params,
         log=[str(tmp_path / "eval.log")],
         threads=1,
         wildcards=SimpleNamespace(sae="id"),
