@@ -47,3 +47,15 @@ def small_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok400")
     train_bpe_tokenizer([topics[key] for key in sorted(topics)[:20]], 400, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A random 2-layer TransformerLens model (d 32, vocab 60) for CE-splicing tests."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=60,
+        act_fn="gelu", normalization_type="LN", seed=0,
+    )  # fmt: skip
+    return HookedTransformer(cfg).eval()

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saelab.darkmatter.components import component_hooks, error_targets, predictability_table
 from saelab.darkmatter.downstream import (
@@ -156,15 +155,6 @@ def test_reconstruction_percentages_of_an_exactly_linear_error():
     assert out["r2_percent_nonlinear"] == pytest.approx(0.0, abs=1e-3)
     assert out["norm_percent_linear"] == pytest.approx(100.0, abs=1e-3)
     assert out["norm_percent_nonlinear"] == pytest.approx(0.0, abs=1e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=60,
-        act_fn="gelu", normalization_type="LN", seed=0,
-    )  # fmt: skip
-    return HookedTransformer(cfg).eval()
 
 
 def _contexts(model, hook, tokens, window):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saelab.cache import TLActivationSource, build_cache
 from saelab.config import REPO_ROOT, load_config
@@ -263,15 +262,6 @@ def test_evaluate_sae_reports_seed001_and_all_fvus():
 
 
 # ------------------------------------------------------------------------------------ CE
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=60,
-        act_fn="gelu", normalization_type="LN", seed=0,
-    )  # fmt: skip
-    return HookedTransformer(cfg).eval()
 
 
 @pytest.fixture(scope="module")

@@ -1480,9 +1480,8 @@ def to_jsonable(value: Any) -> Any:
 
 def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``metrics`` as strict JSON to ``path`` atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from saelab.runtime import write_text_atomic
+
+    return write_text_atomic(
+        json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n", path
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, CacheError
+from saelab.runtime import savez_atomic
 from saelab.saes.base import SAE, SparseCodes
 from saelab.saes.batchtopk import batch_topk
 
@@ -345,15 +345,7 @@ def save_feature_summary(summary: FeatureSummary, path: str | os.PathLike) -> Pa
     arrays = {name: getattr(summary, name) for name in _ARRAY_FIELDS}
     arrays["n_tokens"] = np.array(summary.n_tokens, dtype=np.int64)
     arrays["meta_json"] = np.array(json.dumps(summary.meta))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return savez_atomic(path, arrays)
 
 
 def load_feature_summary(path: str | os.PathLike) -> FeatureSummary:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -259,16 +258,9 @@ def counts_from_activity(
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from saelab.runtime import savez_atomic
+
+    return savez_atomic(path, arrays)
 
 
 def save_sparse_matrix(matrix: sp.spmatrix, path: str | os.PathLike) -> Path:

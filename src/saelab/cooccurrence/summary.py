@@ -8,27 +8,13 @@ latent index for latent index. Subgraph statistics exclude singletons and the gi
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 
-
-def resolve_group_sizes(group_sizes: list[int], width: int) -> list[int]:
-    """Individual group sizes from individual or cumulative sizes, as
-    :func:`saelab.saes.resolve_group_sizes` (which is not imported: it would load torch)."""
-    sizes = [int(s) for s in group_sizes]
-    if sizes and all(s > 0 for s in sizes):
-        if sum(sizes) == width:
-            return sizes
-        if sizes[-1] == width and all(a < b for a, b in pairwise(sizes)):
-            return [sizes[0]] + [b - a for a, b in pairwise(sizes)]
-    raise ValueError(
-        f"group sizes {group_sizes} fit neither form for width {width}: individual sizes must "
-        f"sum to {width}; cumulative prefixes must increase and end at {width}"
-    )
+from saelab.groups import resolve_group_sizes
 
 
 def group_index(width: int, group_sizes: list[int]) -> np.ndarray:

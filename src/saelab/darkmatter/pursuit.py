@@ -21,7 +21,6 @@ Tokens whose L0 is reached stop changing (their step is 0).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -170,11 +169,6 @@ def run_pursuit(sae, info, n_tokens: int, batch_size: int = 256, seed: int = 0) 
 
 def write_json(record: dict[str, Any], path: str | os.PathLike) -> Path:
     """Strict JSON written under a temporary name, then renamed."""
-    from saelab.evaluate import to_jsonable
+    from saelab.evaluate import write_metrics
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(record), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_metrics(record, path)

@@ -114,12 +114,9 @@ def fvu(x: np.ndarray, recon: np.ndarray) -> float:
 
 def write_json(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """JSON (NaN as null) written under a temporary name, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=2))
-    os.replace(tmp, path)
-    return path
+    from saelab.runtime import write_text_atomic
+
+    return write_text_atomic(json.dumps(_jsonable(payload), indent=2), path)
 
 
 def _jsonable(value):

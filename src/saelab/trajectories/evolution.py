@@ -238,12 +238,10 @@ def steps_at(evolution: Mapping[str, Any], length: int, layer: int) -> list[list
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     """Write JSON to a temp file beside ``path`` and rename it: no half-written file survives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n")  # compact: ~10^5 numbers
-    os.replace(tmp, path)
-    return path
+    from saelab.runtime import write_text_atomic
+
+    # compact separators: ~10^5 numbers
+    return write_text_atomic(json.dumps(data, separators=(",", ":")) + "\n", path)
 
 
 def load_evolution(path: str | os.PathLike) -> dict[str, Any]:
