@@ -54,7 +54,7 @@ def shuffled_split(n: int, seed: int = 0, train_fraction: float = 0.5) -> Split:
 
 
 def lstsq(X: np.ndarray, Y: np.ndarray, intercept: bool = False) -> np.ndarray:
-    """argmin_W ‖X W − Y‖² in float64 (minimum-norm when X is rank deficient).
+    """argmin_W ‖X W − Y‖² in float64 (minimum-norm when X is numerically rank deficient).
 
     With ``intercept`` a ones column is appended to X and W has one more row (the bias, last).
     """
@@ -64,7 +64,11 @@ def lstsq(X: np.ndarray, Y: np.ndarray, intercept: bool = False) -> np.ndarray:
     Y = np.asarray(Y, dtype=np.float64)
     if len(X) != len(Y):
         raise ValueError(f"X has {len(X)} rows but Y has {len(Y)}")
-    return np.linalg.lstsq(X, Y, rcond=None)[0]
+    # Singular values below 1e-6 of the largest are treated as zero: the inputs are float32 (or
+    # float16) values, so directions that small are rounding noise. SAE reconstructions with
+    # many dead latents are nearly rank deficient, and numpy's default cutoff (~1e-13) let
+    # such noise directions blow held-out predictions up by orders of magnitude.
+    return np.linalg.lstsq(X, Y, rcond=1e-6)[0]
 
 
 def predict(X: np.ndarray, W: np.ndarray, intercept: bool = False) -> np.ndarray:
