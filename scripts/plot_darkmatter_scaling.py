@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from saelab.plots.common import save_figure
+from saelab.plots.common import draw_named, save_figure
 from saelab.plots.darkmatter import (
     plot_error_r2_contours,
     plot_nonlinear_fvu_contour,
@@ -21,4 +21,4 @@ FIGURES = {
 
 with logged(snakemake.log[0]):
     summary = json.loads(Path(snakemake.input.data).read_text())
-    save_figure(FIGURES[snakemake.params.figure](summary), snakemake.output.figure)
+    save_figure(draw_named(FIGURES, snakemake.params.figure, summary), snakemake.output.figure)

@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from saelab.cache import build_cache
+from saelab.cache import CacheError, build_cache
 from saelab.cooccurrence import (
     connected_subgraphs,
     cooccurrence_from_cache,
@@ -315,6 +315,17 @@ def test_subgraph_pca_on_cache(cache):
         subgraph_pca(identity_sae(), cache, [2], max_tokens=8)
 
 
+def test_every_cache_pass_rejects_an_sae_of_another_width(cache):
+    wide = build_sae(SAEConfig(arch="relu", d_in=4, width=3, k=1, hook_name=HOOK))
+    for run in (
+        lambda: cooccurrence_from_cache(wide, cache, 8, [0.0], progress=False),
+        lambda: subgraph_pca(wide, cache, [0]),
+        lambda: collect_feature_summary(wide, cache, 8, progress=False),
+    ):
+        with pytest.raises(CacheError, match="is 3 wide but the SAE reads d_in=4"):
+            run()
+
+
 def test_pca_project_matches_known_directions():
     # a 4 x 2 grid in the first two of four dimensions: variances 5 and 1, uncorrelated
     grid = np.array([(x, y, 0.0, 0.0) for x in (-3, -1, 1, 3) for y in (-1, 1)]) + 7.0
@@ -458,3 +469,36 @@ def test_micro_run_cooccurrence(micro_run):
     assert list(plots.glob("pca_subgraph_tau*.html"))
     pages = list((plots / "dashboards").glob("latent_*.html"))
     assert pages and "Top activations" in pages[0].read_text()
+
+
+def test_summary_figures_draw_every_sae_from_the_summary_tables(tmp_path):
+    import pandas as pd
+
+    from saelab.plots.common import draw_named
+    from saelab.plots.cooccurrence import SUMMARY_FIGURES
+
+    names = ["matryoshka", "batchtopk"]
+    summary = {
+        "saes": {
+            n: {
+                "box_sizes": [[2, 3, 3], [], [5]],
+                "per_group": {"n_subgraphs": [2, 0, 1], "subgraphs_per_latent": [0.5, 0, 0.1]},
+            }
+            for n in names
+        }
+    }
+    inputs = {"by_index": str(tmp_path / "by_index.csv")}
+    pd.DataFrame({n: np.linspace(0.1, 0.2, 8) for n in names}).to_csv(inputs["by_index"])
+    for n in names:
+        inputs[n] = str(tmp_path / f"{n}.csv")
+        pd.DataFrame({"subgraph_size": [1, 1, 2, 2, 5, 5, 5, 5]}).to_csv(inputs[n])
+    opts = {"threshold": 0.0, "component_size": [150, 200], "group_sizes": [2, 2, 4]}
+    panels = {}
+    for name in SUMMARY_FIGURES:
+        fig = draw_named(SUMMARY_FIGURES, name, summary, inputs, opts)
+        panels[name] = [ax.get_title() for ax in fig.axes]
+    assert panels["subgraph_sizes"] == ["matryoshka (τ = 0)", "batchtopk (τ = 0)"]
+    assert panels["group_subgraph_sizes"] == ["matryoshka (τ = 0)", "batchtopk (τ = 0)"]
+    assert len(panels["group_subgraph_counts"]) == 2
+    with pytest.raises(ValueError, match="unknown figure 'nope'.*subgraph_sizes"):
+        draw_named(SUMMARY_FIGURES, "nope", summary, inputs, opts)

@@ -33,8 +33,10 @@ from saelab.darkmatter.scoring import (
     TokenSetScorer,
     choose_latents,
     detection_examples,
+    explanation_mask,
     make_scorer,
     parse_binary_list,
+    score_activations,
     score_latents,
 )
 from saelab.darkmatter.train_on_error import (
@@ -324,6 +326,24 @@ def test_choose_latents_needs_activations_in_both_halves():
     _, acts, explain_mask = _token_latent_data()
     acts[:, 1][~explain_mask] = 0
     assert choose_latents(acts, explain_mask, 5, 10, seed=0).tolist() == [0]
+
+
+def test_explanation_mask_splits_by_context_in_order_of_appearance():
+    rows = np.array([260, 261, 5, 6, 130, 131, 7, 400])  # contexts of 128: 2, 2, 0, 0, 1, 1, 0, 3
+    mask = explanation_mask(rows, 128)
+    # four contexts in order of appearance 2, 0, 1, 3: the first two explain
+    assert mask.tolist() == [True, True, True, True, False, False, True, False]
+
+
+def test_score_activations_scores_only_latents_active_in_both_halves():
+    token_ids, acts, explain_mask = _token_latent_data()
+    acts[:, 1][~explain_mask] = 0
+    result = score_activations(
+        TokenSetScorer(token_ids, 1), acts, explain_mask, n_latents=5, min_activations=10,
+        n_quantiles=5, examples_per_quantile=4, n_negatives=30, seed=0,
+    )  # fmt: skip
+    assert [entry["latent"] for entry in result["latents"]] == [0]
+    assert result["accuracy"] == [1.0] * 6
 
 
 def test_parse_binary_list():

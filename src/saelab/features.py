@@ -104,19 +104,36 @@ def drop_rows(codes: SparseCodes, drop: np.ndarray) -> SparseCodes:
     return codes.select(keep)
 
 
-def context_reader(
-    cache_path: str | os.PathLike, hook: str, batch_size: int, split: str = "all"
+def sae_reader(
+    sae: SAE,
+    cache_path: str | os.PathLike,
+    batch_size: int,
+    split: str = "all",
+    *,
+    exclude_special: bool = False,
+    drop_last: bool = False,
 ) -> ActivationReader:
-    """Cache rows in order, special tokens included (callers mask them), last batch kept."""
-    return ActivationReader(
-        cache_path,
-        hook,
-        batch_size,
-        split=split,
-        shuffle=False,
-        exclude_special=False,
-        drop_last=False,
-    )
+    """The SAE's hook of a cache, rows in order (special tokens included unless
+    ``exclude_special``; callers then mask them). Fails with :class:`CacheError` when the
+    cached hook is not ``d_in`` wide."""
+    hook = sae.cfg.hook_name
+    if not hook:
+        raise ValueError("the SAE's cfg.hook_name is empty: cannot tell which cache rows to read")
+    reader = ActivationReader(
+        cache_path, hook, batch_size, split=split, shuffle=False,
+        exclude_special=exclude_special, drop_last=drop_last,
+    )  # fmt: skip
+    if reader.widths[hook] != sae.cfg.d_in:
+        raise CacheError(
+            f"{hook} in {cache_path} is {reader.widths[hook]} wide but the SAE reads d_in="
+            f"{sae.cfg.d_in}"
+        )
+    return reader
+
+
+def concat_parts(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """The parts joined as ``dtype`` (an empty array when there are none)."""
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def rows_to_read(reader: ActivationReader, n_tokens: int) -> int:
@@ -242,14 +259,7 @@ def collect_feature_summary(
             f"before={before}, after={after}, n_bins={n_bins}"
         )
     hook = sae.cfg.hook_name
-    if not hook:
-        raise ValueError("the SAE's cfg.hook_name is empty: cannot tell which cache rows to read")
-    reader = context_reader(cache_path, hook, batch_size, split)
-    if reader.widths[hook] != sae.cfg.d_in:
-        raise CacheError(
-            f"{hook} in {cache_path} is {reader.widths[hook]} wide but the SAE reads d_in="
-            f"{sae.cfg.d_in}"
-        )
+    reader = sae_reader(sae, cache_path, batch_size, split)
     ctx = int(reader.manifest["context_len"])
     n_rows = rows_to_read(reader, n_tokens)
     first_row = reader.row_range[0]
@@ -274,16 +284,16 @@ def collect_feature_summary(
         global_rows = rows[codes.rows.numpy()]
         firing += np.bincount(latents, minlength=width)
         merge_top_n(top_values, top_rows, latents, values, global_rows)
-        kept_rows.append(global_rows.astype(np.int64))
-        kept_latents.append(latents.astype(np.int32))
-        kept_values.append(values.astype(np.float32))
+        kept_rows.append(global_rows)
+        kept_latents.append(latents)
+        kept_values.append(values)
         done += take
         bar.update(take)
     bar.close()
 
-    all_rows = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
-    all_latents = np.concatenate(kept_latents) if kept_latents else np.zeros(0, np.int32)
-    all_values = np.concatenate(kept_values) if kept_values else np.zeros(0, np.float32)
+    all_rows = concat_parts(kept_rows, np.int64)
+    all_latents = concat_parts(kept_latents, np.int32)
+    all_values = concat_parts(kept_values, np.float32)
     hist_edges, hist_counts = latent_histograms(all_latents, all_values, width, n_bins)
 
     window, context_tokens = context_windows(top_rows, tokens, first_row, ctx, before, after)

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from saelab.config import dataclass_from_dict
 from saelab.saes import SAE, SAEConfig, build_sae
 
 log = logging.getLogger(__name__)
@@ -636,13 +637,10 @@ RUN_KEYS = frozenset(
 def split_params(params: Mapping[str, Any]) -> tuple[HierarchyConfig, dict[str, Any]]:
     """A flat params block (HierarchyConfig fields plus :data:`RUN_KEYS`) as the toy's config and
     the other keyword arguments of :func:`compare_architectures`; unknown keys are errors."""
-    toy_fields = set(HierarchyConfig.__dataclass_fields__)
-    unknown = sorted(set(params) - toy_fields - RUN_KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown toy setting(s) {unknown}; allowed: {sorted(toy_fields | RUN_KEYS)}"
-        )
-    toy_cfg = HierarchyConfig(**{k: v for k, v in params.items() if k in toy_fields})
+    toy = {k: v for k, v in params.items() if k not in RUN_KEYS}
+    toy_cfg = dataclass_from_dict(
+        HierarchyConfig, toy, f"toy setting (besides the run keys {sorted(RUN_KEYS)})"
+    )
     return toy_cfg, {k: v for k, v in params.items() if k in RUN_KEYS}
 
 

@@ -276,7 +276,12 @@ rule subgraph_pca_all:
         cache=representative_cache_input,
         tokenizer=tokenizer_input,
     output:
-        folder=directory("plots/cooccurrence/pca_all_tau{tau}"),
+        folder=report(
+            directory("plots/cooccurrence/pca_all_tau{tau}"),
+            patterns=["pca_subgraph_{subgraph}.png"],
+            caption="../report/cooccurrence_pca_all.rst",
+            category="Co-occurrence",
+        ),
     log:
         "logs/subgraph_pca/all_tau{tau}.log",
     benchmark:

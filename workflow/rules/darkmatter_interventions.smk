@@ -70,7 +70,7 @@ rule darkmatter_component_saes:
     params:
         train=dmi_component_sae_params,
     script:
-        "../../scripts/darkmatter_components.py"
+        "../../scripts/darkmatter_component_saes.py"
 
 
 rule darkmatter_components:
@@ -139,7 +139,7 @@ rule darkmatter_score_error_saes:
     params:
         scoring=dmi_score_params,
     script:
-        "../../scripts/darkmatter_train_on_error.py"
+        "../../scripts/darkmatter_score_error_saes.py"
 
 
 # ------------------------------------------------------------------ figures

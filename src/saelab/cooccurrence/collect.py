@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saelab.cache import ActivationReader, CacheError
 from saelab.cooccurrence.counts import CooccurrenceCounts, SparseActivity, counts_from_activity
-from saelab.features import ENCODINGS, encode_sparse
+from saelab.features import ENCODINGS, concat_parts, encode_sparse, sae_reader
 from saelab.saes.base import SAE
 
 log = logging.getLogger("saelab.cooccurrence")
@@ -43,16 +42,10 @@ def collect_activity(
         raise ValueError(f"encoding {encoding!r} is not allowed; use one of {ENCODINGS}")
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
-    hook = sae.cfg.hook_name
-    reader = ActivationReader(
-        cache_path, hook, batch_size, split=split, shuffle=False, exclude_special=True,
+    reader = sae_reader(
+        sae, cache_path, batch_size, split, exclude_special=True,
         drop_last=encoding == "train_batchtopk",
     )  # fmt: skip
-    if reader.widths[hook] != sae.cfg.d_in:
-        raise CacheError(
-            f"{hook} in {cache_path} is {reader.widths[hook]} wide but the SAE reads d_in="
-            f"{sae.cfg.d_in}"
-        )
     rows, latents, values = [], [], []
     done = 0
     total = min(n_tokens, reader.n_rows)
@@ -73,13 +66,9 @@ def collect_activity(
     if done < n_tokens:
         log.warning("the cache split %r holds only %d usable tokens of %d asked", split, done,
                     n_tokens)  # fmt: skip
-
-    def join(parts, dtype):
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
     return SparseActivity(
-        join(rows, np.int64), join(latents, np.int64), join(values, np.float32), done,
-        sae.cfg.width,
+        concat_parts(rows, np.int64), concat_parts(latents, np.int64),
+        concat_parts(values, np.float32), done, sae.cfg.width,
     )  # fmt: skip
 
 

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from saelab.runtime import savez_atomic
+
 log = logging.getLogger("saelab.cooccurrence")
 
 #: How the pair counts are formed: from the sparse codes, the original's dense chunked matmul
@@ -257,12 +259,6 @@ def counts_from_activity(
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    from saelab.runtime import savez_atomic
-
-    return savez_atomic(path, arrays)
-
-
 def save_sparse_matrix(matrix: sp.spmatrix, path: str | os.PathLike) -> Path:
     """A scipy CSR matrix in ``scipy.sparse.save_npz`` layout, written atomically."""
     csr = sp.csr_matrix(matrix)
@@ -273,7 +269,7 @@ def save_sparse_matrix(matrix: sp.spmatrix, path: str | os.PathLike) -> Path:
         "indices": csr.indices,
         "indptr": csr.indptr,
     }
-    return _atomic_savez(Path(path), arrays)
+    return savez_atomic(path, arrays)
 
 
 def save_counts(cc: CooccurrenceCounts, path: str | os.PathLike) -> Path:
@@ -288,7 +284,7 @@ def save_counts(cc: CooccurrenceCounts, path: str | os.PathLike) -> Path:
         "threshold": np.array(cc.threshold),
         "meta_json": np.array(json.dumps(cc.meta)),
     }
-    return _atomic_savez(Path(path), arrays)
+    return savez_atomic(path, arrays)
 
 
 def load_counts(path: str | os.PathLike) -> CooccurrenceCounts:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from saelab.features import context_reader, drop_rows, encode_sparse
+from saelab.features import drop_rows, encode_sparse, sae_reader
 from saelab.saes.base import SAE
 
 
@@ -67,7 +67,7 @@ def subgraph_pca(
         raise ValueError("the subgraph has no latents")
     if latents.max() >= sae.cfg.width:
         raise ValueError(f"latent {latents.max()} is out of range for width {sae.cfg.width}")
-    reader = context_reader(cache_path, sae.cfg.hook_name, batch_size, split)
+    reader = sae_reader(sae, cache_path, batch_size, split)
     special = reader.group["special_mask"]
     tokens = reader.group["tokens"]
     in_subgraph = torch.zeros(sae.cfg.width, dtype=torch.bool)

@@ -99,6 +99,39 @@ def choose_latents(
     return np.sort(chosen)
 
 
+def explanation_mask(rows: np.ndarray, context_len: int) -> np.ndarray:
+    """True for tokens of the first half of the contexts (in order of first appearance): the
+    explanation half; the rest is the detection half. Splitting by context keeps a detection
+    example from sharing a context with an explanation example."""
+    contexts = np.asarray(rows) // context_len
+    order = list(dict.fromkeys(contexts.tolist()))
+    return np.isin(contexts, order[: len(order) // 2])
+
+
+def score_activations(
+    scorer,
+    acts: np.ndarray,
+    explain_mask: np.ndarray,
+    *,
+    n_latents: int,
+    min_activations: int,
+    n_quantiles: int,
+    examples_per_quantile: int,
+    n_negatives: int,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`score_latents` of a seeded choice of latents of one activation table [N, width]."""
+    latents = choose_latents(acts, explain_mask, n_latents, min_activations, seed)
+    rng = np.random.default_rng(seed)
+    examples = [
+        detection_examples(
+            acts, int(latent), explain_mask, rng, n_quantiles, examples_per_quantile, n_negatives
+        )
+        for latent in latents
+    ]
+    return score_latents(scorer, examples, n_quantiles)
+
+
 # ---------------------------------------------------------------------------------------------
 # Scorers
 # ---------------------------------------------------------------------------------------------

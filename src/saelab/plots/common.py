@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -20,3 +21,11 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> None:
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, target)
+
+
+def draw_named(figures: Mapping[str, Callable[..., Figure]], name: str, *args) -> Figure:
+    """``figures[name](*args)``: a figure from a module's table of figures by the name a rule
+    passes; an unknown name fails with the names the table has."""
+    if name not in figures:
+        raise ValueError(f"unknown figure {name!r}; the figures here are {sorted(figures)}")
+    return figures[name](*args)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from saelab.plots.common import plt
@@ -86,6 +89,45 @@ def cooccurrence_by_index(
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# The summary figures, by the name their rule passes as ``params.figure``. Each takes the
+# summary JSON (``cooccurrence_summary``), the rule's inputs (one node_info CSV per SAE, and
+# ``by_index`` for the last) and the plot options (threshold, component_size, group_sizes).
+SummaryFigure = Callable[[dict[str, Any], Mapping[str, str], dict[str, Any]], Figure]
+
+
+def _sizes_figure(summary, inputs, opts) -> Figure:
+    sizes = {n: pd.read_csv(inputs[n])["subgraph_size"].to_numpy() for n in summary["saes"]}
+    return subgraph_size_histogram(sizes, tuple(opts["component_size"]), opts["threshold"])
+
+
+def _group_sizes_figure(summary, inputs, opts) -> Figure:
+    boxes = {n: [np.asarray(b) for b in s["box_sizes"]] for n, s in summary["saes"].items()}
+    return group_box_plots(boxes, opts["threshold"])
+
+
+def _group_counts_figure(summary, inputs, opts) -> Figure:
+    per_group = {n: s["per_group"] for n, s in summary["saes"].items()}
+    return group_subgraph_counts(
+        {n: np.asarray(g["n_subgraphs"]) for n, g in per_group.items()},
+        {n: np.asarray(g["subgraphs_per_latent"]) for n, g in per_group.items()},
+        opts["threshold"],
+    )
+
+
+def _by_index_figure(summary, inputs, opts) -> Figure:
+    frame = pd.read_csv(inputs["by_index"])
+    means = {n: frame[n].to_numpy() for n in summary["saes"]}
+    return cooccurrence_by_index(means, opts["group_sizes"], opts["threshold"])
+
+
+SUMMARY_FIGURES: dict[str, SummaryFigure] = {
+    "subgraph_sizes": _sizes_figure,
+    "group_subgraph_sizes": _group_sizes_figure,
+    "group_subgraph_counts": _group_counts_figure,
+    "cooccurrence_by_index": _by_index_figure,
+}
 
 
 def _token_labels(token_strings: list[str], top: int = 10) -> list[str]:
