@@ -502,3 +502,27 @@ def test_summary_figures_draw_every_sae_from_the_summary_tables(tmp_path):
     assert len(panels["group_subgraph_counts"]) == 2
     with pytest.raises(ValueError, match="unknown figure 'nope'.*subgraph_sizes"):
         draw_named(SUMMARY_FIGURES, "nope", summary, inputs, opts)
+
+
+@pytest.mark.parametrize("codes", ["sae", "clustered"])
+def test_speed_benchmark_script_agrees_with_dense_counts(cache, tmp_path, codes):
+    import sys
+
+    from saelab.config import REPO_ROOT
+    from saelab.saes.io import save_sae
+
+    out = tmp_path / "bench.json"
+    args = [sys.executable, str(REPO_ROOT / "benchmarks" / "cooccurrence_speed.py"),
+            "--codes", codes, "--dense-chunks", "0", "--json", str(out)]  # fmt: skip
+    if codes == "sae":
+        save_sae(identity_sae(), tmp_path / "sae")
+        args += ["--sae", str(tmp_path / "sae"), "--cache", str(cache), "--tokens", "1000"]
+    else:
+        args += ["--tokens", "3000", "--width", "512", "--k", "8"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["identical"] and result["speedup"] > 0 and result["memory_ratio"] > 0
+    if codes == "sae":  # the cache fixture: 28 tokens, latents 0, 1, 2 fire (see `cache`)
+        assert (result["tokens"], result["width"], result["firing_latents"]) == (28, 3, 3)
+        assert result["sparse_nnz"] == 5  # C = [[6, 4, 0], [4, 4, 0], [0, 0, 1]]
