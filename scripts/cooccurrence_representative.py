@@ -1,13 +1,9 @@
 """Rule representative_subgraph: the subgraph shown by the PCA and the feature pages."""
 
-import json
-import os
-from pathlib import Path
-
 import pandas as pd
 
 from saelab.cooccurrence.summary import choose_subgraph, subgraph_latents
-from saelab.runtime import logged
+from saelab.runtime import logged, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
     opts = snakemake.params.representative
@@ -23,7 +19,4 @@ with logged(snakemake.log[0]) as log:
         "firing_count": node_info.set_index("node_id").loc[latents, "feature_activations"].tolist(),
     }
     log.info("representative subgraph %d of %s: %d latents", subgraph, opts["sae"], len(latents))
-    out = Path(snakemake.output.choice)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(choice, indent=1))
-    os.replace(tmp, out)
+    write_json_atomic(choice, snakemake.output.choice, indent=1)

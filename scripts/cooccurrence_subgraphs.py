@@ -1,9 +1,5 @@
 """Rule cooccurrence_subgraphs: edge threshold by bisection, subgraphs and the node_info table."""
 
-import json
-import os
-from pathlib import Path
-
 from saelab.cooccurrence import (
     connected_subgraphs,
     find_edge_threshold,
@@ -12,7 +8,7 @@ from saelab.cooccurrence import (
     normalised_cooccurrence,
 )
 from saelab.cooccurrence.counts import save_sparse_matrix
-from saelab.runtime import logged
+from saelab.runtime import logged, write_json_atomic, write_text_atomic
 
 with logged(snakemake.log[0]) as log:
     opts = dict(snakemake.params.graph)
@@ -29,10 +25,7 @@ with logged(snakemake.log[0]) as log:
     )  # fmt: skip
     result = connected_subgraphs(matrix, search.threshold)
     table = node_info_table(result, name, opts["threshold"], counts.firing_count)
-    node_info = Path(snakemake.output.node_info)
-    tmp = node_info.with_name(node_info.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, node_info)
+    write_text_atomic(table.to_csv(index=False), snakemake.output.node_info)
     save_sparse_matrix(result.matrix, snakemake.output.matrix)
     edge = {
         "sae_name": name,
@@ -45,7 +38,4 @@ with logged(snakemake.log[0]) as log:
         "n_non_singleton": int((table.groupby("subgraph_id")["subgraph_size"].first() > 1).sum()),
         "trace": [[theta, size] for theta, size in search.trace],
     }
-    edge_path = Path(snakemake.output.edge)
-    tmp = edge_path.with_name(edge_path.name + ".tmp")
-    tmp.write_text(json.dumps(edge, indent=1))
-    os.replace(tmp, edge_path)
+    write_json_atomic(edge, snakemake.output.edge, indent=1)

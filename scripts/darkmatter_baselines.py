@@ -10,9 +10,9 @@ import numpy as np
 
 from saelab.darkmatter.info import WindowConfig, compute_sae_info
 from saelab.darkmatter.norms import baseline_r2, losses_for_rows
-from saelab.darkmatter.regression import shuffled_split, write_json
+from saelab.darkmatter.regression import shuffled_split
 from saelab.models import default_device
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
@@ -35,4 +35,4 @@ with logged(snakemake.log[0]) as log:
         r2 = baseline_r2(info, split, token_loss, snakemake.params.token_id_in_sample)
         results.append({**point, "n_tokens": len(info.x), "r2": r2})
         log.info("%s: %s", name, {k: round(v, 4) for k, v in r2.items()})
-    write_json({"saes": results}, snakemake.output.json)
+    write_json_atomic({"saes": results}, snakemake.output.json)

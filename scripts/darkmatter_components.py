@@ -6,9 +6,8 @@ from pathlib import Path
 from saelab.cache import open_cache
 from saelab.darkmatter.components import components_record
 from saelab.darkmatter.info import load_sae_info
-from saelab.darkmatter.pursuit import write_json
 from saelab.darkmatter.regression import load_regression
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
@@ -26,4 +25,4 @@ with logged(snakemake.log[0]) as log:
     record["skipped"] = opts["skipped"]
     for target, row in record["r2"].items():
         log.info("%s: %s", target, ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    write_json(record, snakemake.output.table)
+    write_json_atomic(record, snakemake.output.table)

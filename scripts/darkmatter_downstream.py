@@ -9,10 +9,9 @@ from saelab.cache import open_cache
 from saelab.config import TinyConfig
 from saelab.darkmatter.downstream import downstream_record
 from saelab.darkmatter.info import load_sae_info
-from saelab.darkmatter.pursuit import write_json
 from saelab.darkmatter.regression import load_regression
 from saelab.models import default_device, load_model, resolve_model
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, set_torch_threads, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
@@ -41,7 +40,7 @@ with logged(snakemake.log[0]) as log:
             name, r["ce_clean"], r["ce_sae"], r["ce_sae_linear"], r["ce_sae_nonlinear"],
             r["linear_percent"], r["nonlinear_percent"], time.perf_counter() - t0,
         )  # fmt: skip
-    write_json(
+    write_json_atomic(
         {"width_sweep": opts["width_sweep"], "k_sweep": opts["k_sweep"], "saes": records},
         snakemake.output.table,
     )

@@ -1,12 +1,8 @@
 """Rule darkmatter_noise: the synthetic noise simulation (Fig 15) and Table 1 as CSV."""
 
-import os
-from pathlib import Path
-
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.noise import NoiseConfig, correlation_table, simulate_sae, table_csv
-from saelab.darkmatter.regression import write_json
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, set_torch_threads, write_json_atomic, write_text_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
@@ -17,14 +13,11 @@ with logged(snakemake.log[0]) as log:
     points = simulate_sae(sae, info, cfg)
     table = correlation_table(points, cfg.grid)
     log.info("Table 1:\n%s", table_csv(table))
-    write_json(
+    write_json_atomic(
         {"sae": info.attrs["sae"], "config": vars(cfg),
          "points": [{**p._asdict(), "linear_estimate": p.linear_estimate,
                      "nonlinear_estimate": p.nonlinear_estimate} for p in points],
          "table": table},
         snakemake.output.json,
     )  # fmt: skip
-    out = Path(snakemake.output.table)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(table_csv(table))
-    os.replace(tmp, out)
+    write_text_atomic(table_csv(table), snakemake.output.table)

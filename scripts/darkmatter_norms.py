@@ -2,8 +2,8 @@
 
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.norms import norm_prediction_r2
-from saelab.darkmatter.regression import load_regression, shuffled_split, write_json
-from saelab.runtime import logged
+from saelab.darkmatter.regression import load_regression, shuffled_split
+from saelab.runtime import logged, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
     common = snakemake.params.common
@@ -14,4 +14,4 @@ with logged(snakemake.log[0]) as log:
         split = shuffled_split(len(info.x), common["seed"], common["train_fraction"])
         results[name] = norm_prediction_r2(info, reg, split, common["norm_intercept"])
         log.info("%s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
-    write_json({"r2": results, **common}, snakemake.output.json)
+    write_json_atomic({"r2": results, **common}, snakemake.output.json)

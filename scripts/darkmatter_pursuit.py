@@ -1,8 +1,8 @@
 """Rule darkmatter_pursuit: gradient pursuit at each token's own L0 for one grid SAE."""
 
 from saelab.darkmatter.info import load_sae_info
-from saelab.darkmatter.pursuit import run_pursuit, write_json
-from saelab.runtime import logged, set_torch_threads
+from saelab.darkmatter.pursuit import run_pursuit
+from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
@@ -19,4 +19,4 @@ with logged(snakemake.log[0]) as log:
         record["encoder_fvu"], record["pursuit_fvu"], record["l0_mean"],
         record["pursuit_l0_mean"], record["seconds"],
     )  # fmt: skip
-    write_json(record, snakemake.output.pursuit)
+    write_json_atomic(record, snakemake.output.pursuit)

@@ -3,9 +3,8 @@
 import json
 from pathlib import Path
 
-from saelab.darkmatter.regression import write_json
 from saelab.darkmatter.scaling import scaling_summary
-from saelab.runtime import logged
+from saelab.runtime import logged, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
     opts = snakemake.params.scaling
@@ -26,4 +25,4 @@ with logged(snakemake.log[0]) as log:
         "FVU = %.4f + %.4g W^-%.3f (c 95%% CI %s); FVU falls with width: %s",
         fit["c"], fit["a"], fit["m"], fit["c_ci"], summary["fvu_falls_with_width"],
     )  # fmt: skip
-    write_json(summary, snakemake.output.json)
+    write_json_atomic(summary, snakemake.output.json)

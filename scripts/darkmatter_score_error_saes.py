@@ -7,12 +7,11 @@ import torch
 
 from saelab.cache import open_cache
 from saelab.darkmatter.info import load_sae_info
-from saelab.darkmatter.pursuit import write_json
 from saelab.darkmatter.regression import load_regression
 from saelab.darkmatter.scoring import explanation_mask, make_scorer, score_activations
 from saelab.darkmatter.train_on_error import ERROR_TARGETS, dense_activations, error_parts
 from saelab.models import load_tokenizer
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
@@ -53,4 +52,4 @@ with logged(snakemake.log[0]) as log:
         accuracy = zip(scored["bins"], scored["accuracy"], strict=True)
         log.info("%s: %d latents scored; accuracy %s", name, scored["n_latents"],
                  ", ".join(f"{b} {a:.2f}" for b, a in accuracy))  # fmt: skip
-    write_json(result, snakemake.output.scores)
+    write_json_atomic(result, snakemake.output.scores)

@@ -2,9 +2,9 @@
 
 from saelab.config import TinyConfig
 from saelab.models import default_device, load_model, resolve_model
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_pretrained, load_sae
-from saelab.trajectories import compute_evolution, write_json_atomic
+from saelab.trajectories import compute_evolution
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
@@ -46,4 +46,4 @@ with logged(snakemake.log[0]) as log:
             "%s: %d tokens, %d layers, max relative error of the decomposition %.2e",
             prompt["name"], meta["max_prompt_length"], len(layers), meta["max_relative_error"],
         )  # fmt: skip
-        write_json_atomic(evolution, out)
+        write_json_atomic(evolution, out, indent=None)

@@ -10,8 +10,8 @@ from saelab.plots.trajectories import (
     trajectory_graph_html_figure,
     write_html_atomic,
 )
-from saelab.runtime import logged
-from saelab.trajectories import load_evolution, write_json_atomic
+from saelab.runtime import logged, write_json_atomic
+from saelab.trajectories import load_evolution
 from saelab.trajectories.describe import node_hover_texts
 from saelab.trajectories.graph import trajectory_graph
 
@@ -38,7 +38,7 @@ with logged(snakemake.log[0]) as log:
             traced, summaries, tokenizer,
             n_tokens=opts["description_tokens"], neuronpedia=opts["neuronpedia"],
         )  # fmt: skip
-        write_json_atomic(traced.to_json(), snakemake.output[f"graph_T{T}"])
+        write_json_atomic(traced.to_json(), snakemake.output[f"graph_T{T}"], indent=None)
         title = f"{meta['prompt_name']}: SAE trajectory graph, final rank <= {T}"
         figure = trajectory_graph_figure(
             traced.graph, meta["tokens"], layers, T, lens,

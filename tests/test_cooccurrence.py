@@ -226,6 +226,27 @@ def test_group_statistics_by_hand():
         group_statistics(hand_node_info(), [3, 3])
 
 
+def test_summarise_sae_means_by_latent_and_group():
+    from saelab.cooccurrence.summary import summarise_sae
+
+    # tokens 0 and 1 fire latents 0 and 1 together; tokens 2..7 fire latents 2..7 alone
+    rows = np.array([0, 0, 1, 1, 2, 3, 4, 5, 6, 7])
+    latents = np.array([0, 1, 0, 1, 2, 3, 4, 5, 6, 7])
+    counts = CooccurrenceCounts(
+        pair_counts(rows, latents, 8, 8), np.bincount(latents, minlength=8), 8, 0.0,
+        {"arch": "batchtopk", "l0_mean": 1.25},
+    )  # fmt: skip
+    result = summarise_sae("x", hand_node_info(), counts, [2, 2, 4])
+    # N_01 = C_01 / max(n_0, n_1) = 2 / 2; each row mean is over the 7 other latents
+    assert result.mean_by_latent == pytest.approx([1 / 7, 1 / 7, 0, 0, 0, 0, 0, 0])
+    assert result.groups["mean_cooccurrence"].tolist() == pytest.approx([1 / 7, 0, 0])
+    assert (result.groups["sae_name"] == "x").all()
+    record = result.record
+    assert record["pretend_groups"] and record["mean_cooccurrence"] == pytest.approx(1 / 28)
+    assert (record["giant_subgraph_size"], record["n_non_singleton_subgraphs"]) == (3, 3)
+    assert record["box_sizes"] == [[], [2, 2], [2, 2]]
+
+
 def test_choose_subgraph():
     info = hand_node_info()
     # non-giant subgraphs of size 2..3: B (firing 3 + 7) and C (4 + 8): C fires more
@@ -500,7 +521,7 @@ def test_summary_figures_draw_every_sae_from_the_summary_tables(tmp_path):
     assert panels["subgraph_sizes"] == ["matryoshka (τ = 0)", "batchtopk (τ = 0)"]
     assert panels["group_subgraph_sizes"] == ["matryoshka (τ = 0)", "batchtopk (τ = 0)"]
     assert len(panels["group_subgraph_counts"]) == 2
-    with pytest.raises(ValueError, match="unknown figure 'nope'.*subgraph_sizes"):
+    with pytest.raises(ValueError, match=r"unknown figure 'nope'.*subgraph_sizes"):
         draw_named(SUMMARY_FIGURES, "nope", summary, inputs, opts)
 
 

@@ -26,6 +26,7 @@ from saelab.plots.trajectories import (
     trajectory_graph_html_figure,
     write_html_atomic,
 )
+from saelab.runtime import write_json_atomic
 from saelab.saes import SAEConfig, build_sae
 from saelab.trajectories import (
     DecompositionError,
@@ -36,7 +37,6 @@ from saelab.trajectories import (
     load_evolution,
     node_newcomers,
     trace_backwards,
-    write_json_atomic,
 )
 from saelab.trajectories.decompose import (
     LayerWeights,

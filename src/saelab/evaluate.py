@@ -24,7 +24,6 @@ An SAE is evaluated as it is spliced into a model: codes and reconstruction foll
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelab.runtime import write_json_atomic
 from saelab.saes.base import SAE, SparseCodes
 
 log = logging.getLogger("saelab.evaluate")
@@ -1458,30 +1458,6 @@ def tokens_in_cache(cache_path: str | os.PathLike, hook: str, split: str = "held
     return torch.from_numpy(np.unique(np.asarray(reader.group["tokens"][lo:hi], dtype=np.int64)))
 
 
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON types: tensors and arrays to lists, NamedTuples to dicts, NaN/inf to None."""
-    if isinstance(value, tuple) and hasattr(value, "_asdict"):
-        return to_jsonable(value._asdict())
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (Tensor, np.ndarray)):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``metrics`` as strict JSON to ``path`` atomically (temp file, then rename)."""
-    from saelab.runtime import write_text_atomic
-
-    return write_text_atomic(
-        json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n", path
-    )
+    return write_json_atomic(metrics, path)

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saelab.runtime import write_json_atomic
+
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -146,14 +148,6 @@ def saelab_version() -> str:
         return "unknown"
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def read_manifest(model_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of a prepared model directory, or ``None`` if it is not prepared."""
     path = Path(model_dir) / MANIFEST_NAME
@@ -174,7 +168,7 @@ def write_manifest(info: ModelInfo, model_dir: str | Path, **extra: Any) -> Path
         **extra,
     }
     path = Path(model_dir) / MANIFEST_NAME
-    _write_json_atomic(path, manifest)
+    write_json_atomic(manifest, path, sort_keys=True)
     return path
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -83,6 +86,37 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types: arrays, tensors and numpy scalars to lists and numbers, NamedTuples to
+    dicts, paths to strings, NaN and inf to None."""
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return to_jsonable(value._asdict())
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(
+    data: Any, path: str | os.PathLike, *, indent: int | None = 2, sort_keys: bool = False
+) -> Path:
+    """Strict JSON of :func:`to_jsonable` ``data``, written atomically (:func:`write_text_atomic`).
+    ``indent=None`` writes compact JSON, for files of many numbers."""
+    separators = (",", ":") if indent is None else None
+    text = json.dumps(
+        to_jsonable(data), indent=indent, separators=separators, sort_keys=sort_keys,
+        allow_nan=False,
+    )  # fmt: skip
+    return write_text_atomic(text + "\n", path)
 
 
 def savez_atomic(path: str | os.PathLike, arrays: dict) -> Path:

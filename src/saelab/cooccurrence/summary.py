@@ -14,6 +14,11 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from saelab.cooccurrence.counts import (
+    CooccurrenceCounts,
+    mean_cooccurrence_by_latent,
+    normalised_cooccurrence,
+)
 from saelab.groups import resolve_group_sizes
 
 
@@ -104,6 +109,46 @@ def group_statistics(node_info: pd.DataFrame, group_sizes: list[int]) -> GroupSt
     }
     giant_size = int(sizes[ids == giant][0]) if giant is not None else 0
     return GroupStatistics(per_group, box, correlations, giant, giant_size)
+
+
+class SAESummary(NamedTuple):
+    """The summary of one SAE at one activation threshold (rule ``cooccurrence_summary``)."""
+
+    record: dict[str, Any]
+    """Its entry of the summary JSON: groups, giant subgraph, correlations, box-plot data."""
+    groups: pd.DataFrame
+    """:attr:`GroupStatistics.per_group` plus ``sae_name`` and the group's ``mean_cooccurrence``."""
+    mean_by_latent: np.ndarray
+    """[D] mean normalised co-occurrence of each latent with the D − 1 others."""
+
+
+def summarise_sae(
+    name: str, node_info: pd.DataFrame, counts: CooccurrenceCounts, group_sizes: list[int]
+) -> SAESummary:
+    """Group statistics of ``node_info`` under ``group_sizes`` and the mean co-occurrence of
+    every latent and group, from the counts the subgraphs were built on."""
+    stats = group_statistics(node_info, group_sizes)
+    means = mean_cooccurrence_by_latent(normalised_cooccurrence(counts))
+    table = stats.per_group.assign(sae_name=name)
+    table["mean_cooccurrence"] = [
+        float(means[lo : lo + n].mean())
+        for lo, n in zip(table["first_latent"], table["n_latents"], strict=True)
+    ]
+    subgraph_sizes = node_info.groupby("subgraph_id")["subgraph_size"].first()
+    record = {
+        "group_sizes": list(group_sizes),
+        "pretend_groups": counts.meta.get("arch") != "matryoshka",
+        "n_tokens": counts.n_tokens,
+        "l0_mean": counts.meta.get("l0_mean"),
+        "giant_subgraph_id": stats.giant_id,
+        "giant_subgraph_size": stats.giant_size,
+        "n_non_singleton_subgraphs": int((subgraph_sizes > 1).sum()),
+        "mean_cooccurrence": float(means.mean()),
+        "correlations": stats.correlations,
+        "per_group": stats.per_group.to_dict(orient="list"),
+        "box_sizes": [b.tolist() for b in stats.box_sizes],
+    }
+    return SAESummary(record, table, means)
 
 
 def subgraph_table(node_info: pd.DataFrame) -> pd.DataFrame:

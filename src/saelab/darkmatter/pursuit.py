@@ -21,9 +21,7 @@ Tokens whose L0 is reached stop changing (their step is 0).
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -165,10 +163,3 @@ def run_pursuit(sae, info, n_tokens: int, batch_size: int = 256, seed: int = 0) 
     }
     record.update(pursuit_metrics(x, np.asarray(info.x_hat[:n], dtype=np.float32), x_gp, seed))
     return record
-
-
-def write_json(record: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Strict JSON written under a temporary name, then renamed."""
-    from saelab.evaluate import write_metrics
-
-    return write_metrics(record, path)

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saelab.darkmatter.info import SAEInfo
+from saelab.runtime import write_json_atomic
 
 
 class Split(NamedTuple):
@@ -114,27 +115,6 @@ def fvu(x: np.ndarray, recon: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     sse = np.square(x - np.asarray(recon, dtype=np.float64)).sum()
     return float(sse / np.square(x - x.mean(0)).sum())
-
-
-def write_json(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """JSON (NaN as null) written under a temporary name, then renamed."""
-    from saelab.runtime import write_text_atomic
-
-    return write_text_atomic(json.dumps(_jsonable(payload), indent=2), path)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 class Regression(NamedTuple):
@@ -219,7 +199,7 @@ def write_regression(
         train_idx=reg.train_idx, test_idx=reg.test_idx,
     )  # fmt: skip
     os.replace(tmp, npz_path)
-    write_json(reg.metrics, json_path)
+    write_json_atomic(reg.metrics, json_path)
 
 
 def load_regression(

@@ -9,7 +9,7 @@
 """
 
 from saelab.trajectories.decompose import DecompositionError
-from saelab.trajectories.evolution import compute_evolution, load_evolution, write_json_atomic
+from saelab.trajectories.evolution import compute_evolution, load_evolution
 from saelab.trajectories.graph import (
     Edge,
     Newcomer,
@@ -35,5 +35,4 @@ __all__ = [
     "load_evolution",
     "node_newcomers",
     "trace_backwards",
-    "write_json_atomic",
 ]

@@ -236,14 +236,6 @@ def steps_at(evolution: Mapping[str, Any], length: int, layer: int) -> list[list
         ) from None
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it: no half-written file survives."""
-    from saelab.runtime import write_text_atomic
-
-    # compact separators: ~10^5 numbers
-    return write_text_atomic(json.dumps(data, separators=(",", ":")) + "\n", path)
-
-
 def load_evolution(path: str | os.PathLike) -> dict[str, Any]:
     """Read an evolution JSON and check that it is one (format version, required blocks)."""
     path = Path(path)

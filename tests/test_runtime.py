@@ -1,0 +1,69 @@
+"""saelab.runtime: atomic writers, JSON conversion and the atomic output folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.runtime import atomic_dir, savez_atomic, to_jsonable, write_json_atomic
+
+
+class Point(NamedTuple):
+    x: float
+    tag: str
+
+
+def test_to_jsonable_gives_plain_strict_json_types():
+    value = {
+        1: np.float32(0.5),
+        "array": np.arange(3, dtype=np.int64),
+        "tensor": torch.tensor([[1.5, float("nan")]]),
+        "point": Point(float("inf"), "a"),
+        "path": Path("a/b"),
+        "flags": (np.bool_(True), False),
+    }
+    plain = to_jsonable(value)
+    assert plain == {
+        "1": 0.5,
+        "array": [0, 1, 2],
+        "tensor": [[1.5, None]],
+        "point": {"x": None, "tag": "a"},
+        "path": "a/b",
+        "flags": [True, False],
+    }
+    json.dumps(plain, allow_nan=False)  # strict: no NaN or inf survives
+
+
+def test_write_json_atomic_round_trips_and_leaves_no_temp_file(tmp_path):
+    path = write_json_atomic({"r2": [0.25, math.nan]}, tmp_path / "sub" / "out.json")
+    assert json.loads(path.read_text()) == {"r2": [0.25, None]}
+    compact = write_json_atomic({"a": [1, 2]}, tmp_path / "c.json", indent=None)
+    assert compact.read_text() == '{"a":[1,2]}\n'
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.json", "out.json", "sub"]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    path = write_json_atomic({"ok": 1}, tmp_path / "out.json")
+    with pytest.raises(TypeError):
+        write_json_atomic({"bad": object()}, path)
+    assert json.loads(path.read_text()) == {"ok": 1}
+    savez_atomic(tmp_path / "a.npz", {"x": np.arange(4)})
+    with np.load(tmp_path / "a.npz") as data:
+        assert data["x"].tolist() == [0, 1, 2, 3]
+
+
+def test_atomic_dir_publishes_only_complete_folders(tmp_path):
+    with atomic_dir(tmp_path / "done") as out:
+        (out / "f.txt").write_text("x")
+    assert (tmp_path / "done" / "f.txt").read_text() == "x"
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "killed") as out:
+        (out / "f.txt").write_text("half")
+        raise RuntimeError("killed mid-way")
+    assert not (tmp_path / "killed").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["done"]
