@@ -39,6 +39,17 @@ def test_default_dag_reaches_the_activation_cache(tmp_path):
     assert "data/cache/gemma-3-270m/main.zarr" in result.stdout
 
 
+def test_cooccurrence_benchmark_overlay_trains_its_16k_saes_in_one_job(tmp_path):
+    overlay = REPO_ROOT / "benchmarks" / "config" / "cooccurrence_16k.yaml"
+    hook_dir = "results/gemma-3-270m/blocks.6.hook_resid_pre"
+    result = snakemake(
+        tmp_path, "-n", "--configfile", str(REPO_ROOT / "config" / "config.yaml"), str(overlay),
+        "--", f"{hook_dir}/matryoshka-16k", f"{hook_dir}/batchtopk-16k",
+    )  # fmt: skip
+    assert result.stdout.count("rule train_saes_bench_16k:") == 1
+    assert "rule train_saes_resid_pre:" not in result.stdout  # only what the benchmark needs
+
+
 def test_slurm_profile_asks_gpu_rules_for_a_gpu(tmp_path):
     profile = REPO_ROOT / "workflow" / "profiles" / "slurm"
     result = snakemake(tmp_path, "-n", "--profile", str(profile))
