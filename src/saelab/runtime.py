@@ -1,4 +1,5 @@
-"""Small helpers for running a pipeline stage: logging to a file, atomic directory outputs."""
+"""Small helpers for running a pipeline stage: logging to a file, atomic outputs (folders, text,
+strict JSON, npz)."""
 
 from __future__ import annotations
 
