@@ -492,6 +492,38 @@ def test_micro_run_cooccurrence(micro_run):
     assert pages and "Top activations" in pages[0].read_text()
 
 
+@pytest.mark.slow
+def test_micro_run_pca_of_every_subgraph_in_a_size_range(micro_run, tmp_path):
+    import yaml
+    from conftest import MICRO, snakemake
+
+    config = yaml.safe_load(MICRO.read_text())
+    config["cooccurrence"]["pca"]["all_in_size_range"] = [2, 15]
+    overlay = tmp_path / "pca_all.yaml"
+    overlay.write_text(yaml.safe_dump(config))
+    folder = micro_run / "plots" / "cooccurrence" / "pca_all_tau0_0"
+    try:
+        # mtime triggers only: the changed pca option must not re-run the finished analyses
+        snakemake(micro_run, "--cores", "2", "--configfile", str(overlay),
+                  "--rerun-triggers", "mtime", "--", str(folder.relative_to(micro_run)))  # fmt: skip
+        choice = json.loads(
+            (micro_run / "data/analysis/cooccurrence/tiny/representative_tau0_0.json").read_text()
+        )
+        info = pd.read_csv(
+            micro_run / f"data/analysis/cooccurrence/tiny/{choice['sae']}/node_info_tau0_0.csv"
+        )
+        sizes = info.groupby("subgraph_id")["subgraph_size"].first()
+        in_range = set(sizes[(sizes >= 2) & (sizes <= 15)].index)
+        drawn = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("pca_subgraph_*.png")}
+        # every subgraph in range is drawn unless none of the scanned tokens fires it
+        assert drawn and drawn <= in_range and len(drawn) >= len(in_range) // 2
+        pages = sorted(folder.glob("pca_subgraph_*.html"))
+        assert len(pages) == len(drawn) and (folder / "plotly.min.js").is_file()
+        assert all('src="plotly.min.js"' in page.read_text() for page in pages)
+    finally:  # keep micro_run as the default micro DAG left it (the report test reads it)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_summary_figures_draw_every_sae_from_the_summary_tables(tmp_path):
     import pandas as pd
 

@@ -143,6 +143,7 @@ def evaluation_of(workdir: Path, name: str, hook: str = "blocks.1.hook_resid_pre
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_report_holds_every_figure_with_a_caption(micro_run):
     """`snakemake --report` on the micro run: every PNG and HTML under plots/ is in it."""
     import zipfile
