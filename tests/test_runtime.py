@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.runtime import atomic_dir, savez_atomic, to_jsonable, write_json_atomic
+from saelab.runtime import atomic_dir, load_npz, savez_atomic, to_jsonable, write_json_atomic
 
 
 class Point(NamedTuple):
@@ -67,3 +67,12 @@ def test_atomic_dir_publishes_only_complete_folders(tmp_path):
         raise RuntimeError("killed mid-way")
     assert not (tmp_path / "killed").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["done"]
+
+
+def test_load_npz_names_what_is_missing_and_which_rule_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no feature summary at .*rule `feature_summary`"):
+        load_npz(tmp_path / "none.npz", ("a",), "feature summary", "feature_summary")
+    savez_atomic(tmp_path / "x.npz", {"a": np.arange(3)})
+    assert load_npz(tmp_path / "x.npz", ("a",), "x", "r")["a"].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"is not a co-occurrence counts file: it lacks \['b'\]"):
+        load_npz(tmp_path / "x.npz", ("a", "b"), "co-occurrence counts", "cooccurrence")

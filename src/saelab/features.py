@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, CacheError
-from saelab.runtime import savez_atomic
+from saelab.runtime import load_npz, savez_atomic
 from saelab.saes.base import SAE, SparseCodes
 from saelab.saes.batchtopk import batch_topk
 
@@ -350,8 +350,6 @@ _ARRAY_FIELDS = (
 
 def save_feature_summary(summary: FeatureSummary, path: str | os.PathLike) -> Path:
     """Write one compressed ``.npz`` atomically (a temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {name: getattr(summary, name) for name in _ARRAY_FIELDS}
     arrays["n_tokens"] = np.array(summary.n_tokens, dtype=np.int64)
     arrays["meta_json"] = np.array(json.dumps(summary.meta))
@@ -359,19 +357,13 @@ def save_feature_summary(summary: FeatureSummary, path: str | os.PathLike) -> Pa
 
 
 def load_feature_summary(path: str | os.PathLike) -> FeatureSummary:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no feature summary at {path} (the Snakemake rule `feature_summary` makes it)"
-        )
-    with np.load(path, allow_pickle=False) as data:
-        missing = [name for name in (*_ARRAY_FIELDS, "n_tokens", "meta_json") if name not in data]
-        if missing:
-            raise ValueError(f"{path} is not a feature summary: it lacks {missing}")
-        arrays = {name: data[name] for name in _ARRAY_FIELDS}
-        return FeatureSummary(
-            n_tokens=int(data["n_tokens"]), meta=json.loads(str(data["meta_json"])), **arrays
-        )
+    data = load_npz(
+        path, (*_ARRAY_FIELDS, "n_tokens", "meta_json"), "feature summary", "feature_summary"
+    )
+    arrays = {name: data[name] for name in _ARRAY_FIELDS}
+    return FeatureSummary(
+        n_tokens=int(data["n_tokens"]), meta=json.loads(str(data["meta_json"])), **arrays
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,6 +120,21 @@ def write_json_atomic(
     return write_text_atomic(text + "\n", path)
 
 
+def load_npz(path: str | os.PathLike, required: tuple[str, ...], what: str, rule: str) -> dict:
+    """Every array of an ``.npz`` that rule ``rule`` writes; a missing file, or one without the
+    ``required`` arrays, fails with an error naming ``what`` it should be and the rule."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path} (the Snakemake rule `{rule}` makes it)")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"{path} is not a {what} file: it lacks {missing}")
+        return {name: data[name] for name in data.files}
+
+
 def savez_atomic(path: str | os.PathLike, arrays: dict) -> Path:
     """``np.savez_compressed`` to a temporary sibling, then rename it."""
     import numpy as np

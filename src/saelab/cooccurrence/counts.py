@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from saelab.runtime import savez_atomic
+from saelab.runtime import load_npz, savez_atomic
 
 log = logging.getLogger("saelab.cooccurrence")
 
@@ -287,19 +287,17 @@ def save_counts(cc: CooccurrenceCounts, path: str | os.PathLike) -> Path:
     return savez_atomic(path, arrays)
 
 
+_COUNTS_ARRAYS = (
+    "data", "indices", "indptr", "shape", "firing_count", "n_tokens", "threshold", "meta_json",
+)  # fmt: skip
+
+
 def load_counts(path: str | os.PathLike) -> CooccurrenceCounts:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no co-occurrence counts at {path} (the Snakemake rule `cooccurrence` makes them)"
-        )
-    with np.load(path, allow_pickle=False) as data:
-        if "indptr" not in data or "firing_count" not in data:
-            raise ValueError(f"{path} is not a co-occurrence counts file")
-        counts = sp.csr_matrix(
-            (data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"])
-        )
-        return CooccurrenceCounts(
-            counts, data["firing_count"], int(data["n_tokens"]), float(data["threshold"]),
-            json.loads(str(data["meta_json"])),
-        )  # fmt: skip
+    data = load_npz(path, _COUNTS_ARRAYS, "co-occurrence counts", "cooccurrence")
+    counts = sp.csr_matrix(
+        (data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"])
+    )
+    return CooccurrenceCounts(
+        counts, data["firing_count"], int(data["n_tokens"]), float(data["threshold"]),
+        json.loads(str(data["meta_json"])),
+    )  # fmt: skip

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saelab.darkmatter.info import SAEInfo
-from saelab.runtime import write_json_atomic
+from saelab.runtime import savez_atomic, write_json_atomic
 
 
 class Split(NamedTuple):
@@ -191,14 +191,10 @@ def write_regression(
 ) -> None:
     """``regression.npz`` (W_vec, w_norm, train_idx, test_idx) and ``regression.json``, each
     written under a temporary name and renamed."""
-    npz_path, json_path = Path(npz_path), Path(json_path)
-    npz_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npz_path.with_name(f".{npz_path.stem}.tmp.npz")
-    np.savez(
-        tmp, W_vec=reg.W_vec, w_norm=reg.w_norm, b_norm=np.float64(reg.b_norm),
-        train_idx=reg.train_idx, test_idx=reg.test_idx,
-    )  # fmt: skip
-    os.replace(tmp, npz_path)
+    savez_atomic(npz_path, {
+        "W_vec": reg.W_vec, "w_norm": reg.w_norm, "b_norm": np.float64(reg.b_norm),
+        "train_idx": reg.train_idx, "test_idx": reg.test_idx,
+    })  # fmt: skip
     write_json_atomic(reg.metrics, json_path)
 
 
