@@ -40,7 +40,6 @@ separately for each method. Goals: sparse ≥ 10× faster and ≥ 10× less memo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import tracemalloc
@@ -50,6 +49,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 import numpy as np
 
 from saelab.cooccurrence import dense_pair_counts, pair_counts
+from saelab.runtime import write_json_atomic
 
 CHUNK = 1000
 
@@ -170,8 +170,7 @@ def main() -> None:
     print(f"speed-up {speedup:.1f}x ({'PASS' if speedup >= 10 else 'FAIL'} >= 10x), "
           f"memory {memory_ratio:.1f}x less ({'PASS' if memory_ratio >= 10 else 'FAIL'} >= 10x)")  # fmt: skip
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({
+        write_json_atomic({
                 "codes": label, "tokens": n, "width": d, "k": args.k,
                 "firing_latents": int(np.count_nonzero(firing)), "mean_l0": len(rows) / n,
                 "sparse_seconds": sparse_s, "sparse_peak_bytes": sparse_peak,
@@ -179,7 +178,7 @@ def main() -> None:
                 "dense_seconds_measured": dense_part_s, "dense_chunks_run": chunks,
                 "dense_chunks_total": total_chunks, "dense_peak_bytes": dense_peak,
                 "identical": identical, "speedup": speedup, "memory_ratio": memory_ratio,
-            }, handle, indent=1)  # fmt: skip
+            }, args.json, indent=1)  # fmt: skip
     if not identical:
         raise SystemExit("the two methods disagree")
 

@@ -1,14 +1,9 @@
 """Rule darkmatter_probe: the norm probe a* against each latent's mean activation (Fig 14)."""
 
-import os
-from pathlib import Path
-
-import numpy as np
-
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.norms import probe_vs_latents
 from saelab.darkmatter.regression import shuffled_split
-from saelab.runtime import logged
+from saelab.runtime import logged, savez_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
@@ -21,7 +16,4 @@ with logged(snakemake.log[0]) as log:
         "%s: probe R2 %.4f, %d latents fired, corr(W_dec a*, mean activation) %.3f",
         info.attrs["sae"], result.probe_r2, len(result.latents), result.correlation,
     )  # fmt: skip
-    out = Path(snakemake.output.npz)
-    tmp = out.with_name(f".{out.stem}.tmp.npz")
-    np.savez(tmp, sae=info.attrs["sae"], **result._asdict())
-    os.replace(tmp, out)
+    savez_atomic(snakemake.output.npz, {"sae": info.attrs["sae"], **result._asdict()})

@@ -1,8 +1,5 @@
 """Rule darkmatter_token_loss: per-token model loss over the window contexts of one cache."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -10,7 +7,7 @@ from saelab.cache import ActivationReader, cache_manifest
 from saelab.config import TinyConfig
 from saelab.darkmatter.norms import token_losses
 from saelab.models import default_device, load_model, resolve_model
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import logged, savez_atomic, set_torch_threads
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
@@ -33,7 +30,4 @@ with logged(snakemake.log[0]) as log:
     log.info("per-token loss of %d contexts of %d tokens", *tokens.shape)
     losses = token_losses(model, tokens)
     rows = np.arange(first * ctx, last * ctx, dtype=np.int64)
-    out = Path(snakemake.output.npz)
-    tmp = out.with_name(f".{out.stem}.tmp.npz")
-    np.savez(tmp, rows=rows, loss=losses.reshape(-1))
-    os.replace(tmp, out)
+    savez_atomic(snakemake.output.npz, {"rows": rows, "loss": losses.reshape(-1)})

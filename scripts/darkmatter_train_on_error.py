@@ -1,7 +1,6 @@
 """Rule darkmatter_train_on_error: TopK SAEs trained on the linear and the nonlinear error of one
 SAE."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from saelab.darkmatter.train_on_error import (
     train_error_sae,
     training_targets,
 )
-from saelab.runtime import atomic_dir, logged, set_torch_threads
+from saelab.runtime import atomic_dir, logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae, save_sae
 
 with logged(snakemake.log[0]) as log:
@@ -38,4 +37,4 @@ with logged(snakemake.log[0]) as log:
             tail = fvus[-max(1, len(fvus) // 10) :]
             summary["targets"][name] = {"final_fvu": float(np.mean(tail)), "fvu_curve": fvus}
             log.info("%s: final training FVU %.4f", name, summary["targets"][name]["final_fvu"])
-        (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(summary, out / "training.json")

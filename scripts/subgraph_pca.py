@@ -2,7 +2,6 @@
 panels and interactive plotly HTML (one subgraph, or every subgraph in a size range)."""
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,18 +10,10 @@ from saelab.cooccurrence.pca import subgraph_pca
 from saelab.cooccurrence.summary import subgraph_latents, subgraph_table
 from saelab.features import token_strings
 from saelab.models import load_tokenizer
-from saelab.plots.common import save_figure
+from saelab.plots.common import save_figure, write_plotly_html
 from saelab.plots.cooccurrence import pca_panels, pca_plotly
 from saelab.runtime import atomic_dir, logged, set_torch_threads
 from saelab.saes.io import load_sae
-
-
-def write_html(fig, path, plotlyjs):
-    """Offline HTML: plotly.js inlined (``True``) or once beside the pages (``"directory"``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.html")
-    fig.write_html(tmp, include_plotlyjs=plotlyjs, full_html=True)
-    os.replace(tmp, path)
 
 
 def analyse(sae, latents, title, png, html, opts, tokenizer, log, plotlyjs=True):
@@ -36,7 +27,9 @@ def analyse(sae, latents, title, png, html, opts, tokenizer, log, plotlyjs=True)
     title = f"{title}: {len(strings)} tokens, explained variance {ratio}"
     log.info(title)
     save_figure(pca_panels(result.coords, strings, result.active_latent, title), png)
-    write_html(pca_plotly(result.coords, strings, result.active_latent, title), html, plotlyjs)
+    write_plotly_html(
+        pca_plotly(result.coords, strings, result.active_latent, title), html, plotlyjs
+    )
 
 
 with logged(snakemake.log[0]) as log:

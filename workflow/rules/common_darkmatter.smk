@@ -159,10 +159,6 @@ def darkmatter_token_loss_params(wildcards):
     }
 
 
-def darkmatter_token_loss_hook(wildcards):
-    return CFG.caches[wildcards.cache].hooks[0]
-
-
 def darkmatter_probe_input(wildcards):
     name = darkmatter_probe_name()
     return {"info": darkmatter_info_path(name), "sae": sae_dir_by_name(name)}

@@ -32,7 +32,7 @@ def trajectory_sae_inputs(wildcards):
 def trajectory_feature_inputs(wildcards):
     """The feature summaries (rule feature_summary) of the per-layer SAEs, for the hover."""
     return {
-        f"features_l{layer}": f"data/analysis/features/{MODEL_ID}/{CFG.saes[name].hook}/{name}.npz"
+        f"features_l{layer}": feature_summary_path(name)
         for layer, name in trajectory_sae_names().items()
     }
 

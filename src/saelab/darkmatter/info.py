@@ -11,13 +11,14 @@ when complete); :func:`load_sae_info` reads it back as numpy arrays.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
+
+from saelab.runtime import atomic_dir
 
 # torch and saelab.evaluate are imported where SAEs run: readers of an info group (every
 # downstream rule) then start without importing torch.
@@ -209,25 +210,14 @@ def compute_sae_info(
 
 
 def write_sae_info(info: SAEInfo, path: str | os.PathLike) -> Path:
-    """Write ``info`` as a zarr group at ``path``: built in ``{path}.partial``, then renamed."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    group = zarr.open_group(partial, mode="w", zarr_format=3)
-    for name in INFO_ARRAYS:
-        array = getattr(info, name)
-        group.create_array(name, data=array, chunks=array.shape, compressors=None)
-    group.attrs["sae_info"] = info.attrs
-    if path.exists():
-        # Snakemake may pre-create an output directory; only an empty one is replaced.
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-        else:
-            shutil.rmtree(partial)
-            raise FileExistsError(f"{path} already exists; delete it to rebuild")
-    os.replace(partial, path)
-    return path
+    """Write ``info`` as a zarr group at ``path``, atomically (:func:`saelab.runtime.atomic_dir`)."""
+    with atomic_dir(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        for name in INFO_ARRAYS:
+            array = getattr(info, name)
+            group.create_array(name, data=array, chunks=array.shape, compressors=None)
+        group.attrs["sae_info"] = info.attrs
+    return Path(path)
 
 
 def load_sae_info(path: str | os.PathLike) -> SAEInfo:
@@ -240,9 +230,3 @@ def load_sae_info(path: str | os.PathLike) -> SAEInfo:
         raise SAEInfoError(f"{path} is not an SAE info group (no 'sae_info' attributes)")
     arrays = {name: np.asarray(group[name][...]) for name in INFO_ARRAYS}
     return SAEInfo(**arrays, attrs=dict(group.attrs["sae_info"]))
-
-
-def info_subset(info: SAEInfo, index: np.ndarray) -> SAEInfo:
-    """The tokens ``index`` of ``info`` (a boolean mask or integer indices)."""
-    arrays = {name: getattr(info, name)[index] for name in INFO_ARRAYS}
-    return SAEInfo(**arrays, attrs={**info.attrs, "n_tokens": len(arrays["rows"])})

@@ -29,3 +29,20 @@ def draw_named(figures: Mapping[str, Callable[..., Figure]], name: str, *args) -
     if name not in figures:
         raise ValueError(f"unknown figure {name!r}; the figures here are {sorted(figures)}")
     return figures[name](*args)
+
+
+def write_plotly_html(
+    fig,
+    path: str | os.PathLike,
+    include_plotlyjs: bool | str = True,
+    post_script: str | None = None,
+) -> Path:
+    """A plotly figure as a full HTML page, atomically. ``include_plotlyjs=True`` inlines
+    plotly.js (the page opens offline on its own); ``"directory"`` writes one ``plotly.min.js``
+    beside the pages and links it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+    fig.write_html(tmp, include_plotlyjs=include_plotlyjs, full_html=True, post_script=post_script)
+    os.replace(tmp, target)
+    return target

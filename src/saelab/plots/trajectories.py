@@ -20,6 +20,8 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from saelab.plots.common import write_plotly_html
+
 #: Best final rank -> colour: red (the newcomer ends at the top) through purple to blue.
 RANK_CMAP = LinearSegmentedColormap.from_list("rank", ["red", "purple", "blue"])
 EMPTY_EDGE_COLOUR = "gold"
@@ -175,8 +177,6 @@ def write_html_atomic(fig, path: str | os.PathLike) -> Path:
     """Write a self-contained HTML (plotly.js inline, so it opens offline) atomically. Once
     plotly has drawn the graph, a hidden ``#trajectory-hover-data`` element receives the node
     hover texts as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     post_script = (
         "var gd = document.getElementById('{plot_id}');"
         f"var out = document.createElement('pre'); out.id = {json.dumps(HOVER_DATA_ID)};"
@@ -185,10 +185,7 @@ def write_html_atomic(fig, path: str | os.PathLike) -> Path:
         ".map(function (t) { return t.hovertext; }));"
         "document.body.appendChild(out);"
     )
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.write_html(tmp, include_plotlyjs=True, full_html=True, post_script=post_script)
-    os.replace(tmp, path)
-    return path
+    return write_plotly_html(fig, path, post_script=post_script)
 
 
 def _presence(steps: Sequence[Sequence[int]], latent: int) -> list[int | None]:

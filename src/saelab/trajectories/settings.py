@@ -74,12 +74,6 @@ class TrajectoriesConfig:
     def prompt_names(self) -> list[str]:
         return [prompt.name for prompt in self.prompts]
 
-    def prompt(self, name: str) -> Prompt:
-        for prompt in self.prompts:
-            if prompt.name == name:
-                return prompt
-        raise KeyError(f"no trajectories prompt {name!r}; defined: {self.prompt_names}")
-
 
 def sweep_layers(cfg, sweep: str) -> dict[int, str]:
     """layer -> SAE name of a ``sweeps`` family, checking it is one SAE per layer at a
