@@ -38,7 +38,7 @@ from saelab.cooccurrence.counts import (
     mean_cooccurrence_by_latent,
 )
 from saelab.cooccurrence.dashboards import load_unembedding, logit_effects, write_dashboards
-from saelab.cooccurrence.pca import pca_project, subgraph_pca
+from saelab.cooccurrence.pca import pca_project, subgraph_pca, subgraph_pcas
 from saelab.cooccurrence.summary import choose_subgraph, group_index, group_statistics
 from saelab.features import collect_feature_summary
 from saelab.saes import SAEConfig, build_sae
@@ -345,6 +345,20 @@ def test_every_cache_pass_rejects_an_sae_of_another_width(cache):
     ):
         with pytest.raises(CacheError, match="is 3 wide but the SAE reads d_in=4"):
             run()
+
+
+def test_subgraph_pcas_of_several_subgraphs_equal_one_pass_each(cache):
+    sae = identity_sae()
+    together = subgraph_pcas(sae, cache, {7: [0, 1], 8: [1], 9: [2]}, max_examples=3, batch_size=4)
+    for key, latents in ((7, [0, 1]), (8, [1])):
+        alone = subgraph_pca(sae, cache, latents, max_examples=3, batch_size=4)
+        for field in alone._fields:
+            assert np.array_equal(getattr(together[key], field), getattr(alone, field)), field
+    assert together[7].n_tokens_scanned == 4 and together[8].n_tokens_scanned == 4
+    # latent 2 fires only at 0.5 on row 12: found once the scan reaches it
+    assert together[9].rows.tolist() == [12]
+    missing = subgraph_pcas(sae, cache, {1: [2]}, max_tokens=8)[1]
+    assert isinstance(missing, ValueError) and "no token" in str(missing)
 
 
 def test_pca_project_matches_known_directions():

@@ -203,6 +203,8 @@ def representative_features_input(wildcards):
 def subgraph_pca_params(wildcards):
     return {
         **COOC.get("pca", {}),
+        "sae": representative_sae(),
+        "threshold": cooccurrence_threshold(wildcards.tau),
         "split": COOC["split"],
         "batch_size": COOC["batch_size"],
         "encoding": COOC["encoding"],

@@ -153,8 +153,10 @@ def latent_page(
     *,
     title: str = "",
     neighbours: list[int] | None = None,
+    description: str | None = None,
 ) -> str:
-    """One latent's page as an HTML string."""
+    """One latent's page as an HTML string (``description``: :func:`describe_latent`'s line,
+    computed here when not given)."""
     before = int(summary.meta["before"])
     have = summary.top_rows[latent] >= 0
     scale = float(summary.top_values[latent, 0]) if have.any() else 0.0
@@ -185,7 +187,9 @@ def latent_page(
             + " ".join(f'<a href="latent_{n}.html">{n}</a>' for n in neighbours if n != latent)
             + "</p>"
         )
-    description = html.escape(describe_latent(summary, latent, tokenizer))
+    if description is None:
+        description = describe_latent(summary, latent, tokenizer)
+    description = html.escape(description)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>latent {latent}</title>
 <style>{_STYLE}</style></head><body>
@@ -228,14 +232,15 @@ def write_dashboards(
     index_rows = []
     for row, latent in enumerate(latents):
         page = out_dir / f"latent_{latent}.html"
+        description = describe_latent(summary, latent, tokenizer)
         page.write_text(
-            latent_page(summary, latent, tokenizer, effect, row, title=title, neighbours=latents),
+            latent_page(summary, latent, tokenizer, effect, row, title=title, neighbours=latents,
+                        description=description),
             encoding="utf-8",
-        )
+        )  # fmt: skip
         pages.append(page)
         index_rows.append(
-            f'<li><a href="{page.name}">latent {latent}</a>: '
-            f"{html.escape(describe_latent(summary, latent, tokenizer))}</li>"
+            f'<li><a href="{page.name}">latent {latent}</a>: {html.escape(description)}</li>'
         )
     (out_dir / "index.html").write_text(
         f"""<!DOCTYPE html>

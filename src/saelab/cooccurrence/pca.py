@@ -49,7 +49,100 @@ def pca_project(points: np.ndarray, n_components: int = 3) -> tuple[np.ndarray, 
     return coords, ratio
 
 
+class _SubgraphScan:
+    """The fired tokens of one subgraph S, gathered batch by batch."""
+
+    def __init__(self, latents: np.ndarray, width: int):
+        self.latents = latents
+        self.member = torch.zeros(width, dtype=torch.bool)
+        self.member[torch.from_numpy(latents)] = True
+        self.recon, self.rows, self.ids, self.argmax = [], [], [], []
+        self.found = 0
+
+    def add(self, codes, rows: np.ndarray, tokens: np.ndarray, W_dec: torch.Tensor) -> None:
+        """Fired tokens of this batch (``codes`` special-masked, ``tokens`` of ``rows``)."""
+        codes = codes.select(self.member[codes.latents])
+        if codes.values.numel() == 0:
+            return
+        dense = torch.zeros(len(rows), len(self.latents))
+        column = torch.from_numpy(np.searchsorted(self.latents, codes.latents.numpy()))
+        dense[codes.rows, column] = codes.values.float()
+        fired = dense.sum(1) > 0
+        self.recon.append((dense[fired] @ W_dec[torch.from_numpy(self.latents)]).numpy())
+        self.rows.append(rows[fired.numpy()])
+        self.ids.append(tokens[fired.numpy()])
+        self.argmax.append(self.latents[dense[fired].argmax(1).numpy()])
+        self.found += int(fired.sum())
+
+    def result(self, max_examples: int, scanned: int) -> SubgraphPCA:
+        if self.found == 0:
+            raise ValueError(
+                f"no token among the {scanned} scanned fires any latent of the subgraph "
+                f"{self.latents.tolist()}"
+            )
+        coords, ratio = pca_project(np.concatenate(self.recon)[:max_examples])
+        return SubgraphPCA(
+            coords=coords,
+            explained_variance_ratio=ratio,
+            rows=np.concatenate(self.rows)[:max_examples].astype(np.int64),
+            token_ids=np.concatenate(self.ids)[:max_examples].astype(np.int64),
+            active_latent=np.concatenate(self.argmax)[:max_examples].astype(np.int64),
+            latents=self.latents,
+            n_tokens_scanned=scanned,
+        )
+
+
 @torch.inference_mode()
+def subgraph_pcas(
+    sae: SAE,
+    cache_path: str | os.PathLike,
+    subgraphs: dict[int, np.ndarray | list[int]],
+    *,
+    max_examples: int = 500,
+    max_tokens: int = 65536,
+    batch_size: int = 4096,
+    split: str = "all",
+    encoding: str = "eval",
+) -> dict[int, SubgraphPCA | ValueError]:
+    """:func:`subgraph_pca` of several subgraphs from one encoding pass over the cache: each
+    subgraph takes the same tokens it would alone (rows in order, until it has
+    ``max_examples`` fired tokens or ``max_tokens`` rows are scanned). A subgraph that no
+    scanned token fires gets the ValueError :func:`subgraph_pca` would raise."""
+    scans = {}
+    for key, latents in subgraphs.items():
+        latents = np.unique(np.asarray(latents, dtype=np.int64))
+        if len(latents) == 0:
+            raise ValueError(f"subgraph {key} has no latents")
+        if latents.max() >= sae.cfg.width:
+            raise ValueError(f"latent {latents.max()} is out of range for width {sae.cfg.width}")
+        scans[key] = _SubgraphScan(latents, sae.cfg.width)
+    reader = sae_reader(sae, cache_path, batch_size, split)
+    special = reader.group["special_mask"]
+    tokens = reader.group["tokens"]
+    W_dec = sae.W_dec.detach().float()
+    scanned = 0
+    scanned_by = {}
+    for x, rows in reader.batches(with_rows=True):
+        pending = [key for key, scan in scans.items() if scan.found < max_examples]
+        if not pending or scanned >= max_tokens:
+            break
+        x, rows = x[: max_tokens - scanned], rows[: max_tokens - scanned]
+        scanned += len(rows)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        codes = drop_rows(encode_sparse(sae, x, encoding), np.asarray(special[lo:hi], dtype=bool))
+        batch_tokens = np.asarray(tokens[lo:hi])[rows - lo]
+        for key in pending:
+            scans[key].add(codes, rows, batch_tokens, W_dec)
+            scanned_by[key] = scanned
+    out = {}
+    for key, scan in scans.items():
+        try:
+            out[key] = scan.result(max_examples, scanned_by.get(key, scanned))
+        except ValueError as err:
+            out[key] = err
+    return out
+
+
 def subgraph_pca(
     sae: SAE,
     cache_path: str | os.PathLike,
@@ -62,52 +155,12 @@ def subgraph_pca(
     encoding: str = "eval",
 ) -> SubgraphPCA:
     """Scan at most ``max_tokens`` cache rows in order until ``max_examples`` tokens fire S."""
-    latents = np.unique(np.asarray(latents, dtype=np.int64))
-    if len(latents) == 0:
+    if len(np.asarray(latents)) == 0:
         raise ValueError("the subgraph has no latents")
-    if latents.max() >= sae.cfg.width:
-        raise ValueError(f"latent {latents.max()} is out of range for width {sae.cfg.width}")
-    reader = sae_reader(sae, cache_path, batch_size, split)
-    special = reader.group["special_mask"]
-    tokens = reader.group["tokens"]
-    in_subgraph = torch.zeros(sae.cfg.width, dtype=torch.bool)
-    in_subgraph[torch.from_numpy(latents)] = True
-    W_dec = sae.W_dec.detach().float()
-    recon, rows_out, ids_out, argmax_out = [], [], [], []
-    found = scanned = 0
-    for x, rows in reader.batches(with_rows=True):
-        if found >= max_examples or scanned >= max_tokens:
-            break
-        x, rows = x[: max_tokens - scanned], rows[: max_tokens - scanned]
-        scanned += len(rows)
-        mask = np.asarray(special[int(rows[0]) : int(rows[-1]) + 1], dtype=bool)
-        codes = drop_rows(encode_sparse(sae, x, encoding), mask)
-        codes = codes.select(in_subgraph[codes.latents])
-        if codes.values.numel() == 0:
-            continue
-        dense = torch.zeros(len(rows), len(latents))
-        column = torch.from_numpy(np.searchsorted(latents, codes.latents.numpy()))
-        dense[codes.rows, column] = codes.values.float()
-        fired = dense.sum(1) > 0
-        part = dense[fired] @ W_dec[torch.from_numpy(latents)]
-        recon.append(part.numpy())
-        fired_rows = rows[fired.numpy()]
-        rows_out.append(fired_rows)
-        ids_out.append(np.asarray(tokens[int(rows[0]) : int(rows[-1]) + 1])[fired_rows - rows[0]])
-        argmax_out.append(latents[dense[fired].argmax(1).numpy()])
-        found += int(fired.sum())
-    if found == 0:
-        raise ValueError(
-            f"no token among the {scanned} scanned fires any latent of the subgraph {latents.tolist()}"
-        )
-    points = np.concatenate(recon)[:max_examples]
-    coords, ratio = pca_project(points)
-    return SubgraphPCA(
-        coords=coords,
-        explained_variance_ratio=ratio,
-        rows=np.concatenate(rows_out)[:max_examples].astype(np.int64),
-        token_ids=np.concatenate(ids_out)[:max_examples].astype(np.int64),
-        active_latent=np.concatenate(argmax_out)[:max_examples].astype(np.int64),
-        latents=latents,
-        n_tokens_scanned=scanned,
-    )
+    result = subgraph_pcas(
+        sae, cache_path, {0: latents}, max_examples=max_examples, max_tokens=max_tokens,
+        batch_size=batch_size, split=split, encoding=encoding,
+    )[0]  # fmt: skip
+    if isinstance(result, ValueError):
+        raise result
+    return result
