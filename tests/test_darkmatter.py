@@ -48,6 +48,7 @@ from saelab.darkmatter.scaling import (
     fit_power_law,
     pick_sae,
     power_law,
+    pursuit_power_law,
     scaling_summary,
 )
 from saelab.evaluate import fvu_dim_centred
@@ -450,3 +451,13 @@ def test_encoder_error_area_comes_from_pursuit_paired_with_its_own_encoder_fit()
     widest = summary["breakdown_at_widest"]
     assert widest["encoder_error"] == pytest.approx(0.02)
     assert widest["nonlinear_error"] == pytest.approx(0.02)
+
+
+def test_pursuit_power_law_fits_the_width_sweep_or_gives_none(caplog):
+    widths = [512, 1024, 2048, 4096]
+    records = [{"width": w, "pursuit_fvu": 0.05 + 3.0 * w**-0.7} for w in widths]
+    fit = pursuit_power_law(records)
+    assert fit.m == pytest.approx(0.7, rel=0.05) and fit.c == pytest.approx(0.05, abs=0.01)
+    with caplog.at_level("WARNING"):
+        assert pursuit_power_law(records[:2]) is None
+    assert "no power-law fit" in caplog.text

@@ -40,10 +40,13 @@ def representative_tag():
 
 
 def group_sizes_of(name):
-    """A Matryoshka SAE's own group sizes; other SAEs get the first Matryoshka's ("pretend")."""
+    """A Matryoshka SAE's own group sizes (individual, not cumulative); other SAEs get the first
+    Matryoshka's ("pretend")."""
+    from saelab.groups import resolve_group_sizes
+
     run = CFG.saes[name]
     if run.arch == "matryoshka":
-        return list(run.options["group_sizes"])
+        return resolve_group_sizes(run.options["group_sizes"], run.width)
     return group_sizes_of(
         next(n for n in cooccurrence_sae_names() if CFG.saes[n].arch == "matryoshka")
     )

@@ -15,12 +15,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+
+log = logging.getLogger("saelab.darkmatter")
 
 
 class ScalingError(ValueError):
@@ -160,6 +163,16 @@ class Breakdown(NamedTuple):
     linear_error: float
     encoder_error: np.ndarray | None
     nonlinear_error: np.ndarray
+
+
+def pursuit_power_law(records: Sequence[dict[str, Any]]) -> PowerLawFit | None:
+    """Fig 10a's fit of the gradient-pursuit FVU over width (records of the width sweep's
+    ``pursuit.json``), or ``None``, with a warning, when fewer than 3 widths allow no fit."""
+    try:
+        return fit_power_law([r["width"] for r in records], [r["pursuit_fvu"] for r in records])
+    except ScalingError as err:
+        log.warning("no power-law fit of the pursuit FVU: %s", err)
+        return None
 
 
 def breakdown(

@@ -138,7 +138,5 @@ def dense_activations(sae, x: Tensor, batch_size: int = 4096) -> np.ndarray:
     out = np.zeros((len(x), sae.cfg.width), dtype=np.float32)
     for lo in range(0, len(x), batch_size):
         codes = sae.encode(x[lo : lo + batch_size].to(sae.device)).codes
-        out[lo + codes.rows.cpu().numpy(), codes.latents.cpu().numpy()] = (
-            codes.values.float().cpu().numpy()
-        )
+        out[lo : lo + codes.n_rows] = codes.dense().float().cpu().numpy()
     return out
