@@ -211,7 +211,7 @@ def darkmatter_targets():
     ]
 
 
-#: Options passed to every figure rule.
+#: Options of the per-token figure rules (Figs 4, 5, 6, 12: token traces) and Fig 14 (the probe).
 DARKMATTER_PLOT_OPTIONS = {
     "probe_running_window": DM.get("probe_running_window", 100),
     "probe_limit": DM.get("probe_limit", 10000),

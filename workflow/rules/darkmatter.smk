@@ -241,7 +241,6 @@ for _fig in ["fig01", "fig02", "fig03", "fig11"]:
             "../../envs/saelab.yaml"
         params:
             figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
         script:
             "../../scripts/plot_darkmatter_scaling.py"
 
@@ -289,7 +288,6 @@ for _fig in ["fig07"]:
             "../../envs/saelab.yaml"
         params:
             figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
         script:
             "../../scripts/plot_darkmatter_norms.py"
 
@@ -313,7 +311,6 @@ for _fig in ["fig13"]:
             "../../envs/saelab.yaml"
         params:
             figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
         script:
             "../../scripts/plot_darkmatter_norms.py"
 
@@ -361,6 +358,5 @@ for _fig in ["fig15"]:
             "../../envs/saelab.yaml"
         params:
             figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
         script:
             "../../scripts/plot_darkmatter_noise.py"
