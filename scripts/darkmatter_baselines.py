@@ -1,14 +1,15 @@
 """Rule darkmatter_baselines: R² of the squared error norm from x and from baselines (Fig 13).
 
-The SAEs (one per layer by default) are encoded here over the same window as sae_info, in one
-job: their info groups are not needed by anything else.
+The SAEs of a ``baselines_sweep`` family (one per layer by default) are encoded here over the
+same window as sae_info, in one job: their info groups are not needed by anything else. Without
+that family the grid's SAEs are used, through the info groups sae_info already wrote.
 """
 
 from pathlib import Path
 
 import numpy as np
 
-from saelab.darkmatter.info import WindowConfig, compute_sae_info
+from saelab.darkmatter.info import WindowConfig, compute_sae_info, load_sae_info
 from saelab.darkmatter.norms import baseline_r2, losses_for_rows
 from saelab.darkmatter.regression import shuffled_split
 from saelab.models import default_device
@@ -28,8 +29,11 @@ with logged(snakemake.log[0]) as log:
     results = []
     for point in opts["points"]:
         name, cache = point["name"], opts["caches"][point["name"]]
-        sae = load_sae(snakemake.input[f"sae_{name}"], device=device)
-        info = compute_sae_info(sae, snakemake.input[f"cache_{cache}"], window, name, device)
+        if f"info_{name}" in snakemake.input.keys():  # the grid's own info group
+            info = load_sae_info(snakemake.input[f"info_{name}"])
+        else:
+            sae = load_sae(snakemake.input[f"sae_{name}"], device=device)
+            info = compute_sae_info(sae, snakemake.input[f"cache_{cache}"], window, name, device)
         split = shuffled_split(len(info.x), opts["seed"], opts["train_fraction"])
         token_loss = losses_for_rows(*losses[cache], info.rows) if cache in losses else None
         r2 = baseline_r2(info, split, token_loss, snakemake.params.token_id_in_sample)

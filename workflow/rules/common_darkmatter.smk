@@ -124,16 +124,21 @@ def darkmatter_all_input(wildcards):
 
 
 def darkmatter_baselines_input(wildcards):
-    """SAE directories and caches of the Fig 13 SAEs (encoded inside the rule: one job, not
-    one sae_info per layer) and, with ``baselines_loss``, the per-token losses of their caches.
-    """
+    """The Fig 13 SAEs: a ``baselines_sweep`` family's directories and caches (encoded inside the
+    rule: one job, not one sae_info per layer), or else the grid's info groups, which sae_info
+    writes anyway; with ``baselines_loss``, the per-token losses of their caches."""
     inputs = {}
-    points = darkmatter_baseline_points() or darkmatter_points()
+    family = darkmatter_baseline_points()
+    points = family or darkmatter_points()
     for point in points:
-        inputs[f"sae_{point.name}"] = sae_dir_by_name(point.name)
+        if family:
+            inputs[f"sae_{point.name}"] = sae_dir_by_name(point.name)
+        else:
+            inputs[f"info_{point.name}"] = darkmatter_info_path(point.name)
     caches = sorted({CFG.saes[point.name].cache for point in points})
     for cache in caches:
-        inputs[f"cache_{cache}"] = cache_path(cache)
+        if family:
+            inputs[f"cache_{cache}"] = cache_path(cache)
         if DM.get("baselines_loss"):
             inputs[f"loss_{cache}"] = darkmatter_token_loss_path(cache)
     return inputs
