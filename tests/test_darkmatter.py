@@ -338,6 +338,8 @@ def test_noise_simulation_separates_activation_and_reconstruction_noise():
     x = codes @ W_dec
     cfg = NoiseConfig(ablate_percents=[0, 20], line_settings=[[0.0, 0.0]], grid=[0.0, 0.5, 1.0])
     points = simulate(x, codes, W_dec, b_dec, codes.mean(0), cfg)
+    settings = [(p.ablate_percent, p.sigma_act, p.sigma_rec) for p in points]
+    assert len(settings) == len(set(settings)) == 1 + 9  # (0, 0, 0) is on the line and the grid
     clean = next(p for p in points if (p.sigma_act, p.sigma_rec, p.ablate_percent) == (0, 0, 0))
     assert clean.fvu_recon == pytest.approx(0, abs=1e-10)
     ablated = next(p for p in points if p.ablate_percent == 20)

@@ -104,8 +104,11 @@ def simulate(
     scale = float(x_synthetic.std(0).mean()) if cfg.units == "activation_std" else 1.0
     order = torch.argsort(mean_activation, stable=True)
     width = codes_dense.shape[1]
-    jobs = [(p, a, r) for p in cfg.ablate_percents for a, r in cfg.line_settings]
-    jobs += [(0, a, r) for a in cfg.grid for r in cfg.grid]
+    # A setting both on a line and in the grid (e.g. 0 %, σ 0, σ 0) is simulated once, so
+    # Fig 15 and Table 1 read the same point.
+    line_jobs = [(p, a, r) for p in cfg.ablate_percents for a, r in cfg.line_settings]
+    grid_jobs = [(0, a, r) for a in cfg.grid for r in cfg.grid]
+    jobs = list(dict.fromkeys((float(p), float(a), float(r)) for p, a, r in line_jobs + grid_jobs))
     recon_by_p: dict[float, torch.Tensor] = {}
     out = []
     for p, sigma_act, sigma_rec in jobs:
@@ -138,14 +141,11 @@ def correlation_table(
     """Table 1: Pearson correlations, over the grid at 0 % ablation, of the activation and
     reconstruction noise levels with the estimated linear and nonlinear error."""
     grid_set = set(grid)
-    seen: dict[tuple[float, float], SimulationPoint] = {}
-    for point in points:
-        if (
-            point.ablate_percent == 0
-            and point.sigma_act in grid_set
-            and point.sigma_rec in grid_set
-        ):
-            seen[(point.sigma_act, point.sigma_rec)] = point  # the grid's point wins on repeats
+    seen = {
+        (point.sigma_act, point.sigma_rec): point
+        for point in points
+        if point.ablate_percent == 0 and point.sigma_act in grid_set and point.sigma_rec in grid_set
+    }
     cells = [seen[(a, r)] for a in grid for r in grid]
     act = np.array([c.sigma_act for c in cells])
     rec = np.array([c.sigma_rec for c in cells])
