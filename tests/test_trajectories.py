@@ -146,12 +146,13 @@ def _random_saes(model, width=48, k=6):
 
 
 def test_compute_evolution_structure_and_logit_lens(hf_case, tmp_path):
-    _case, model = hf_case
+    case, model = hf_case
     saes = _random_saes(model)
     evolution = compute_evolution(
         model, PROMPT, saes, top_k=5, prompt_name="p", logit_lens_lengths="all"
     )
     meta = evolution["metadata"]
+    assert meta["post_attention_norm"] == (case != "gpt2")  # Gemma's ln1_post
     n = meta["max_prompt_length"]
     assert meta["lengths"] == list(range(2, n + 1))
     assert meta["max_relative_error"] < 1e-5
@@ -195,6 +196,20 @@ def test_top_firing_ranks_only_active_latents():
     assert first.indices == [1, 4, 2] and first.values == [2.0, 2.0, 0.5]
     assert second.indices == []
     assert top_firing(codes, top_k=2)[0].indices == [1, 4]
+
+
+def test_top_firing_equals_a_full_stable_sort_with_ties():
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 4, (50, 300), generator=generator).float() * torch.relu(
+        torch.randn(50, 300, generator=generator).sign()
+    )  # few distinct values: many ties at the k-th place
+    for top_k in (1, 7, 40, 400):
+        got = top_firing(codes, top_k)
+        negated, order = torch.sort(-codes, dim=1, stable=True)
+        for row, firing in enumerate(got):
+            n = min(top_k, int((codes[row] > 0).sum()))
+            assert firing.indices == order[row, :n].tolist()
+            assert firing.values == (-negated[row, :n]).tolist()
 
 
 # ------------------------------------------------------------------ newcomers, edges, trace

@@ -24,16 +24,25 @@ log = logging.getLogger("saelab.cooccurrence")
 
 def thresholded(matrix: sp.spmatrix, theta: float) -> sp.csr_matrix:
     """Off-diagonal entries ≥ ``theta`` (the rest dropped, not stored)."""
-    coo = without_diagonal(matrix).tocoo()
-    keep = coo.data >= theta
-    out = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
+    return _edges_at(without_diagonal(matrix).tocoo(), theta)
+
+
+def _edges_at(off_diagonal: sp.coo_matrix, theta: float) -> sp.csr_matrix:
+    keep = off_diagonal.data >= theta
+    out = sp.csr_matrix(
+        (off_diagonal.data[keep], (off_diagonal.row[keep], off_diagonal.col[keep])),
+        shape=off_diagonal.shape,
+    )
     out.sort_indices()
     return out
 
 
 def component_labels(matrix: sp.spmatrix, theta: float) -> np.ndarray:
     """Component id of every node of the graph {i–j : N_ij ≥ θ}, numbered by smallest node."""
-    graph = thresholded(matrix, theta)
+    return _labels(thresholded(matrix, theta))
+
+
+def _labels(graph: sp.csr_matrix) -> np.ndarray:
     _, labels = connected_components(graph, directed=False)
     # scipy already numbers components in order of first node; make that explicit and stable
     _, first = np.unique(labels, return_index=True)
@@ -43,7 +52,10 @@ def component_labels(matrix: sp.spmatrix, theta: float) -> np.ndarray:
 
 
 def largest_component_size(matrix: sp.spmatrix, theta: float) -> int:
-    labels = component_labels(matrix, theta)
+    return _largest(_labels(thresholded(matrix, theta)))
+
+
+def _largest(labels: np.ndarray) -> int:
     return int(np.bincount(labels).max()) if len(labels) else 0
 
 
@@ -81,12 +93,13 @@ def find_edge_threshold(
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
     if target is None:
         target = (min_size + max_size) / 2
+    off_diagonal = without_diagonal(matrix).tocoo()  # once, not at every bisection step
     lo, hi = 0.0, 1.0
     trace: list[tuple[float, int]] = []
     best: tuple[float, int] | None = None
     while hi - lo > tolerance:
         mid = (lo + hi) / 2
-        size = largest_component_size(matrix, mid)
+        size = _largest(_labels(_edges_at(off_diagonal, mid)))
         trace.append((mid, size))
         if min_size <= size <= max_size:
             return ThresholdSearch(mid, size, True, trace)

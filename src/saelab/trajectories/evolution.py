@@ -61,12 +61,21 @@ def top_firing(codes: Tensor, top_k: int) -> list[FiringLatents]:
     """For each row of dense codes [n, width], the at most ``top_k`` latents with value > 0,
     largest first (ties by latent index, so the order is deterministic)."""
     codes = codes.detach().float().cpu()
-    negated, order = torch.sort(-codes, dim=1, stable=True)  # descending values, ties by index
     n_active = (codes > 0).sum(dim=1).clamp(max=top_k).tolist()
-    values = np.round(-negated[:, : max(n_active, default=0)].numpy(), 6)
-    return [
-        FiringLatents(order[i, :n].tolist(), values[i, :n].tolist()) for i, n in enumerate(n_active)
-    ]
+    k = max(n_active, default=0)
+    if k == 0:
+        return [FiringLatents([], []) for _ in n_active]
+    # topk, not a full sort of every row: only the candidates at or above each row's k-th value
+    # are ordered (stable over ascending indices, so ties go by latent index).
+    kth = codes.topk(k, dim=1).values[:, -1:]
+    candidates = (codes >= kth) & (codes > 0)
+    out = []
+    for row, mask, n in zip(codes, candidates, n_active, strict=True):
+        index = mask.nonzero().squeeze(1)
+        negated, order = torch.sort(-row[index], stable=True)
+        values = np.round(-negated[:n].numpy(), 6)
+        out.append(FiringLatents(index[order[:n]].tolist(), values.tolist()))
+    return out
 
 
 @torch.no_grad()
@@ -215,7 +224,8 @@ def compute_evolution(
         "ranks": "only latents with value > 0, by decreasing value",
         "step_convention": STEP_CONVENTION,
         "bias_convention": "b_V through the attention weights; b_O split equally over source tokens",
-        "post_attention_norm": bool(model.cfg.use_normalization_before_and_after),
+        # What the decomposition applied (Gemma's ln1_post, or ln1 of post-norm architectures).
+        "post_attention_norm": layer_weights(model, layers[0]).post_norm is not None,
         "check_tolerance": tolerance,
         "max_relative_error": max_error,
         "logit_lens": "resid_post of each layer at the last token, through ln_final and W_U",
