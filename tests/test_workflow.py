@@ -145,7 +145,8 @@ def test_summary_of_the_micro_run_has_every_table_stamped(micro_run):
     and Fig 9's bootstrap intervals, co-occurrence and trajectory tables."""
     text = (micro_run / "results" / "summary.md").read_text()
     assert re.search(r"commit: `[0-9a-f]{40}(-dirty)?`", text), text[:300]
-    assert "command: `snakemake --cores all --configfile" in text and "micro.yaml" in text
+    assert "command: `snakemake --cores all results/summary.md --configfile" in text
+    assert "micro.yaml" in text
     for section in ("## SAEs", "## Dark matter", "## Co-occurrence", "## Trajectories"):
         assert section in text, section
     sae_rows = [r for r in text.split("## Dark matter")[0].splitlines() if r.startswith("| ")]

@@ -22,4 +22,4 @@ def summary_command():
     """The command that makes this summary: the same config files as this run."""
     extra = getattr(workflow, "overwrite_configfiles", None) or []
     files = "".join(f" --configfile {os.path.relpath(f)}" for f in extra)
-    return f"snakemake --cores all{files} results/summary.md"
+    return f"snakemake --cores all results/summary.md{files}"
