@@ -6,6 +6,8 @@ model's tokenizer into contexts of 128 tokens with BOS per context), gemma-3-270
   saelab-hf     saelab's ``build_cache`` with the transformers backend (``activation_source``
                 with ``auto``), every default hook into a temp zarr (float16): writes included
   saelab-tl     the same with the ``transformer_lens`` backend
+  saelab-nocrc  saelab-hf without the per-chunk crc32c checksums (``checksum=False``):
+                saelab-hf / saelab-nocrc is the checksum's cost inside a real cache build
   saelab-fwd    attribution only: saelab's transformers activation source alone (its hooked,
                 early-stopped forward), no writes; saelab-hf / saelab-fwd is the cost of writing
   hf-bare       plain transformers, the base model truncated to the first (deepest hook + 1)
@@ -22,8 +24,14 @@ Each method is warmed up once (on one batch), then the methods are measured roun
 same neighbour) and the median tokens/s of each is reported. Only ratios within one run mean anything: other jobs on the machine change the
 absolute speeds by 2-4x.
 
+After the rounds, the checksum's cost is also measured on the storage alone (no model): the
+activations of the measured tokens written to a zarr group with and without the crc32c codec
+and read back (whole chunks, as ``ActivationReader`` reads them), ``--rounds`` alternating
+rounds each; it prints the with/without ratio of write and read throughput. ``--checksum-only``
+runs just that part (on random float16 activations of the default widths: no model needed).
+
     python benchmarks/cache_throughput.py [--model-dir data/models/gemma-3-270m]
-        [--contexts 64] [--rounds 3] [--json out.json]
+        [--contexts 64] [--rounds 3] [--json out.json] [--checksum-only]
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ INFO_RATIOS = {
     "saelab-hf / tl-rwc": ("saelab-hf", "tl-rwc"),
     "saelab-tl / saelab-hf": ("saelab-tl", "saelab-hf"),
     "saelab-hf / saelab-fwd": ("saelab-hf", "saelab-fwd"),
+    "saelab-hf / saelab-nocrc": ("saelab-hf", "saelab-nocrc"),
     "saelab-fwd / hf-bare": ("saelab-fwd", "hf-bare"),
     "tl-rwc / hf-bare": ("tl-rwc", "hf-bare"),
     "hf-logits / hf-bare": ("hf-logits", "hf-bare"),
@@ -83,6 +92,7 @@ INFO_RATIOS = {
 DESCRIPTIONS = {
     "saelab-hf": "saelab build_cache, transformers backend ({n_hooks} hooks, fp16 zarr)",
     "saelab-tl": "saelab build_cache, transformer_lens backend ({n_hooks} hooks, fp16 zarr)",
+    "saelab-nocrc": "saelab-hf without the per-chunk crc32c checksums",
     "saelab-fwd": "saelab transformers source only (hooked forward, stops after block {last}), no writes",
     "hf-bare": "plain transformers, {n_layers} layers, output_hidden_states, no writes",
     "tl-rwc": "TransformerLens run_with_cache, stop_at_layer={n_layers}, no writes",
@@ -151,6 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip", nargs="*", default=[], choices=list(DESCRIPTIONS), help="methods to leave out"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
+    parser.add_argument(
+        "--checksum-only",
+        action="store_true",
+        help="only the storage-level with/without-crc32c write and read measurement",
+    )
     args = parser.parse_args(argv)
     if args.contexts < 1 or args.rounds < 1:
         parser.error("--contexts and --rounds must be at least 1")
@@ -203,7 +218,9 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         setattr(obj, name, old)
 
 
-def make_saelab(name, source, tokens, special, hooks, dtype, batch_contexts, tmp: Path) -> Method:
+def make_saelab(
+    name, source, tokens, special, hooks, dtype, batch_contexts, tmp: Path, checksum: bool = True
+) -> Method:
     from saelab.cache import build_cache
 
     counter = iter(range(10**9))
@@ -224,6 +241,7 @@ def make_saelab(name, source, tokens, special, hooks, dtype, batch_contexts, tmp
             batch_contexts=batch_contexts,
             device="cpu",
             progress=False,
+            checksum=checksum,
         )
         return toks.size
 
@@ -368,6 +386,81 @@ def make_sae_lens(tl_model, tokens, hook, d_in, batch_contexts, tmp: Path) -> Me
     return method
 
 
+def checksum_cost(
+    arrays: dict[str, np.ndarray], chunk_rows: int, rounds: int, tmp: Path
+) -> dict[str, Any]:
+    """Write and read throughput (MB/s) of the same arrays with and without the crc32c codec.
+
+    Each round writes every array chunk by chunk into a fresh zarr v3 group (as ``build_cache``
+    does, one chunk per batch), then reads it back chunk by chunk through ``open``; the two
+    variants alternate, starting with a different one each round. The reads are checked to
+    return the written bytes."""
+    import zarr
+
+    from saelab.cache import checksum_codecs
+
+    n_bytes = sum(a.nbytes for a in arrays.values())
+    times: dict[str, dict[str, list[float]]] = {
+        v: {"write": [], "read": []} for v in ("crc32c", "none")
+    }
+    for r in range(rounds):
+        variants = ["crc32c", "none"] if r % 2 == 0 else ["none", "crc32c"]
+        for variant in variants:
+            path = tmp / f"checksum-{variant}-{r}.zarr"
+            compressors = checksum_codecs() if variant == "crc32c" else None
+            t = time.perf_counter()
+            group = zarr.open_group(path, mode="w", zarr_format=3)
+            for name, values in arrays.items():
+                array = group.create_array(
+                    name,
+                    shape=values.shape,
+                    chunks=(chunk_rows, values.shape[1]),
+                    dtype=values.dtype,
+                    compressors=compressors,
+                    fill_value=0,
+                )
+                for first in range(0, values.shape[0], chunk_rows):
+                    array[first : first + chunk_rows] = values[first : first + chunk_rows]
+            times[variant]["write"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            group = zarr.open_group(path, mode="r")
+            for name, values in arrays.items():
+                array = group[name]
+                for first in range(0, values.shape[0], chunk_rows):
+                    block = array[first : first + chunk_rows]
+                    if not np.array_equal(block, values[first : first + chunk_rows]):
+                        raise RuntimeError(f"{variant}: {name} read back other values")
+            times[variant]["read"].append(time.perf_counter() - t)
+            shutil.rmtree(path, ignore_errors=True)
+    out: dict[str, Any] = {"bytes": n_bytes, "rounds": rounds}
+    for op in ("write", "read"):
+        with_crc = n_bytes / median(times["crc32c"][op]) / 1e6
+        without = n_bytes / median(times["none"][op]) / 1e6
+        out[op] = {
+            "crc32c_MB_s": with_crc,
+            "none_MB_s": without,
+            "ratio": with_crc / without,
+            "seconds": times,
+        }
+    log("")
+    log(f"checksum cost on the storage alone ({n_bytes / 1e6:.0f} MB, {rounds} rounds, medians):")
+    log(f"  {'':<6} {'crc32c MB/s':>12} {'none MB/s':>10} {'with / without':>15}")
+    for op in ("write", "read"):
+        o = out[op]
+        log(f"  {op:<6} {o['crc32c_MB_s']:>12.0f} {o['none_MB_s']:>10.0f} {o['ratio']:>15.3f}")
+    return out
+
+
+def synthetic_activations(n_tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float16 activations of the default cache's widths (gemma-3-270m layer 6)."""
+    widths = {h: (1024 if h.endswith("hook_z") else 640) for h in FALLBACK_HOOKS}
+    rng = np.random.default_rng(seed)
+    return {
+        h: rng.standard_normal((n_tokens, w), dtype=np.float32).astype(np.float16)
+        for h, w in widths.items()
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks that the methods compute the same thing on the same tokens
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +600,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
+    if args.checksum_only:
+        tmp = Path(tempfile.mkdtemp(prefix="saelab-bench-", dir=args.tmp_dir))
+        try:
+            chunk_rows = 16 * args.context_len
+            result = checksum_cost(
+                synthetic_activations(args.contexts * args.context_len),
+                chunk_rows,
+                args.rounds,
+                tmp,
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"checksum": result}, indent=2) + "\n")
+        return 0
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
@@ -594,6 +703,20 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
             (
+                "saelab-nocrc",
+                lambda: make_saelab(
+                    "saelab-nocrc",
+                    hf_source,
+                    tokens,
+                    special,
+                    hooks,
+                    dtype,
+                    batch_contexts,
+                    tmp,
+                    checksum=False,
+                ),
+            ),
+            (
                 "saelab-tl",
                 lambda: make_saelab(
                     "saelab-tl", tl_source, tokens, special, hooks, dtype, batch_contexts, tmp
@@ -670,10 +793,23 @@ def main(argv: list[str] | None = None) -> int:
                 method.seconds.append(seconds)
                 method.samples.append(n / seconds)
                 log(f"  {method.name:<10} {n:>6} tok  {seconds:6.1f} s  {n / seconds:8.0f} tok/s")
+        with torch.inference_mode():
+            captured = [hf_source(b) for b in batches(tokens, batch_contexts)]
+        activations = {
+            h: torch.cat([c[h].reshape(-1, c[h].shape[-1]) for c in captured])
+            .to(getattr(torch, dtype))
+            .numpy()
+            for h in hooks
+        }
+        del captured
+        checksum = checksum_cost(
+            activations, batch_contexts * args.context_len, max(args.rounds, 3), tmp
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     results = report(methods, fmt)
+    results["checksum"] = checksum
     runtime = time.perf_counter() - t_start
     log("")
     log(

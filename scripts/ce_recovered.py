@@ -37,11 +37,18 @@ with logged(snakemake.log[0]) as log:
             saes,
             special_mask=special,
             splice_special=opts["splice_special"],
+            both_conventions=opts["ce_both_conventions"],
             batch_size=opts["ce_batch_size"],
+            n_resamples=opts["bootstrap_resamples"],
+            seed=opts["bootstrap_seed"],
         )
         for name, ce in scores.items():
             results[name] = ce._asdict()
-            log.info("%s: CE loss score %.4f, KL %.4f", name, ce.ce_loss_score, ce.kl_sae)
+            low, high = (ce.intervals or {}).get("ce_loss_score", (float("nan"),) * 2)
+            log.info(
+                "%s: CE loss score %.4f [%.4f, %.4f] (BOS %s; %d predictions), KL %.4f",
+                name, ce.ce_loss_score, low, high, ce.bos_convention, ce.n_tokens, ce.kl_sae,
+            )  # fmt: skip
     else:
         log.info("evaluation.ce_contexts is 0: CE recovered skipped")
     write_metrics({"saes": results, "options": opts}, snakemake.output.scores)

@@ -39,4 +39,5 @@ with logged(snakemake.log[0]) as log:
         r2 = baseline_r2(info, split, token_loss, snakemake.params.token_id_in_sample)
         results.append({**point, "n_tokens": len(info.x), "r2": r2})
         log.info("%s: %s", name, {k: round(v, 4) for k, v in r2.items()})
-    write_json_atomic({"saes": results}, snakemake.output.json)
+    in_sample = bool(snakemake.params.token_id_in_sample)
+    write_json_atomic({"saes": results, "token_id_in_sample": in_sample}, snakemake.output.json)

@@ -32,8 +32,9 @@ with logged(snakemake.log[0]) as log:
         regression = load_regression(snakemake.input[f"reg_{name}"])
         with torch.no_grad():
             records[name] = downstream_record(
-                model, sae_info, regression, cache, opts["n_contexts"], opts["batch_size"], clean_ce
-            )
+                model, sae_info, regression, cache, opts["n_contexts"], opts["batch_size"], clean_ce,
+                n_resamples=opts["bootstrap_resamples"], seed=opts["bootstrap_seed"],
+            )  # fmt: skip
         r = records[name]
         log.info(
             "%s: CE clean %.4f sae %.4f +lin %.4f +nonlin %.4f -> %.1f%% / %.1f%% (%.1f s)",

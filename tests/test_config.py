@@ -64,7 +64,7 @@ def test_micro_test_config_is_valid():
         ),
         (
             {"sweeps": {"darkmatter": {"name": "dm-w{width}"}}},
-            r"sweeps.darkmatter.name: the template 'dm-w\{width\}' gives 'dm-w512' twice",
+            r"sweeps.darkmatter.name: the template 'dm-w\{width\}' gives 'dm-w256' twice",
         ),
         (
             {"sweeps": {"layers": {"hook": "blocks.{layer}.hook_mlp_out"}}},

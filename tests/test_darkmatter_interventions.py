@@ -217,6 +217,57 @@ def test_downstream_record_with_an_exactly_linear_error(tiny_model):
     assert len(clean_ce) == 1 and again["ce_clean"] == record["ce_clean"]
 
 
+def test_downstream_intervals_are_scipy_paired_percentile_bootstrap(tiny_model):
+    """Reference: per-context CE from TransformerLens's own loss with x̂ = 0.6 x and
+    x̂ + 0.2 x spliced at the window, and scipy.stats.bootstrap (paired, percentile, same seed)
+    of the linear percentage recovered."""
+    from scipy import stats
+
+    hook, ctx, n_ctx = "blocks.1.hook_resid_pre", 16, 6
+    tokens = torch.randint(1, 60, (n_ctx, ctx), generator=torch.Generator().manual_seed(5))
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=[hook])
+    acts = cache[hook].reshape(n_ctx * ctx, -1).numpy()
+    group = {"tokens": tokens.reshape(-1).numpy(), "special_mask": np.zeros(n_ctx * ctx, bool),
+             hook: acts}  # fmt: skip
+    rows = np.array([c * ctx + p for c in range(n_ctx) for p in range(1, 15)])
+    x = acts[rows]
+    info = SimpleNamespace(
+        x=x, x_hat=0.6 * x, rows=rows, position=rows % ctx,
+        attrs={"context_len": ctx, "hook": hook, "sae": "s", "width": 4, "k": 1},
+    )  # fmt: skip
+    regression = SimpleNamespace(W_vec=np.eye(x.shape[1], dtype=np.float32) * 0.2)
+    record = downstream_record(tiny_model, info, regression, group, n_ctx, 2, n_resamples=500)
+    window = torch.zeros(n_ctx, ctx, dtype=torch.bool)
+    window[:, 1:15] = True
+
+    def per_context(scale):
+        def scaled(value, hook):
+            return torch.where(window[..., None], value * scale, value)
+
+        with torch.no_grad():
+            loss = tiny_model.run_with_hooks(
+                tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, scaled)]
+            )
+        return (loss * window[:, :-1]).sum(dim=1).double().numpy()
+
+    clean, sae, linear = per_context(1.0), per_context(0.6), per_context(0.8)
+    n = window[:, :-1].sum(dim=1).double().numpy()
+    assert record["ce_sae"] == pytest.approx(sae.sum() / n.sum(), rel=1e-5)
+
+    def percent(c, s, v, axis=-1):
+        c, s, v = c.sum(axis), s.sum(axis), v.sum(axis)
+        return (s - v) / (s - c) * 100
+
+    reference = stats.bootstrap(
+        (clean, sae, linear), percent, paired=True, vectorized=True, method="percentile",
+        n_resamples=500, rng=np.random.default_rng(0),
+    ).confidence_interval  # fmt: skip
+    assert record["intervals"]["linear_percent"] == pytest.approx(list(reference), rel=1e-3)
+    low, high = record["intervals"]["linear_percent"]
+    assert low <= record["linear_percent"] <= high and low < high
+    assert record["intervals"]["_method"]["n_contexts"] == n_ctx
+
+
 # ------------------------------------------------------------------------------------ components
 
 

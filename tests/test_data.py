@@ -548,3 +548,23 @@ def test_load_detects_corruption(small_corpus, tmp_path):
     with pytest.raises(CorpusError, match="corrupt"):
         load_tokens(path)
     assert load_tokens(path, verify=False).corpus.tokens[0, 1] == 7
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_token_chunk_names_array_chunk_and_command(small_corpus, tmp_path, damage):
+    from saelab.cache import CorruptChunkError
+
+    path = tmp_path / "tokens.zarr"
+    save_tokens(small_corpus, path, {"bos": "per_context", "seed": 5})
+    chunk = path / "special_mask" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = data[:-3]
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptChunkError) as err:
+        load_tokens(path)
+    message = str(err.value)
+    assert "chunk 0 of array 'special_mask'" in message and str(chunk) in message
+    assert f"snakemake --cores all --force {path}" in message

@@ -138,6 +138,36 @@ def test_micro_dag_end_to_end(micro_run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
+def test_summary_of_the_micro_run_has_every_table_stamped(micro_run):
+    """results/summary.md (rule summary, part of `all`): the commit and command, the SAE table
+    with bootstrap intervals under both BOS conventions, the dark-matter fit with its intervals
+    and Fig 9's bootstrap intervals, co-occurrence and trajectory tables."""
+    text = (micro_run / "results" / "summary.md").read_text()
+    assert re.search(r"commit: `[0-9a-f]{40}(-dirty)?`", text), text[:300]
+    assert "command: `snakemake --cores all results/summary.md --configfile" in text
+    assert "micro.yaml" in text
+    for section in ("## SAEs", "## Dark matter", "## Co-occurrence", "## Trajectories"):
+        assert section in text, section
+    sae_rows = [r for r in text.split("## Dark matter")[0].splitlines() if r.startswith("| ")]
+    for name in ("batchtopk", "matryoshka", "relu", "matryoshka-transcoder"):
+        row = next(r for r in sae_rows if r.startswith(f"| {name} |"))
+        # CE loss score, KL and the other convention's score each carry [low, high]
+        assert len(re.findall(r"\[-?[\d.e+-]+, -?[\d.e+-]+\]", row)) == 3, row
+    evaluation = evaluation_of(micro_run, "batchtopk")["ce_recovered"]
+    low, high = evaluation["intervals"]["ce_loss_score"]
+    assert f"{evaluation['ce_loss_score']:.3f} [{low:.3f}, {high:.3f}]" in text
+    assert {evaluation["bos_convention"], evaluation["other_convention"]["bos_convention"]} == {
+        "splice",
+        "clean",
+    }
+    assert "power law FVU = c + a·W^(−m)" in text and "delta method" in text
+    assert "Fig 9" in text and "percentile bootstrap over contexts" in text
+    dark = text.split("## Dark matter")[1].split("## Co-occurrence")[0]
+    for row in [r for r in dark.splitlines() if r.startswith("| ") and "quantity" not in r]:
+        assert "[" in row or "no interval" in row, row
+
+
 def evaluation_of(workdir: Path, name: str, hook: str = "blocks.1.hook_resid_pre") -> dict:
     path = workdir / "data/analysis/evaluation/tiny" / hook / f"{name}.json"
     return json.loads(path.read_text())

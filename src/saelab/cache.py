@@ -8,7 +8,10 @@ Layout of one cache (a zarr v3 group, ``data/cache/{model}/{cache}.zarr``)::
     attrs["saelab"]  the manifest (model, hooks, widths, dtype, context length, corpus
                      fingerprint, seed, saelab version, ...)
 
-Arrays are chunked along token rows, one chunk per forward batch. The cache is built in
+Arrays are chunked along token rows, one chunk per forward batch, and every chunk ends in a
+crc32c checksum (zarr v3's ``crc32c`` codec): a chunk whose bytes were flipped or cut short is
+never read as numbers, :class:`CheckedArray` turns it into a :class:`CorruptChunkError` naming
+the array, the chunk and the command that rebuilds the cache. The cache is built in
 ``{path}.partial`` with its progress in ``progress.json`` (replaced atomically after each batch),
 so a killed job resumes from its last complete batch, and is renamed to ``{path}`` only when
 complete: a path that exists is a complete cache.
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 import zarr
 from tqdm.auto import tqdm
+from zarr.codecs import Crc32cCodec
 
 from saelab.hooks import deepest_layer, parse_hook
 
@@ -39,6 +43,133 @@ MANIFEST_KEY = "saelab"
 
 class CacheError(RuntimeError):
     """A cache that is missing, incomplete, or does not hold what was asked for."""
+
+
+class CorruptChunkError(CacheError):
+    """A stored chunk whose checksum does not match its bytes (flipped or truncated)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksummed chunks
+# ---------------------------------------------------------------------------------------------
+
+
+def checksum_codecs() -> list[Crc32cCodec]:
+    """The bytes-to-bytes codecs after any compressor: a crc32c of every chunk's stored bytes."""
+    return [Crc32cCodec()]
+
+
+def has_checksum(array: zarr.Array) -> bool:
+    """Whether every chunk of ``array`` carries a crc32c (caches from saelab < 0.x do not)."""
+    return any(isinstance(codec, Crc32cCodec) for codec in array.metadata.codecs)
+
+
+def rebuild_command(store: str | Path) -> str:
+    """The command that rebuilds a store written by a Snakemake rule (cache or token store)."""
+    return f"snakemake --cores all --force {store}"
+
+
+def _chunk_rows_of(array: zarr.Array, selection) -> list[int]:
+    """Indices (along rows) of the chunks a read of ``selection`` touches, or every chunk."""
+    n_chunks = -(-array.shape[0] // array.chunks[0])
+    first = selection[0] if isinstance(selection, tuple) and selection else selection
+    rows = array.chunks[0]
+    if isinstance(first, slice):
+        start, stop, _ = first.indices(array.shape[0])
+        return list(range(start // rows, min(n_chunks, -(-stop // rows))))
+    if isinstance(first, (int, np.integer)):
+        return [int(first) % array.shape[0] // rows]
+    if isinstance(first, np.ndarray) and first.dtype.kind in "iu" and first.size:
+        return sorted({int(i) for i in np.unique(first % array.shape[0] // rows)})
+    return list(range(n_chunks))
+
+
+def _chunk_file(store: Path, name: str, array: zarr.Array, index: int) -> Path:
+    """Where chunk ``index`` (along rows) of ``store/name`` lives with zarr v3's default keys."""
+    rest = ["0"] * (len(array.shape) - 1)
+    return (
+        store / name / "c" / str(index) / Path(*rest) if rest else store / name / "c" / str(index)
+    )
+
+
+class CheckedArray:
+    """A read-only view of a zarr array whose reads name the bad chunk instead of failing
+    with a checksum or reshape error deep inside zarr (or, without a checksum, returning junk).
+
+    Everything but item access is delegated to the array (``shape``, ``dtype``, ``chunks``...).
+    """
+
+    def __init__(self, array: zarr.Array, store: str | Path, name: str, rebuild: str):
+        self._array = array
+        self._store = Path(store)
+        self._name = name
+        self._rebuild = rebuild
+
+    def __getattr__(self, attr):
+        return getattr(self._array, attr)
+
+    def __len__(self) -> int:
+        return self._array.shape[0]
+
+    def __getitem__(self, selection):
+        try:
+            return self._array[selection]
+        except Exception as err:
+            bad = self.find_bad_chunk(_chunk_rows_of(self._array, selection))
+            if bad is None:
+                raise
+            raise bad from err
+
+    def find_bad_chunk(self, indices=None) -> CorruptChunkError | None:
+        """The error for the first unreadable chunk among ``indices`` (all chunks by default)."""
+        array = self._array
+        rows = array.chunks[0]
+        if indices is None:
+            indices = range(-(-array.shape[0] // rows))
+        for index in indices:
+            try:
+                array.blocks[index]
+            except Exception as err:
+                path = _chunk_file(self._store, self._name, array, index)
+                size = path.stat().st_size if path.exists() else None
+                what = "does not match its crc32c checksum" if has_checksum(array) else "is bad"
+                detail = f"{size} bytes on disk" if size is not None else "file missing"
+                last = min(array.shape[0], (index + 1) * rows) - 1
+                return CorruptChunkError(
+                    f"{self._store}: chunk {index} of array {self._name!r} (rows "
+                    f"{index * rows}..{last}, file {path}, {detail}) {what}: its bytes were "
+                    f"changed or cut short ({type(err).__name__}: {err}). Rebuild the store: "
+                    f"{self._rebuild}"
+                )
+        return None
+
+
+class CheckedGroup:
+    """A zarr group whose arrays are :class:`CheckedArray`; attributes and membership as zarr's."""
+
+    def __init__(self, group: zarr.Group, store: str | Path, rebuild: str):
+        self._group = group
+        self._store = Path(store)
+        self._rebuild = rebuild
+
+    def __getattr__(self, attr):
+        return getattr(self._group, attr)
+
+    def __contains__(self, name) -> bool:
+        return name in self._group
+
+    def __getitem__(self, name: str):
+        item = self._group[name]
+        if isinstance(item, zarr.Array):
+            return CheckedArray(item, self._store, name, self._rebuild)
+        return item
+
+    def verify(self, names: list[str] | None = None) -> None:
+        """Read every chunk of ``names`` (every array by default); raise on the first bad one."""
+        for name in names if names is not None else [n for n, _ in self._group.arrays()]:
+            bad = self[name].find_bad_chunk()
+            if bad is not None:
+                raise bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +429,7 @@ def build_cache(
     device: str = "cpu",
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    checksum: bool = True,
 ) -> CacheSummary:
     """Run ``source`` over ``tokens`` [n_contexts, ctx] and write every hook into one zarr group.
 
@@ -305,7 +437,8 @@ def build_cache(
     ``manifest`` is stored in the group's attributes beside saelab's own fields.
     A job killed mid-way and run again with the same arguments continues from the last complete
     batch and produces bitwise-identical arrays. ``on_batch(contexts_done)`` is called after each
-    committed batch (tests use it to kill a run at a known point).
+    committed batch (tests use it to kill a run at a known point). ``checksum=False`` leaves out
+    the per-chunk crc32c (only the benchmark does, to measure its cost).
     """
     out_path = Path(out_path)
     if out_path.exists():
@@ -328,10 +461,11 @@ def build_cache(
         "shape": list(tokens.shape),
         "tokens_sha": _sha256(tokens),
         "manifest": manifest or {},
+        "checksum": bool(checksum),
     }
     start_context = _resume_point(partial, identity)
     if start_context == 0:
-        _create_group(partial, hooks, widths, layout, dtype, tokens, special_mask)
+        _create_group(partial, hooks, widths, layout, dtype, tokens, special_mask, checksum)
         _atomic_write_json(partial / PROGRESS_FILE, {"identity": identity, "contexts_done": 0})
     group = zarr.open_group(partial, mode="r+")
     arrays = {hook: group[hook] for hook in hooks}
@@ -392,7 +526,10 @@ def build_cache(
     seconds = time.perf_counter() - t0
     done_tokens = (layout.n_contexts - start_context) * layout.context_len
 
-    group.attrs[MANIFEST_KEY] = _manifest(hooks, widths, layout, dtype, manifest)
+    group.attrs[MANIFEST_KEY] = {
+        **_manifest(hooks, widths, layout, dtype, manifest),
+        "checksum": "crc32c" if checksum else None,
+    }
     os.remove(partial / PROGRESS_FILE)
     os.replace(partial, out_path)
     return CacheSummary(
@@ -436,21 +573,25 @@ def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _create_group(partial, hooks, widths, layout: _Layout, dtype, tokens, special_mask):
+def _create_group(partial, hooks, widths, layout: _Layout, dtype, tokens, special_mask, checksum):
     group = zarr.open_group(partial, mode="w", zarr_format=3)
     rows = layout.chunk_rows
     for hook in hooks:
         # Uncompressed: zstd saves ~8% on activations and costs 3x in write and read speed.
+        # The crc32c appends 4 bytes per chunk (benchmarks/cache_throughput.py measures it).
         group.create_array(
             hook,
             shape=(layout.n_tokens, int(widths[hook])),
             chunks=(rows, int(widths[hook])),
             dtype=dtype,
-            compressors=None,
+            compressors=checksum_codecs() if checksum else None,
             fill_value=0,
         )
-    group.create_array("tokens", data=tokens.reshape(-1).astype(np.int32), chunks=(rows,))
-    group.create_array("special_mask", data=special_mask.reshape(-1).astype(bool), chunks=(rows,))
+    extra = {"compressors": checksum_codecs()} if checksum else {}
+    group.create_array("tokens", data=tokens.reshape(-1).astype(np.int32), chunks=(rows,), **extra)
+    group.create_array(
+        "special_mask", data=special_mask.reshape(-1).astype(bool), chunks=(rows,), **extra
+    )
 
 
 def _manifest(hooks, widths, layout: _Layout, dtype, extra) -> dict[str, Any]:
@@ -476,8 +617,11 @@ def _manifest(hooks, widths, layout: _Layout, dtype, extra) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def open_cache(path: str | Path) -> zarr.Group:
-    """Open a complete cache read-only, with a clear error if it is missing or unfinished."""
+def open_cache(path: str | Path) -> CheckedGroup:
+    """Open a complete cache read-only, with a clear error if it is missing or unfinished.
+
+    Its arrays are :class:`CheckedArray`: a chunk that fails its checksum raises a
+    :class:`CorruptChunkError` naming the array, the chunk and the command that rebuilds it."""
     path = Path(path)
     if not path.exists():
         partial = path.with_name(path.name + ".partial")
@@ -490,7 +634,7 @@ def open_cache(path: str | Path) -> zarr.Group:
     group = zarr.open_group(path, mode="r")
     if MANIFEST_KEY not in group.attrs:
         raise CacheError(f"{path} has no saelab manifest: it is not a complete saelab cache")
-    return group
+    return CheckedGroup(group, path, rebuild_command(path))
 
 
 def cache_manifest(path: str | Path) -> dict[str, Any]:

@@ -694,6 +694,9 @@ def save_tokens(corpus: TokenizedCorpus, path: str | os.PathLike, attrs: dict[st
     json.dumps(full_attrs)  # fail before writing anything when an extra is not JSON
 
     import zarr
+    from zarr.codecs import ZstdCodec
+
+    from saelab.cache import checksum_codecs
 
     path = Path(path)
     tmp = Path(f"{path}.tmp")
@@ -701,8 +704,14 @@ def save_tokens(corpus: TokenizedCorpus, path: str | os.PathLike, attrs: dict[st
     try:
         group = zarr.open_group(str(tmp), mode="w")
         chunks = (max(1, min(n_contexts, _CHUNK_TOKENS // context_len)), context_len)
-        group.create_array("tokens", data=np.asarray(tokens, dtype=np.int32), chunks=chunks)
-        group.create_array("special_mask", data=np.asarray(special_mask, bool), chunks=chunks)
+        # zarr's default zstd, then a crc32c of every stored chunk (load_tokens names a bad one).
+        codecs = {"compressors": [ZstdCodec(level=0), *checksum_codecs()]}
+        group.create_array(
+            "tokens", data=np.asarray(tokens, dtype=np.int32), chunks=chunks, **codecs
+        )
+        group.create_array(
+            "special_mask", data=np.asarray(special_mask, bool), chunks=chunks, **codecs
+        )
         group.attrs.update(full_attrs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -725,7 +734,9 @@ def load_tokens(path: str | os.PathLike, verify: bool = True) -> TokenStore:
         )
     import zarr
 
-    group = zarr.open_group(str(path), mode="r")
+    from saelab.cache import CheckedGroup, rebuild_command
+
+    group = CheckedGroup(zarr.open_group(str(path), mode="r"), path, rebuild_command(path))
     attrs = dict(group.attrs)
     if attrs.get("format") != TOKENS_FORMAT or "tokens" not in group:
         raise CorpusError(f"{str(path)!r} is not a saelab token store (format {TOKENS_FORMAT})")

@@ -90,6 +90,7 @@ def all_targets():
         + darkmatter_targets()
         + darkmatter_intervention_targets()
         + trajectory_targets()
+        + ["results/summary.md"]
     )
 
 
@@ -189,3 +190,4 @@ include: "common_cooccurrence.smk"
 include: "common_trajectories.smk"
 include: "common_darkmatter.smk"
 include: "common_darkmatter_interventions.smk"
+include: "common_summary.smk"

@@ -164,7 +164,7 @@ rule darkmatter_baselines:
         runtime=10,
     params:
         baselines=darkmatter_baselines_params,
-        token_id_in_sample=DM.get("token_id_in_sample", True),
+        token_id_in_sample=DM.get("token_id_in_sample", False),
     script:
         "../../scripts/darkmatter_baselines.py"
 

@@ -11,7 +11,9 @@ predictions made at window positions (targets that are special tokens left out),
 
     percent recovered = (CE_sae − CE_variant) / (CE_sae − CE_clean) · 100
 
-(0 % = the SAE alone, 100 % = the clean model). The original loaded R² and norm percentages
+(0 % = the SAE alone, 100 % = the clean model), each with a percentile-bootstrap 95 % interval
+over contexts (paired: one resample takes the same contexts for the clean, SAE and variant
+CE; :mod:`saelab.stats`, seeded). The original loaded R² and norm percentages
 from files made by a script it never published; here they are derived on the same spliced
 tokens: R² % = (R²_sae − R²_variant) / (R²_sae − 1) · 100 with R² = 1 − FVU (per-dimension
 centred), and norm % = Σ‖part‖² / Σ‖x − x̂‖² · 100 for part = linear, nonlinear error.
@@ -145,33 +147,43 @@ def _final_logits(model, resid: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _loss_sum(model, final_resid: Tensor, tokens: Tensor, loss_mask: Tensor, chunk: int = 128):
-    """Summed next-token CE over ``loss_mask`` [B, ctx − 1] from the last block's output."""
+def _loss_sums(model, final_resid: Tensor, tokens: Tensor, loss_mask: Tensor, chunk: int = 128):
+    """Per-context summed next-token CE over ``loss_mask`` [B, ctx − 1] from the last block's
+    output, and the number of predictions of each context (float64 [B] both)."""
     b, p = torch.nonzero(loss_mask, as_tuple=True)
-    total = 0.0
+    totals = torch.zeros(loss_mask.shape[0], dtype=torch.float64)
     for lo in range(0, len(b), chunk):
         bb, pp = b[lo : lo + chunk], p[lo : lo + chunk]
         logits = _final_logits(model, final_resid[bb, pp]).float()
-        total += float(F.cross_entropy(logits, tokens[bb, pp + 1], reduction="sum"))
-    return total, len(b)
+        losses = F.cross_entropy(logits, tokens[bb, pp + 1], reduction="none").double()
+        totals.index_add_(0, bb.cpu(), losses.cpu())
+    return totals.numpy(), loss_mask.sum(dim=1).double().cpu().numpy()
+
+
+def spliced_ce(model, contexts: DownstreamContexts, *args, **kwargs) -> dict[str, float]:
+    """Mean CE over ``contexts.loss_mask`` (the arguments of :func:`spliced_ce_per_context`)."""
+    sums = spliced_ce_per_context(model, contexts, *args, **kwargs)
+    return {name: float(total.sum() / max(1.0, n.sum())) for name, (total, n) in sums.items()}
 
 
 @torch.no_grad()
-def spliced_ce(
+def spliced_ce_per_context(
     model,
     contexts: DownstreamContexts,
     hook: str,
     replacements: Mapping[str, Tensor],
     batch_size: int = 4,
     clean: bool = True,
-) -> dict[str, float]:
-    """Mean CE over ``contexts.loss_mask`` with the hook's activation replaced at the window by
-    each of ``replacements`` ([n_window, d], in ``info_index`` order), and (with ``clean``) with
-    the clean activations as ``clean``."""
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Summed CE over ``contexts.loss_mask`` per context, name -> (summed CE [n], predictions
+    [n]), with the hook's activation replaced at the window by each of ``replacements``
+    ([n_window, d], in ``info_index`` order), and (with ``clean``) with the clean activations
+    as ``clean``."""
     start, hook = _entry(model, hook)
     n_layers = model.cfg.n_layers
     device = model.cfg.device
-    sums = {name: [0.0, 0] for name in (*(["clean"] if clean else []), *replacements)}
+    names = (*(["clean"] if clean else []), *replacements)
+    sums: dict[str, list[list[np.ndarray]]] = {name: [[], []] for name in names}
     offsets = np.concatenate([[0], np.cumsum(contexts.window.sum(dim=1).numpy())])
     for lo in range(0, len(contexts.tokens), batch_size):
         hi = min(lo + batch_size, len(contexts.tokens))
@@ -198,10 +210,40 @@ def spliced_ce(
                 final = model.run_with_hooks(
                     tokens, stop_at_layer=n_layers, fwd_hooks=[(hook, replace)]
                 )
-            loss, count = _loss_sum(model, final, tokens, loss_mask)
-            sums[name][0] += loss
-            sums[name][1] += count
-    return {name: total / max(1, count) for name, (total, count) in sums.items()}
+            loss, count = _loss_sums(model, final, tokens, loss_mask)
+            sums[name][0].append(loss)
+            sums[name][1].append(count)
+    return {name: (np.concatenate(t), np.concatenate(n)) for name, (t, n) in sums.items()}
+
+
+def percent_intervals(
+    per_context: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any] | None:
+    """Bootstrap intervals over contexts of the mean CE of every variant and of the linear and
+    nonlinear percentages recovered (None with fewer than 2 contexts)."""
+    from saelab.stats import bootstrap_sums, interval_table
+
+    n = per_context["clean"][1]
+    if len(n) < 2:
+        return None
+    units = {"n": n, **{name: total for name, (total, _) in per_context.items()}}
+
+    def percent(variant):
+        def statistic(s):
+            gap = s["sae"] - s["clean"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(gap != 0, (s["sae"] - s[variant]) / gap * 100, np.nan)
+
+        return statistic
+
+    statistics = {f"ce_{name}": (lambda s, name=name: s[name] / s["n"]) for name in per_context}
+    statistics["linear_percent"] = percent("sae_linear")
+    statistics["nonlinear_percent"] = percent("sae_nonlinear")
+    found = bootstrap_sums(units, statistics, n_resamples=n_resamples, seed=seed, level=level)
+    return interval_table(found)
 
 
 def downstream_record(
@@ -211,13 +253,18 @@ def downstream_record(
     cache_group,
     n_contexts: int,
     batch_size: int = 4,
-    clean_ce: dict[tuple, float] | None = None,
+    clean_ce: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """CE of every splice variant of one SAE, its percentages recovered and the derived R² and
-    norm percentages, on the first ``n_contexts`` contexts of its analysis window.
+    """CE of every splice variant of one SAE, its percentages recovered (with bootstrap
+    intervals over contexts, :func:`percent_intervals`) and the derived R² and norm
+    percentages, on the first ``n_contexts`` contexts of its analysis window.
 
-    ``clean_ce`` (a dict kept across calls) holds the clean CE of each (hook, contexts, window),
-    so SAEs of one grid, which share their window, pay for the clean pass once."""
+    ``clean_ce`` (a dict kept across calls) holds the clean per-context CE of each (hook,
+    contexts, window), so SAEs of one grid, which share their window, pay for the clean pass
+    once."""
     contexts = contexts_from_info(info, cache_group, n_contexts)
     x = torch.from_numpy(np.asarray(info.x, dtype=np.float32)[contexts.info_index])
     x_hat = torch.from_numpy(np.asarray(info.x_hat, dtype=np.float32)[contexts.info_index])
@@ -226,10 +273,12 @@ def downstream_record(
     hook = info.attrs["hook"]
     key = (hook, contexts.tokens.numpy().tobytes(), contexts.loss_mask.numpy().tobytes())
     known = clean_ce if clean_ce is not None else {}
-    ce = spliced_ce(model, contexts, hook, variants, batch_size, clean=key not in known)
+    sums = spliced_ce_per_context(model, contexts, hook, variants, batch_size, key not in known)
     if key in known:
-        ce["clean"] = known[key]
-    known[key] = ce["clean"]
+        sums["clean"] = known[key]
+    known[key] = sums["clean"]
+    sums = {"clean": sums["clean"], **{name: sums[name] for name in variants}}
+    ce = {name: float(total.sum() / max(1.0, n.sum())) for name, (total, n) in sums.items()}
     record: dict[str, Any] = {
         "sae": info.attrs.get("sae"),
         "width": info.attrs.get("width"),
@@ -241,6 +290,7 @@ def downstream_record(
         **{f"ce_{name}": value for name, value in ce.items()},
         "linear_percent": percent_recovered(ce["sae"], ce["sae_linear"], ce["clean"]),
         "nonlinear_percent": percent_recovered(ce["sae"], ce["sae_nonlinear"], ce["clean"]),
+        "intervals": percent_intervals(sums, n_resamples, seed),
     }
     record.update(reconstruction_percentages(x, x_hat, W_vec))
     return record

@@ -4,8 +4,9 @@
   error, the SAE error, the linear error and the nonlinear error from x, no intercept
   (``norm_prediction_violin.py``; its label "Sae(x) − NonlinearError(x)" is wrong: the quantity
   is x̂ + nonlinear error).
-* :func:`baseline_r2`: predicting the squared error norm from [x, 1], the token id (per-id mean,
-  in-sample as the original), [model loss, 1], [L0, 1] and [‖x‖, 1]
+* :func:`baseline_r2`: predicting the squared error norm from [x, 1], the token id (per-id mean
+  fitted on the training half and scored on the held-out half by default; in-sample as the
+  original with ``token_id_in_sample``), [model loss, 1], [L0, 1] and [‖x‖, 1]
   (``compare_norm_prediction_to_baselines.py``).
 * :func:`probe_vs_latents`: a* = lstsq((x̂ − b_dec) → ‖x̂ − b_dec‖²); per latent, W_dec[i]·a*
   against its mean activation when active (``latent_activations_vs_probe_sim.py``).
@@ -87,10 +88,10 @@ def baseline_r2(
     info: SAEInfo,
     split: Split,
     token_loss: np.ndarray | None = None,
-    token_id_in_sample: bool = True,
+    token_id_in_sample: bool = False,
 ) -> dict[str, float]:
-    """R² of the squared error norm from each predictor (held out, except the in-sample
-    token-id mean of the original unless ``token_id_in_sample`` is False). ``token_loss`` [N]
+    """R² of the squared error norm from each predictor, all on the held-out half (the
+    token-id mean in-sample, as the original, with ``token_id_in_sample``). ``token_loss`` [N]
     (NaN where unknown) adds the model-loss baseline on the tokens that have one."""
     y = info.error_sq_norm.astype(np.float64)
     test = split.test_idx

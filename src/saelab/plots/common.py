@@ -46,3 +46,13 @@ def write_plotly_html(
     fig.write_html(tmp, include_plotlyjs=include_plotlyjs, full_html=True, post_script=post_script)
     os.replace(tmp, target)
     return target
+
+
+def interval_yerr(rows, key: str, metric: str):
+    """Asymmetric error bars [2, n] (``yerr`` of bar/errorbar) from each row's
+    ``intervals[metric]`` ([low, high] around ``row[key]``), or None if any row lacks one."""
+    spans = [(row.get("intervals") or {}).get(metric) for row in rows]
+    if any(span is None for span in spans):
+        return None
+    return [[row[key] - lo for row, (lo, _) in zip(rows, spans, strict=True)],
+            [hi - row[key] for row, (_, hi) in zip(rows, spans, strict=True)]]  # fmt: skip

@@ -234,12 +234,21 @@ BASELINE_LABELS = {
 
 
 def plot_baselines(baselines: dict[str, Any]) -> Figure:
-    """Fig 13: R² of the squared error norm from x against simple baselines, per layer/SAE."""
+    """Fig 13: R² of the squared error norm from x against simple baselines, per layer/SAE.
+    The token-id baseline's legend says whether it was scored in-sample (the original) or on
+    held-out tokens (``baselines["token_id_in_sample"]``; files without it were in-sample)."""
     saes = baselines["saes"]
+    in_sample = baselines.get("token_id_in_sample", True)
+    labels = {
+        **BASELINE_LABELS,
+        "token_id": "token id (mean per id, IN-SAMPLE)"
+        if in_sample
+        else "token id (mean per id, held out)",
+    }
     by_layer = all(s.get("layer") is not None for s in saes)
     xs = [s["layer"] for s in saes] if by_layer else list(range(len(saes)))
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for key, label in BASELINE_LABELS.items():
+    for key, label in labels.items():
         ys = [s["r2"].get(key, np.nan) for s in saes]
         if np.all(np.isnan(ys)):
             continue

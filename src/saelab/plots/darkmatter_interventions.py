@@ -44,8 +44,12 @@ def _ce_panel(ax, records: Sequence[Mapping[str, Any]], labels: Sequence[str], t
     width = 0.38
     lin = [r["linear_percent"] for r in records]
     nonlin = [r["nonlinear_percent"] for r in records]
-    ax.bar(x - width / 2, lin, width, label="SAE + linear error", color="tab:orange")
-    ax.bar(x + width / 2, nonlin, width, label="SAE + nonlinear error", color="tab:purple")
+    from saelab.plots.common import interval_yerr
+
+    ax.bar(x - width / 2, lin, width, label="SAE + linear error", color="tab:orange",
+           yerr=interval_yerr(records, "linear_percent", "linear_percent"), capsize=3)  # fmt: skip
+    ax.bar(x + width / 2, nonlin, width, label="SAE + nonlinear error", color="tab:purple",
+           yerr=interval_yerr(records, "nonlinear_percent", "nonlinear_percent"), capsize=3)  # fmt: skip
     for i, r in enumerate(records):
         for dx, part in ((-width / 2, "linear"), (width / 2, "nonlinear")):
             ax.hlines(r[f"r2_percent_{part}"], i + dx - width / 2, i + dx + width / 2,
@@ -82,7 +86,8 @@ def plot_downstream_ce(table: Mapping[str, Any]) -> Figure:
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)
     n = width_sweep[0]["n_predictions"] if width_sweep else 0
     fig.suptitle(
-        f"Downstream CE with parts of the SAE error spliced back ({n} predictions per SAE)"
+        f"Downstream CE with parts of the SAE error spliced back ({n} predictions per SAE; "
+        "bars: bootstrap 95 % over contexts)"
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

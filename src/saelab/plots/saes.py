@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from saelab.plots.common import interval_yerr
+
 ARCH_COLOURS = {
     "topk": "tab:blue",
     "batchtopk": "tab:orange",
@@ -89,7 +91,8 @@ def plot_matryoshka_prefix_fvu(prefixes: Mapping[str, Mapping[str, Sequence[floa
 def plot_ce_recovered(rows: Sequence[Mapping]) -> Figure:
     """Bars of CE loss recovered (vs zero and vs mean ablation) and KL per SAE.
 
-    Each row: ``name``, ``arch``, ``ce_recovered_zero``, ``ce_recovered_mean``, ``kl``.
+    Each row: ``name``, ``arch``, ``ce_recovered_zero``, ``ce_recovered_mean``, ``kl``, and
+    optionally ``intervals`` (``{"ce_loss_score": [lo, hi], ...}``, drawn as 95 % error bars).
     """
     fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     if not rows:
@@ -101,16 +104,19 @@ def plot_ce_recovered(rows: Sequence[Mapping]) -> Figure:
     positions = range(len(rows))
     width = 0.38
     ax.bar([p - width / 2 for p in positions], [r["ce_recovered_zero"] for r in rows], width,
-           label="vs zero ablation", color=[_colour(r["arch"]) for r in rows])  # fmt: skip
+           label="vs zero ablation", color=[_colour(r["arch"]) for r in rows],
+           yerr=interval_yerr(rows, "ce_recovered_zero", "ce_loss_score"), capsize=3)  # fmt: skip
     ax.bar([p + width / 2 for p in positions], [r["ce_recovered_mean"] for r in rows], width,
            label="vs mean ablation", color=[_colour(r["arch"]) for r in rows], alpha=0.5,
-           hatch="//")  # fmt: skip
+           hatch="//", yerr=interval_yerr(rows, "ce_recovered_mean", "ce_loss_score_mean"),
+           capsize=3)  # fmt: skip
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xticks(list(positions), names, rotation=20, ha="right")
     ax.set_ylabel("fraction of CE loss recovered")
     ax.legend(fontsize=8)
-    ax.set_title("CE loss recovered")
-    ax_kl.bar(list(positions), [r["kl"] for r in rows], color=[_colour(r["arch"]) for r in rows])
+    ax.set_title("CE loss recovered (bars: bootstrap 95 % over contexts)")
+    ax_kl.bar(list(positions), [r["kl"] for r in rows], color=[_colour(r["arch"]) for r in rows],
+              yerr=interval_yerr(rows, "kl", "kl_sae"), capsize=3)  # fmt: skip
     ax_kl.set_xticks(list(positions), names, rotation=20, ha="right")
     ax_kl.set_ylabel("KL(clean || spliced), nats per token")
     ax_kl.set_title("KL divergence")
