@@ -136,7 +136,7 @@ def test_frontier_draws_the_grid_as_one_line_per_width_and_names_both_hooks():
         xs, ys = line.get_data()
         assert list(xs) == pytest.approx([k * 0.98 for k in (16, 32, 64)])  # sorted by L0
         assert list(ys) == pytest.approx([3 / width**0.5 / k**0.3 for k in (16, 32, 64)])
-    notes = " ".join(t.get_text() for t in ax.texts)
+    notes = fig._supxlabel.get_text()
     assert "blocks.6.hook_resid_pre" in notes and "blocks.6.hook_resid_post" in notes
     assert "different hooks" in notes
     assert_no_overlap(ax, "x")

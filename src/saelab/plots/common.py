@@ -132,13 +132,18 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> np.ndarray:
     if not (0 < lo < hi) or not np.isfinite([lo, hi]).all():
         raise ValueError(f"a log axis needs 0 < lo < hi, got [{lo}, {hi}]")
     first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
-    for subs in ((1, 2, 5), (1,)):
+
+    def inside(subs) -> np.ndarray:
         ticks = np.array([m * 10.0**e for e in range(first, last + 1) for m in subs])
-        ticks = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
-        if 2 <= len(ticks) <= max_ticks:
-            return ticks
-    if len(ticks) > max_ticks:  # many decades: every n-th power of ten
-        return ticks[:: int(np.ceil(len(ticks) / max_ticks))]
+        return ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
+
+    one_two_five, decades = inside((1, 2, 5)), inside((1,))
+    if 3 <= len(one_two_five) <= max_ticks:
+        return one_two_five
+    if 2 <= len(decades) <= max_ticks:
+        return decades
+    if len(decades) > max_ticks:  # many decades: every n-th power of ten
+        return decades[:: int(np.ceil(len(decades) / max_ticks))]
     ticks = ticker.MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
     return ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9)) & (ticks > 0)]
 

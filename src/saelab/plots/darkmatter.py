@@ -96,16 +96,17 @@ def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
     readable_log_axis(ax, "x")
     ax.set_xlabel("SAE width (latents)")
     ax.set_ylabel("FVU")
-    ax.set_ylim(0, max(fvus.max(), parts.fitted.max()) * 1.1)
+    # headroom above the curve for the inset
+    ax.set_ylim(0, max(fvus.max(), parts.fitted.max()) * 1.55)
     ax.set_title("Dark matter of SAEs: breakdown of FVU" + ("" if pursuit else " (no pursuit)"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     (x0, x1), (y0, y1) = breakdown_zoom(widths, grid, parts)
-    inset = ax.inset_axes([0.52, 0.48, 0.45, 0.48])
+    inset = ax.inset_axes([0.5, 0.6, 0.47, 0.36])
     _draw_breakdown(inset, grid, parts, widths, fvus, nonlinear_fvus, fit, summary["curve_k"],
                     labels=False)  # fmt: skip
     inset.set_xlim(x0, x1)
     inset.set_ylim(y0, y1)
-    readable_log_axis(inset, "x", max_ticks=3)
+    readable_log_axis(inset, "x", max_ticks=4)
     inset.tick_params(labelsize=6)
     inset.set_title("zoom: widest SAEs and extrapolation", fontsize=6.5)
     ax.indicate_inset_zoom(inset, edgecolor="0.3")

@@ -28,7 +28,7 @@ def _colour(arch: str) -> str:
 
 
 #: What the training loop logs as ``fvu``: element-global FVU of the training batch.
-TRAIN_FVU_LABEL = "FVU of the training batch\n(element-global: MSE / variance of all elements)"
+TRAIN_FVU_LABEL = "batch FVU, element-global\n(MSE / variance of all elements)"
 
 
 def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
@@ -63,8 +63,8 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]]) -> F
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(
-        "SAE training curves (training-batch metrics; the held-out FVU of the evaluation "
-        "tables is per-dimension-centred)",
+        "SAE training curves: metrics of the training batches (the evaluation's held-out FVU "
+        "is per-dimension-centred)",
         fontsize=10,
     )
     return fig
@@ -87,9 +87,10 @@ def plot_l0_fvu_frontier(
         arch = row[0].get("arch", "")
         ax.plot([g["l0"] for g in row], [g["fvu"] for g in row], "-", color=colour, lw=1,
                 marker="s", ms=4, label=f"grid {arch} width {width}")  # fmt: skip
-        for g in row:
-            ax.annotate(f"k{g['k']}", (g["l0"], g["fvu"]), fontsize=6, color=colour,
-                        xytext=(3, -8), textcoords="offset points")  # fmt: skip
+    if widths:  # k once, at the widest SAEs (the bottom line)
+        for g in (g for g in grid if g["width"] == widths[-1]):
+            ax.annotate(f"k = {g['k']}", (g["l0"], g["fvu"]), fontsize=7, color=colours[-1],
+                        xytext=(0, -11), textcoords="offset points", ha="center")  # fmt: skip
     seen = set()
     for point in sorted(points, key=lambda p: p["l0"]):
         arch = point["arch"]
@@ -112,8 +113,9 @@ def plot_l0_fvu_frontier(
     if named_hooks and grid_hooks and named_hooks != grid_hooks:
         notes.append("different hooks: FVUs are not on one frontier")
     if notes:
-        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=6.5,
-                va="bottom", color="0.3")  # fmt: skip
+        fig.supxlabel("\n".join(notes), fontsize=7, color="0.3")
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(min(bottom, 0), top)
     ax.set_title("Sparsity-fidelity frontier")
     return fig
 

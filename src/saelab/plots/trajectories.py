@@ -79,7 +79,7 @@ def trajectory_graph_figure(
         ax.plot([u[0], v[0]], [u[1], v[1]], color=colour, lw=widths[(u, v)], alpha=0.9, zorder=1)
     if graph.number_of_nodes():
         xs, ys = zip(*graph.nodes(), strict=True)
-        ax.scatter(xs, ys, s=330, color="whitesmoke", edgecolor="grey", zorder=2)
+        ax.scatter(xs, ys, s=420, color="whitesmoke", edgecolor="grey", zorder=2)
         for t, layer in graph.nodes():
             ax.text(t, layer, f"T{t}\nL{layer}", fontsize=7, ha="center", va="center", zorder=3,
                     linespacing=0.95)  # fmt: skip
