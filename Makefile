@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install browser run test lint bench bench-cache bench-train bench-cooccurrence clean-venv
+.PHONY: install browser fonts run test lint bench bench-cache bench-train bench-cooccurrence clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -18,14 +18,20 @@ $(VENV)/.installed: pyproject.toml envs/constraints.txt
 
 install: $(VENV)/.installed
 
-run: install
+run: install fonts
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
 # The feature-page and trajectory-graph tests open the HTML in real headless Chromium (Debian's).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: install browser
+# Figures that show model tokens draw any script (saelab.plots.common.TOKEN_FONTS): Noto's core
+# scripts, Droid Sans Fallback (CJK) and WenQuanYi Micro Hei (Hangul), about 16 MB from Debian.
+FONTS := fonts-noto-core fonts-droid-fallback fonts-wqy-microhei
+fonts:
+	@dpkg -s $(FONTS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FONTS); }
+
+test: install browser fonts
 	$(PY) -m pytest -q
 
 lint: install

@@ -29,4 +29,4 @@ with logged(snakemake.log[0]) as log:
     log.info("%s: pages for %d latents", title, len(shown))
     with atomic_dir(snakemake.output.pages) as folder:
         write_dashboards(summary, shown, tokenizer, sae.W_dec, W_U, folder, title=title,
-                         n_logits=opts["n_logits"])  # fmt: skip
+                         n_logits=opts["n_logits"], single_page=snakemake.output.page)  # fmt: skip

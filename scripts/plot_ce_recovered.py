@@ -18,5 +18,6 @@ with logged(snakemake.log[0]):
                 "ce_recovered_zero": ce["ce_loss_score"],
                 "ce_recovered_mean": ce["ce_loss_score_mean"], "kl": ce["kl_sae"],
                 "intervals": ce.get("intervals"),
+                "hook": ce.get("hook_name"),
             })  # fmt: skip
     save_figure(plot_ce_recovered(rows), snakemake.output.figure)

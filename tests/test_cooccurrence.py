@@ -414,14 +414,36 @@ def test_load_unembedding_from_hf_and_tiny(tmp_path):
         load_unembedding(tmp_path / "nothing")
 
 
-def test_feature_pages_render_in_headless_chromium(cache, tmp_path):
+def write_test_pages(cache, out: Path, single_page: Path | None = None) -> list[Path]:
+    """Pages of latents 0 and 1 of the identity SAE on ``cache``, in the fresh folder ``out``."""
     sae = identity_sae()
     summary = collect_feature_summary(sae, cache, 1000, top_n=3, before=2, after=1,
                                       progress=False)  # fmt: skip
     W_U = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
-    out = tmp_path / "pages"
     out.mkdir()
-    pages = write_dashboards(summary, [0, 1], FakeTokenizer(), sae.W_dec, W_U, out, title="S 7")
+    return write_dashboards(summary, [0, 1], FakeTokenizer(), sae.W_dec, W_U, out, title="S 7",
+                            single_page=single_page)  # fmt: skip
+
+
+def test_feature_pages_also_come_as_one_page_for_the_report(cache, tmp_path):
+    single = tmp_path / "one.html"
+    pages = write_test_pages(cache, tmp_path / "pages", single)
+    text = single.read_text()
+    assert text.count("<!DOCTYPE html>") == 1 and text.count("Top activations") == 2
+    assert '<h1 id="latent-0">' in text and '<h1 id="latent-1">' in text
+    # links stay inside the page: the index and the neighbour links point at anchors
+    assert 'href="#latent-1"' in text and 'href="#latent-0"' in text
+    assert "latent_1.html" not in text and "index.html" not in text
+    # each latent's section is the body of its own page, only the links differ
+    own = pages[0].read_text()
+    section = own[own.index('<h1 id="latent-0">') : own.index("<h2>Other latents")]
+    assert section in text
+    assert 'href="latent_1.html"' in own and 'href="index.html"' in own
+
+
+def test_feature_pages_render_in_headless_chromium(cache, tmp_path):
+    out = tmp_path / "pages"
+    pages = write_test_pages(cache, out)
     text = pages[0].read_text()
     # latent 0's top activation is 3.0 on row 9 (token 9), drawn with full highlight
     assert 'title="3.000"' in text and "&lt;t9&gt;" in text and "rgba(230, 106, 31, 1.00)" in text

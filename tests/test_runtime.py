@@ -76,3 +76,21 @@ def test_load_npz_names_what_is_missing_and_which_rule_makes_it(tmp_path):
     assert load_npz(tmp_path / "x.npz", ("a",), "x", "r")["a"].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match=r"is not a co-occurrence counts file: it lacks \['b'\]"):
         load_npz(tmp_path / "x.npz", ("a", "b"), "co-occurrence counts", "cooccurrence")
+
+
+def test_savez_atomic_gives_equal_bytes_for_equal_arrays_at_any_time(tmp_path, monkeypatch):
+    import time
+
+    arrays = {"x": np.arange(6.0).reshape(2, 3), "names": np.array(["a", "bc"]), "s": 3}
+    first = savez_atomic(tmp_path / "a.npz", arrays).read_bytes()
+    later = time.time() + 3 * 86400  # what numpy would stamp into every member three days later
+    monkeypatch.setattr(time, "time", lambda: later)
+    second = savez_atomic(tmp_path / "b.npz", arrays).read_bytes()
+    assert first == second
+    # the same archive numpy writes, apart from the timestamps: np.load reads it the same way
+    np.savez_compressed(tmp_path / "ref.npz", **arrays)
+    with np.load(tmp_path / "a.npz") as ours, np.load(tmp_path / "ref.npz") as ref:
+        assert sorted(ours.files) == sorted(ref.files)
+        for key in ref.files:
+            assert ours[key].dtype == ref[key].dtype
+            np.testing.assert_array_equal(ours[key], ref[key])

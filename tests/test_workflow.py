@@ -3,8 +3,10 @@ and the whole DAG runs end to end on the micro config."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -173,21 +175,107 @@ def evaluation_of(workdir: Path, name: str, hook: str = "blocks.1.hook_resid_pre
     return json.loads(path.read_text())
 
 
+def figures_of(workdir: Path) -> Counter:
+    """Every PNG and HTML under plots/ by file name; the feature pages' folder counts as its
+    one-page form (plots/cooccurrence/dashboards.html), which is what the report embeds."""
+    pages = workdir / "plots" / "cooccurrence" / "dashboards"
+    return Counter(
+        p.name
+        for p in (workdir / "plots").rglob("*")
+        if p.suffix in (".png", ".html") and pages not in p.parents
+    )
+
+
 @pytest.mark.slow
 def test_report_holds_every_figure_with_a_caption(micro_run):
-    """`snakemake --report` on the micro run: every PNG and HTML under plots/ is in it."""
+    """The README's `snakemake --report report.html` (one self-contained file) and its .zip form
+    on the micro run: every PNG and HTML under plots/ is in each, with a caption."""
     import zipfile
-    from collections import Counter
 
-    snakemake(micro_run, "--configfile", str(MICRO), "--report", "report.zip")
-    with zipfile.ZipFile(micro_run / "report.zip") as archive:
-        names = archive.namelist()
-    in_report = Counter(Path(n).name for n in names if "/data/raw/" in n)
-    figures = Counter(
-        p.name for p in (micro_run / "plots").rglob("*") if p.suffix in (".png", ".html")
-    )
-    assert figures, "the micro run drew no figures"
-    missing = figures - in_report
-    assert not missing, f"figures not in the report: {sorted(missing)}"
     captions = list((REPO_ROOT / "workflow" / "report").glob("*.rst"))
     assert len(captions) >= 30 and all(c.read_text().strip() for c in captions)
+    figures = figures_of(micro_run)
+    assert figures, "the micro run drew no figures"
+    assert figures["dashboards.html"] == 1
+    try:
+        snakemake(micro_run, "--configfile", str(MICRO), "--report", "report.html")
+        html = (micro_run / "report.html").read_text()
+        # the results table of the report: {"plots/...": {"name": ..., "data_uri": "data:..."}}
+        line = re.search(r"^\s*var results = (.*);\s*$", html, re.M)
+        assert line, "no results table in report.html"
+        results = json.loads(line.group(1))
+        in_html = Counter(Path(path).name for path in results)
+        missing = figures - in_html
+        assert not missing, f"figures not in report.html: {sorted(missing)}"
+        for path, result in results.items():
+            assert result["data_uri"].startswith("data:"), path  # embedded, not a link
+            assert result["caption"].strip(), path
+        page = results["plots/cooccurrence/dashboards.html"]
+        assert "Top activations" in base64.b64decode(page["data_uri"].split(",", 1)[1]).decode()
+
+        snakemake(micro_run, "--configfile", str(MICRO), "--report", "report.zip")
+        with zipfile.ZipFile(micro_run / "report.zip") as archive:
+            names = archive.namelist()
+        in_zip = Counter(Path(n).name for n in names if "/data/raw/" in n)
+        missing = figures - in_zip
+        assert not missing, f"figures not in report.zip: {sorted(missing)}"
+    finally:  # the determinism test compares micro_run's outputs with a fresh run's
+        for name in ("report.html", "report.zip"):
+            (micro_run / name).unlink(missing_ok=True)
+
+
+#: Files whose bytes may differ between two identical runs: Snakemake's own state, every log
+#: and benchmark record (wall times), and the report (it is stamped with its date).
+NOT_COMPARED = (".snakemake", "logs", "report.html", "report.zip")
+#: Fields that hold wall-clock timings (JSON keys, CSV columns); dropped before hashing.
+TIMING_FIELDS = {"seconds", "train_seconds", "tokens_per_s"}
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in TIMING_FIELDS}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def output_digest(path: Path) -> str:
+    """sha256 of a file's bytes; of a JSON or CSV file, of its content without timing fields."""
+    import csv
+    import hashlib
+    import io
+
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        text = json.loads(data)
+        if _without_timings(text) != text:
+            data = json.dumps(_without_timings(text), sort_keys=True).encode()
+    elif path.suffix == ".csv":
+        rows = list(csv.reader(io.StringIO(data.decode())))
+        if rows and TIMING_FIELDS & set(rows[0]):
+            keep = [i for i, column in enumerate(rows[0]) if column not in TIMING_FIELDS]
+            data = json.dumps([[row[i] for i in keep] for row in rows]).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def output_digests(workdir: Path) -> dict[str, str]:
+    """:func:`output_digest` of every file a run left in ``workdir`` (see NOT_COMPARED)."""
+    return {
+        str(path.relative_to(workdir)): output_digest(path)
+        for path in sorted(workdir.rglob("*"))
+        if path.is_file() and path.relative_to(workdir).parts[0] not in NOT_COMPARED
+    }
+
+
+@pytest.mark.slow
+def test_two_runs_from_scratch_give_identical_outputs(micro_run, tmp_path):
+    """The micro DAG again in a fresh directory: caches, SAE weights, metrics, tables and the
+    bytes of every figure equal the session's run (timings and logs aside)."""
+    again = tmp_path / "again"
+    again.mkdir()
+    snakemake(again, "--cores", "2", "--configfile", str(MICRO))
+    first, second = output_digests(micro_run), output_digests(again)
+    assert len(first) > 200, len(first)
+    assert sorted(set(first) ^ set(second)) == [], "the two runs wrote different files"
+    differ = sorted(path for path in first if first[path] != second[path])
+    assert not differ, f"{len(differ)} of {len(first)} outputs differ: {differ[:40]}"

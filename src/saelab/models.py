@@ -33,7 +33,6 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlparse
@@ -163,7 +162,6 @@ def write_manifest(info: ModelInfo, model_dir: str | Path, **extra: Any) -> Path
         "source": info.source,
         "tl_name": info.tl_name,
         "model_path": None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "saelab_version": saelab_version(),
         **extra,
     }

@@ -135,16 +135,31 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...], what: str, rule
         return {name: data[name] for name in data.files}
 
 
+#: Zip member timestamp of :func:`savez_atomic` (the zip format's earliest date): numpy stamps
+#: each array with the current time, so two identical saves would differ in their bytes.
+NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def savez_atomic(path: str | os.PathLike, arrays: dict) -> Path:
-    """``np.savez_compressed`` to a temporary sibling, then rename it."""
+    """What ``np.savez_compressed`` writes (``{name}.npy`` members, deflated), with a fixed
+    member timestamp so equal arrays give equal bytes; to a temporary sibling, then renamed."""
+    import zipfile
+
     import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+        with (
+            os.fdopen(fd, "wb") as handle,
+            zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_DEFLATED) as archive,
+        ):
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -168,6 +168,20 @@ def all_sae_evaluations(wildcards):
     return {name: sae_metrics_path(name) for name in CFG.named_saes}
 
 
+def frontier_grid_inputs(wildcards):
+    """regression.json (FVU and L0) of every dark-matter grid SAE, for the frontier figure."""
+    return [darkmatter_regression_json_path(name) for name in darkmatter_sae_names()]
+
+
+def frontier_grid_params():
+    """Coordinates of the grid SAEs, in the order of :func:`frontier_grid_inputs`."""
+    return [
+        {"name": p.name, "width": p.width, "k": p.k, "hook": CFG.saes[p.name].hook,
+         "arch": CFG.saes[p.name].arch}
+        for p in darkmatter_points()
+    ]  # fmt: skip
+
+
 def all_sae_dirs(wildcards):
     return {name: sae_dir_by_name(name) for name in CFG.named_saes}
 

@@ -99,6 +99,7 @@ def cooccurrence_targets():
         f"plots/cooccurrence/pca_subgraph_tau{rep}.png",
         f"plots/cooccurrence/pca_subgraph_tau{rep}.html",
         "plots/cooccurrence/dashboards",
+        "plots/cooccurrence/dashboards.html",
     ]
     if COOC.get("pca", {}).get("all_in_size_range"):
         targets.append(f"plots/cooccurrence/pca_all_tau{rep}")

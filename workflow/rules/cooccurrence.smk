@@ -310,9 +310,10 @@ rule feature_dashboards:
         model_dir=model_dir_path(),
         tokenizer=tokenizer_input,
     output:
-        pages=report(
-            directory("plots/cooccurrence/dashboards"),
-            htmlindex="index.html",
+        pages=directory("plots/cooccurrence/dashboards"),
+        # the report embeds the one-page form: a pure HTML report cannot hold a folder
+        page=report(
+            "plots/cooccurrence/dashboards.html",
             caption="../report/feature_dashboards.rst",
             category="Co-occurrence",
         ),

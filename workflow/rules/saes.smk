@@ -102,7 +102,8 @@ rule plot_training_curves:
 
 rule plot_l0_fvu_frontier:
     input:
-        unpack(all_sae_evaluations),
+        evaluations=lambda wildcards: list(all_sae_evaluations(wildcards).values()),
+        grid=frontier_grid_inputs,
     output:
         figure=report(
             "plots/saes/l0_fvu_frontier.png",
@@ -115,6 +116,7 @@ rule plot_l0_fvu_frontier:
         "../../envs/saelab.yaml"
     params:
         fvu=CFG.evaluation.get("fvu", "dim_centred"),
+        grid=frontier_grid_params(),
     script:
         "../../scripts/plot_l0_fvu_frontier.py"
 

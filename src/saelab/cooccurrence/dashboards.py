@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from saelab.features import FeatureSummary, describe_latent, token_strings
+from saelab.runtime import write_text_atomic
 
 
 class LogitEffect(NamedTuple):
@@ -144,7 +147,15 @@ def _context_html(
     return "".join(spans)
 
 
-def latent_page(
+def _page_link(latent: int) -> str:
+    return f"latent_{latent}.html"
+
+
+def _anchor_link(latent: int) -> str:
+    return f"#latent-{latent}"
+
+
+def latent_section(
     summary: FeatureSummary,
     latent: int,
     tokenizer,
@@ -154,9 +165,10 @@ def latent_page(
     title: str = "",
     neighbours: list[int] | None = None,
     description: str | None = None,
+    link: Callable[[int], str] = _page_link,
 ) -> str:
-    """One latent's page as an HTML string (``description``: :func:`describe_latent`'s line,
-    computed here when not given)."""
+    """The body of one latent's dashboard (heading to neighbour links) as an HTML fragment;
+    ``link(i)`` is where a link to latent ``i`` points (its page, or an anchor on one page)."""
     before = int(summary.meta["before"])
     have = summary.top_rows[latent] >= 0
     scale = float(summary.top_values[latent, 0]) if have.any() else 0.0
@@ -184,16 +196,13 @@ def latent_page(
     if neighbours:
         links = (
             "<h2>Other latents of this subgraph</h2><p>"
-            + " ".join(f'<a href="latent_{n}.html">{n}</a>' for n in neighbours if n != latent)
+            + " ".join(f'<a href="{link(n)}">{n}</a>' for n in neighbours if n != latent)
             + "</p>"
         )
     if description is None:
         description = describe_latent(summary, latent, tokenizer)
     description = html.escape(description)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>latent {latent}</title>
-<style>{_STYLE}</style></head><body>
-<h1>Latent {latent} {html.escape(title)}</h1>
+    return f"""<h1 id="latent-{latent}">Latent {latent} {html.escape(title)}</h1>
 <p>{description}</p>
 <p>fires on {int(summary.firing_count[latent])} of {summary.n_tokens} tokens
 (SAE {html.escape(str(summary.meta.get("sae", "")))}, hook {html.escape(summary.meta["hook"])})</p>
@@ -205,8 +214,14 @@ def latent_page(
 <div class="logits"><b>promoted</b>{logit_list(effect.top_ids[effect_row], effect.top_values[effect_row], "pos")}</div>
 <div class="logits"><b>suppressed</b>{logit_list(effect.bottom_ids[effect_row], effect.bottom_values[effect_row], "neg")}</div>
 {links}
-<p><a href="index.html">all latents</a></p>
-</body></html>
+"""
+
+
+def _html_document(title: str, body: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_STYLE}</style></head><body>
+{body}</body></html>
 """
 
 
@@ -220,9 +235,15 @@ def write_dashboards(
     *,
     title: str = "",
     n_logits: int = 10,
+    single_page: str | os.PathLike | None = None,
 ) -> list[Path]:
     """``latent_{i}.html`` for each latent and an ``index.html``, in ``out_dir`` (which should be
-    a fresh temporary directory: see :func:`saelab.runtime.atomic_dir`)."""
+    a fresh temporary directory: see :func:`saelab.runtime.atomic_dir`).
+
+    ``single_page``: also every latent on one self-contained page (the index at the top, links
+    as in-page anchors), written atomically; this is the page ``snakemake --report`` embeds,
+    since a pure HTML report cannot hold a folder of pages that link to each other.
+    """
     out_dir = Path(out_dir)
     latents = [int(i) for i in latents]
     if not latents:
@@ -230,24 +251,34 @@ def write_dashboards(
     effect = logit_effects(W_dec[torch.tensor(latents)].detach(), W_U, n_logits)
     pages = []
     index_rows = []
+    sections = []
     for row, latent in enumerate(latents):
         page = out_dir / f"latent_{latent}.html"
         description = describe_latent(summary, latent, tokenizer)
+        section = partial(latent_section, summary, latent, tokenizer, effect, row, title=title,
+                          neighbours=latents, description=description)  # fmt: skip
+        back = '<p><a href="{}">all latents</a></p>\n'
         page.write_text(
-            latent_page(summary, latent, tokenizer, effect, row, title=title, neighbours=latents,
-                        description=description),
+            _html_document(
+                f"latent {latent}", section(link=_page_link) + back.format("index.html")
+            ),
             encoding="utf-8",
-        )  # fmt: skip
-        pages.append(page)
-        index_rows.append(
-            f'<li><a href="{page.name}">latent {latent}</a>: {html.escape(description)}</li>'
         )
-    (out_dir / "index.html").write_text(
-        f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>
-<ul>{"".join(index_rows)}</ul></body></html>
-""",
-        encoding="utf-8",
-    )
+        if single_page is not None:
+            sections.append(section(link=_anchor_link) + back.format("#top") + "<hr>\n")
+        pages.append(page)
+        index_rows.append((latent, html.escape(description)))
+
+    def index(link: Callable[[int], str]) -> str:
+        items = "".join(
+            f'<li><a href="{link(latent)}">latent {latent}</a>: {description}</li>'
+            for latent, description in index_rows
+        )
+        return f'<h1 id="top">{html.escape(title)}</h1>\n<ul>{items}</ul>\n'
+
+    (out_dir / "index.html").write_text(_html_document(title, index(_page_link)), encoding="utf-8")
+    if single_page is not None:
+        write_text_atomic(
+            _html_document(title, index(_anchor_link) + "<hr>\n" + "".join(sections)), single_page
+        )
     return pages

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from saelab.plots.common import plt
+from saelab.plots.common import displayable, plt, uses_token_fonts
 
 
 def subgraph_size_histogram(
@@ -139,26 +139,43 @@ def _token_labels(token_strings: list[str], top: int = 10) -> list[str]:
 _PAIRS = [(0, 1), (0, 2), (1, 2)]
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def category_styles(n: int) -> list[tuple[tuple, str]]:
+    """(colour, marker) for ``n`` categories, every pair distinct: tab10 up to 10, tab20 up to
+    20, beyond that tab20's colours again with the next marker shape (160 styles in all)."""
+    if n > 20 * len(_MARKERS):
+        raise ValueError(f"{n} categories: at most {20 * len(_MARKERS)} distinct styles")
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    size = cmap.N
+    return [(cmap(i % size), _MARKERS[i // size]) for i in range(n)]
+
+
+@uses_token_fonts
 def pca_panels(
     coords: np.ndarray, token_strings: list[str], active_latent: np.ndarray, title: str
 ) -> Figure:
-    """Rows: coloured by token (top 10, rest "other") and by the most active latent of S;
-    columns: PC1–2, PC1–3, PC2–3."""
+    """Rows: coloured by token (top 10, rest "other", grey) and by the most active latent of S;
+    columns: PC1–2, PC1–3, PC2–3. Every category has its own colour and marker pair."""
     fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
     dims = coords.shape[1]
     labelings = [("token", _token_labels(token_strings)), ("active latent", list(active_latent))]
     for r, (kind, labels) in enumerate(labelings):
         categories = sorted(set(labels), key=lambda v: (str(v) == "other", str(v)))
-        cmap = plt.get_cmap("tab20")
+        named = [c for c in categories if str(c) != "other"]
+        styles = dict(zip(named, category_styles(len(named)), strict=True))
+        styles["other"] = ((0.6, 0.6, 0.6, 1.0), ".")
         for c, (a, b) in enumerate(_PAIRS):
             ax = axes[r][c]
             if max(a, b) >= dims:
                 ax.set_axis_off()
                 continue
-            for i, category in enumerate(categories):
+            for category in categories:
+                colour, marker = styles[category]
                 mask = np.array([label == category for label in labels])
-                ax.scatter(coords[mask, a], coords[mask, b], s=8, alpha=0.7,
-                           color=cmap(i % 20), label=str(category))  # fmt: skip
+                ax.scatter(coords[mask, a], coords[mask, b], s=10, alpha=0.7, color=colour,
+                           marker=marker, label=displayable(str(category)))  # fmt: skip
             ax.set_xlabel(f"PC{a + 1}")
             ax.set_ylabel(f"PC{b + 1}")
             ax.set_title(f"by {kind}: PC{a + 1} vs PC{b + 1}")

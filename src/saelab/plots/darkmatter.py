@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from saelab.darkmatter.norms import NORM_LABELS, NORM_TARGETS, running_mean
 from saelab.darkmatter.scaling import breakdown, contour_grid, fit_from_summary
+from saelab.plots.common import readable_log_axis
 
 AREA_COLOURS = {
     "absent": "#9ecae1",
@@ -26,37 +27,64 @@ def _fit_label(fit) -> str:
     return f"FVU ≈ {fit.c:.3f} + {fit.a:.3g}·W^(−{fit.m:.2f})"
 
 
+def _draw_breakdown(ax, grid, parts, widths, fvus, nonlinear_fvus, fit, k, labels=True) -> None:
+    """The areas, level lines, fit and points of Fig 1 on ``ax`` (main plot or its inset)."""
+
+    def label(text):
+        return text if labels else None
+
+    floor = parts.nonlinear_error
+    ax.fill_between(grid, 0, floor, color=AREA_COLOURS["nonlinear"], label=label("Nonlinear error"))
+    if parts.pursuit is not None:
+        ax.fill_between(grid, floor, parts.linear_level, color=AREA_COLOURS["encoder"],
+                        label=label("Encoder error"))  # fmt: skip
+    ax.fill_between(grid, parts.linear_level, parts.asymptote, color=AREA_COLOURS["linear"],
+                    label=label("Linear error"))  # fmt: skip
+    ax.fill_between(grid, parts.asymptote, parts.fitted, color=AREA_COLOURS["absent"],
+                    label=label("Absent features"))  # fmt: skip
+    # Level lines keep the picture readable when an area is negative (small SAEs can fit an
+    # asymptote below the nonlinear FVU, or pursuit can end above the encoder's level).
+    ax.axhline(parts.asymptote, color="k", ls=":", lw=0.8)
+    ax.axhline(parts.linear_level, color="darkgreen", ls="--", lw=0.8,
+               label=label("mean FVU after adding x·W"))  # fmt: skip
+    ax.scatter(widths, nonlinear_fvus, color="darkgreen", marker="s", s=14, zorder=3)
+    if parts.pursuit is not None:
+        ax.plot(grid, parts.pursuit, color="darkorange", lw=1, label=label("gradient pursuit"))
+    inside = grid <= widths.max()
+    ax.plot(grid[inside], parts.fitted[inside], "k-", lw=1, label=label(_fit_label(fit)))
+    ax.plot(grid[~inside], parts.fitted[~inside], "k:", lw=1)
+    ax.scatter(widths, fvus, color="k", zorder=3, s=18, label=label(f"SAEs (k = {k})"))
+    ax.set_xscale("log")
+
+
+def breakdown_zoom(widths: np.ndarray, grid: np.ndarray, parts) -> tuple[tuple, tuple]:
+    """((x0, x1), (y0, y1)) of Fig 1's inset: the paper zooms on its widest SAEs and the
+    extrapolation (x 2·10⁵–10⁷ for widths 16k–1M), where the encoder-error sliver between the
+    linear level and the pursuit curve is too thin to see. Here: from the second-widest SAE to
+    the end of the extrapolated grid, y around the levels that meet there."""
+    x0 = float(np.sort(widths)[-2]) if len(widths) > 1 else float(widths[0])
+    x1 = float(grid.max())
+    zone = grid >= x0
+    levels = [parts.asymptote, parts.linear_level, *np.ravel(parts.fitted[zone])]
+    if parts.pursuit is not None:
+        levels += list(np.ravel(parts.pursuit[zone]))
+    lo, hi = float(np.min(levels)), float(np.max(levels))
+    pad = 0.15 * max(hi - lo, 1e-3 * max(abs(hi), 1e-12))
+    return (x0, x1), (max(lo - pad, 0.0), hi + pad)
+
+
 def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
-    """Fig 1: FVU against width at fixed k with the four dark-matter areas."""
+    """Fig 1: FVU against width at fixed k with the four dark-matter areas, and the paper's zoomed
+    inset on the widest SAEs and the extrapolation (:func:`breakdown_zoom`)."""
     fit = fit_from_summary(summary)
     widths = np.asarray(summary["curve_widths"], dtype=float)
     fvus = np.asarray(summary["curve_fvu"])
     grid = np.geomspace(widths.min(), widths.max() * 10, 200)
     pursuit = summary.get("curve_pursuit_fvu")
-    parts = breakdown(fit, widths, summary["curve_nonlinear_fvu"], grid, pursuit)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    floor = parts.nonlinear_error
-    ax.fill_between(grid, 0, floor, color=AREA_COLOURS["nonlinear"], label="Nonlinear error")
-    if parts.pursuit is not None:
-        ax.fill_between(grid, floor, parts.linear_level, color=AREA_COLOURS["encoder"],
-                        label="Encoder error")  # fmt: skip
-    ax.fill_between(grid, parts.linear_level, parts.asymptote, color=AREA_COLOURS["linear"],
-                    label="Linear error")  # fmt: skip
-    ax.fill_between(grid, parts.asymptote, parts.fitted, color=AREA_COLOURS["absent"],
-                    label="Absent features")  # fmt: skip
-    # Level lines keep the picture readable when an area is negative (small SAEs can fit an
-    # asymptote below the nonlinear FVU, or pursuit can end above the encoder's level).
-    ax.axhline(parts.asymptote, color="k", ls=":", lw=0.8)
-    ax.axhline(parts.linear_level, color="darkgreen", ls="--", lw=0.8,
-               label="mean FVU after adding x·W")  # fmt: skip
-    ax.scatter(widths, summary["curve_nonlinear_fvu"], color="darkgreen", marker="s", s=14,
-               zorder=3)  # fmt: skip
-    if parts.pursuit is not None:
-        ax.plot(grid, parts.pursuit, color="darkorange", lw=1, label="gradient pursuit")
-    inside = grid <= widths.max()
-    ax.plot(grid[inside], parts.fitted[inside], "k-", lw=1, label=_fit_label(fit))
-    ax.plot(grid[~inside], parts.fitted[~inside], "k:", lw=1)
-    ax.scatter(widths, fvus, color="k", zorder=3, s=18, label=f"SAEs (k = {summary['curve_k']})")
+    nonlinear_fvus = summary["curve_nonlinear_fvu"]
+    parts = breakdown(fit, widths, nonlinear_fvus, grid, pursuit)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    _draw_breakdown(ax, grid, parts, widths, fvus, nonlinear_fvus, fit, summary["curve_k"])
     negative = [name for name, value in [
         ("linear error", parts.linear_error),
         ("encoder error", None if parts.encoder_error is None else parts.encoder_error[-1]),
@@ -64,12 +92,24 @@ def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
     if negative:
         ax.text(0.02, 0.02, "negative here: " + ", ".join(negative), transform=ax.transAxes,
                 fontsize=7, color="firebrick")  # fmt: skip
-    ax.set_xscale("log")
+    ax.set_xlim(grid.min(), grid.max())
+    readable_log_axis(ax, "x")
     ax.set_xlabel("SAE width (latents)")
     ax.set_ylabel("FVU")
-    ax.set_ylim(0, max(fvus.max(), parts.fitted.max()) * 1.1)
+    # headroom above the curve for the inset
+    ax.set_ylim(0, max(fvus.max(), parts.fitted.max()) * 1.55)
     ax.set_title("Dark matter of SAEs: breakdown of FVU" + ("" if pursuit else " (no pursuit)"))
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    (x0, x1), (y0, y1) = breakdown_zoom(widths, grid, parts)
+    inset = ax.inset_axes([0.5, 0.6, 0.47, 0.36])
+    _draw_breakdown(inset, grid, parts, widths, fvus, nonlinear_fvus, fit, summary["curve_k"],
+                    labels=False)  # fmt: skip
+    inset.set_xlim(x0, x1)
+    inset.set_ylim(y0, y1)
+    readable_log_axis(inset, "x", max_ticks=4)
+    inset.tick_params(labelsize=6)
+    inset.set_title("zoom: widest SAEs and extrapolation", fontsize=6.5)
+    ax.indicate_inset_zoom(inset, edgecolor="0.3")
     fig.tight_layout()
     return fig
 
@@ -89,6 +129,8 @@ def plot_power_law_fit(summary: dict[str, Any]) -> Figure:
                label="mean nonlinear FVU")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
+    readable_log_axis(ax, "x")
+    readable_log_axis(ax, "y")
     ax.set_xlabel("SAE width (latents)")
     ax.set_ylabel("FVU")
     ci = summary["power_law"]["m_ci"]
@@ -111,6 +153,8 @@ def _contour(ax, rows: list[dict], key: str, title: str):
     ax.scatter(widths, l0s, c="w", edgecolors="k", s=14)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    readable_log_axis(ax, "x", max_ticks=5)
+    readable_log_axis(ax, "y", max_ticks=5)
     ax.set_xlabel("SAE width")
     ax.set_ylabel("L0")
     ax.set_title(title, fontsize=9)
@@ -140,18 +184,44 @@ def _trace_slice(data, start: int, length: int) -> slice:
     return slice(start, min(start + length, n))
 
 
+def trace_zoom(span: slice, first: int = 85, last: int = 95) -> slice:
+    """Tokens of Fig 4's inset: the paper magnifies positions 85–95 of its 100-token trace; the
+    same positions of this trace, moved inside it when the trace is shorter."""
+    n = span.stop - span.start
+    width = min(last - first, max(n - 1, 1))
+    lo = min(first, max(n - 1 - width, 0))
+    return slice(span.start + lo, span.start + lo + width + 1)
+
+
 def plot_token_trace(data, start: int = 0, length: int = 100) -> Figure:
-    """Fig 4: the error norm of every width on a span of consecutive window tokens."""
+    """Fig 4: the error norm of every width on a span of consecutive window tokens, with the
+    paper's magnified inset (:func:`trace_zoom`)."""
     span = _trace_slice(data, start, length)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(data["widths"])))
+    zoom = trace_zoom(span)
+    inset = ax.inset_axes([0.60, 0.56, 0.38, 0.40]) if zoom.stop - zoom.start >= 2 else None
     for row, (width, colour) in enumerate(zip(data["widths"], colours, strict=True)):
         ax.plot(np.arange(span.start, span.stop), data["total"][row, span], color=colour, lw=1,
                 label=f"width {width}")  # fmt: skip
+        if inset is not None:
+            inset.plot(np.arange(zoom.start, zoom.stop), data["total"][row, zoom], color=colour,
+                       lw=1.2, marker=".", ms=3)  # fmt: skip
+    if inset is not None:
+        bottom, top = ax.get_ylim()  # headroom: the inset sits above the traces
+        ax.set_ylim(bottom, top + 0.8 * (top - bottom))
+        values = np.asarray(data["total"])[:, zoom]
+        lo, hi = float(values.min()), float(values.max())
+        pad = 0.08 * max(hi - lo, 1e-6)
+        inset.set_xlim(zoom.start - 0.3, zoom.stop - 0.7)
+        inset.set_ylim(lo - pad, hi + pad)
+        inset.tick_params(labelsize=6)
+        inset.set_title(f"tokens {zoom.start}–{zoom.stop - 1}", fontsize=6.5)
+        ax.indicate_inset_zoom(inset, edgecolor="0.3")
     ax.set_xlabel("window token")
     ax.set_ylabel("‖x − x̂‖")
     ax.set_title("Per-token SAE error norms across widths", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
     return fig
 

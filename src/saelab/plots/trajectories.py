@@ -20,7 +20,7 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from saelab.plots.common import write_plotly_html
+from saelab.plots.common import displayable, uses_token_fonts, write_plotly_html
 
 #: Best final rank -> colour: red (the newcomer ends at the top) through purple to blue.
 RANK_CMAP = LinearSegmentedColormap.from_list("rank", ["red", "purple", "blue"])
@@ -37,6 +37,11 @@ def _short(token: str, width: int = 12) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _label(token: str, width: int = 12) -> str:
+    """:func:`_short` for a matplotlib figure: characters no installed font has are escaped."""
+    return displayable(_short(token, width))
+
+
 def _edge_widths(graph: nx.DiGraph) -> dict[tuple, float]:
     counts = [d["num_trajectories"] for _, _, d in graph.edges(data=True) if not d["empty"]]
     low, high = (min(counts), max(counts)) if counts else (0, 0)
@@ -51,6 +56,7 @@ def _edge_widths(graph: nx.DiGraph) -> dict[tuple, float]:
     return widths
 
 
+@uses_token_fonts
 def trajectory_graph_figure(
     graph: nx.DiGraph,
     tokens: Sequence[str],
@@ -64,7 +70,8 @@ def trajectory_graph_figure(
     colour by best final rank (red = top), empty scaffolding edges gold. Right of each layer:
     the top-2 logit-lens tokens (green) and the newcomers arriving at the last token (red)."""
     n_tokens = len(tokens)
-    fig, ax = plt.subplots(figsize=(max(8, 0.55 * n_tokens + 5), max(5, 0.42 * len(layers) + 2.5)))
+    # ~0.8 in per token and 0.5 in per layer: node labels at 7 pt fit inside their markers
+    fig, ax = plt.subplots(figsize=(max(8, 0.8 * n_tokens + 5), max(5, 0.5 * len(layers) + 3)))
     norm = Normalize(vmin=0, vmax=max(T, 1))
     widths = _edge_widths(graph)
     for u, v, d in sorted(graph.edges(data=True), key=lambda e: not e[2]["empty"]):
@@ -72,13 +79,14 @@ def trajectory_graph_figure(
         ax.plot([u[0], v[0]], [u[1], v[1]], color=colour, lw=widths[(u, v)], alpha=0.9, zorder=1)
     if graph.number_of_nodes():
         xs, ys = zip(*graph.nodes(), strict=True)
-        ax.scatter(xs, ys, s=70, color="lightgrey", edgecolor="grey", zorder=2)
+        ax.scatter(xs, ys, s=420, color="whitesmoke", edgecolor="grey", zorder=2)
         for t, layer in graph.nodes():
-            ax.text(t, layer, f"T{t}\nL{layer}", fontsize=5, ha="center", va="center", zorder=3)
+            ax.text(t, layer, f"T{t}\nL{layer}", fontsize=7, ha="center", va="center", zorder=3,
+                    linespacing=0.95)  # fmt: skip
     ax.set_xticks(
-        range(n_tokens), [_short(tok) for tok in tokens], rotation=60, ha="right", fontsize=7
+        range(n_tokens), [_label(tok) for tok in tokens], rotation=60, ha="right", fontsize=9
     )
-    ax.set_yticks(list(layers), [str(layer) for layer in layers], fontsize=7)
+    ax.set_yticks(list(layers), [str(layer) for layer in layers], fontsize=9)
     ax.set_xlim(-0.7, n_tokens - 0.3)
     ax.set_ylim(min(layers) - 0.7, max(layers) + 0.7)
     ax.set_xlabel("source token")
@@ -88,14 +96,14 @@ def trajectory_graph_figure(
         notes = []
         if lens_by_layer and layer in lens_by_layer:
             top = lens_by_layer[layer]["top_tokens"][:2]
-            notes.append(("lens: " + ", ".join(_short(t, 8) for t in top), "green"))
+            notes.append(("lens: " + ", ".join(_label(t, 8) for t in top), "green"))
         arrivals = (arrivals_by_layer or {}).get(layer, ())
         if arrivals:
             shown = ", ".join(str(i) for i in arrivals[:4]) + (" …" if len(arrivals) > 4 else "")
             notes.append((f"new: {shown}", "red"))
         for i, (text, colour) in enumerate(notes):
-            ax.annotate(text, (1.01, layer), xycoords=("axes fraction", "data"), fontsize=6,
-                        color=colour, va="center", xytext=(0, 4 - 8 * i), textcoords="offset points")  # fmt: skip
+            ax.annotate(text, (1.01, layer), xycoords=("axes fraction", "data"), fontsize=7,
+                        color=colour, va="center", xytext=(0, 5 - 10 * i), textcoords="offset points")  # fmt: skip
     mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=RANK_CMAP)
     fig.colorbar(mappable, ax=ax, pad=0.16, fraction=0.03, label="best final rank of the newcomers")
     handles = [
@@ -192,6 +200,7 @@ def _presence(steps: Sequence[Sequence[int]], latent: int) -> list[int | None]:
     return [step.index(latent) if latent in step else None for step in steps]
 
 
+@uses_token_fonts
 def evolution_figure(
     steps: Sequence[Sequence[int]],
     tokens: Sequence[str],
@@ -246,7 +255,7 @@ def evolution_figure(
             RANK_CMAP(norm(final.index(latent))) if latent in final else NEWCOMER_DROPPED_COLOUR
         )
         draw(latent, colour, 1.8, 2)
-    labels = ["initial"] + [f"T{j} {_short(tok, 10)}" for j, tok in enumerate(tokens)]
+    labels = ["initial"] + [f"T{j} {_label(tok, 10)}" for j, tok in enumerate(tokens)]
     ax.set_xticks(range(n_steps), labels, rotation=60, ha="right", fontsize=7)
     ax.set_xlim(-0.5, n_steps - 0.5)
     ax.set_ylim(max_rank - 0.5, -0.5)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -230,7 +229,6 @@ def compute_evolution(
         "max_relative_error": max_error,
         "logit_lens": "resid_post of each layer at the last token, through ln_final and W_U",
         "logit_lens_lengths": lens_lengths,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return {"metadata": metadata, "data": data, "logit_lens": lens_by_length}
 
