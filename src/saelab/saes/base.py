@@ -437,14 +437,17 @@ class SAE(nn.Module):
         recon, prefix_outputs = self.reconstruction_loss(codes, target_n)
         output = prefix_outputs[-1] if prefix_outputs else self.decode(codes)
         if self.training:
+            # The references' order (dictionary_learning's MatryoshkaBatchTopKTrainer.loss,
+            # bartbussmann's sae.py): count this batch's firings first, then pick the dead set,
+            # so a dead latent that fires now is out of the aux loss and one that reaches the
+            # limit now is in it.
+            self._update_dead_counter(codes)
             aux = self.aux_loss(acts, target_n - output.detach(), attach)
         else:
             aux = recon * 0
         sparsity = self.cfg.l1_coeff * codes.values.abs().sum() / codes.n_rows
         with torch.no_grad():
             fvu = (target_n - output).pow(2).mean() / target_n.var().clamp_min(1e-8)
-            if self.training:
-                self._update_dead_counter(codes)
         if t_mean is not None:
             output = output * t_std + t_mean
         return ForwardOutput(
@@ -468,6 +471,7 @@ class SAE(nn.Module):
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.cfg.dead_after_tokens
 
+    @torch.no_grad()
     def _update_dead_counter(self, codes: SparseCodes) -> None:
         fired = torch.zeros(self.cfg.width, dtype=torch.bool, device=codes.latents.device)
         fired[codes.latents] = True
