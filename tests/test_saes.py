@@ -527,6 +527,35 @@ def test_decoder_is_initialised_as_unit_rows_tied_and_contiguous():
     torch.testing.assert_close(cos, torch.ones(32))
 
 
+@pytest.mark.parametrize("d_out", [None, 8, 5])
+def test_encoder_init_decoder_transpose(d_out):
+    """dictionary_learning's and SAE-Lens's init: unit-norm decoder rows, W_enc = W_dec^T
+    exactly (a transcoder's encoder too when the widths match, else unit-norm columns)."""
+    kw = {} if d_out is None else {"d_out": d_out, "target_hook_name": "blocks.0.hook_mlp_out"}
+    sae = build_sae(make("batchtopk", encoder_init="decoder_transpose", **kw))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
+    torch.testing.assert_close(sae.W_enc.norm(dim=0), torch.ones(32))
+    if d_out != 5:
+        assert torch.equal(sae.W_enc, sae.W_dec.T)
+    kaiming = build_sae(make("batchtopk"))  # Bart's: the encoder keeps kaiming's small scale
+    assert kaiming.W_enc.norm(dim=0).max() < 0.5
+    with pytest.raises(ValueError, match="encoder_init 'xavier' is not allowed"):
+        make("topk", encoder_init="xavier")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_annealed_k_selects_more_in_training_only(arch):
+    sae = build_sae(make(arch, k=3)).train()
+    randomize(sae)
+    x = torch.randn(16, 8)
+    assert sae.encode(x).codes.l0().float().mean() == pytest.approx(3)
+    sae.k_train = 7
+    assert sae.encode(x).codes.l0().float().mean() == pytest.approx(7)
+    if arch == "topk":
+        sae.eval()  # inference always uses cfg.k (BatchTopK: its threshold)
+        assert sae.encode(x).codes.l0().tolist() == [3] * 16
+
+
 def aux_sae(loss="bussmann"):
     """d = 2, width = 4: latents 0, 1 write e0, e1; latents 2, 3 (made dead) write e0, e1 too."""
     sae = build_sae(

@@ -283,6 +283,30 @@ def test_dead_window_follows_a_short_run(cache, tmp_path):
     assert all(a > 0 for a in aux[0.1][1:]), aux[0.1]
 
 
+def test_k_annealing_schedule_and_effect(cache, tmp_path):
+    """k falls linearly from k_anneal_start x k to k over the first k_anneal_fraction of the
+    steps (capped at the width), then stays k; training-mode L0 follows it."""
+    cfg = TrainConfig(n_tokens=20 * BATCH, batch_size=BATCH, lr=1e-2, log_every=1,
+                      checkpoint_every=0, k_anneal_fraction=0.5, k_anneal_start=4)  # fmt: skip
+    assert [cfg.annealed_k(i, 2, 64) for i in range(12)] == [
+        8, 7, 7, 6, 6, 5, 4, 4, 3, 3, None, None,
+    ]  # fmt: skip
+    assert cfg.annealed_k(0, 32, 64) == 64  # capped at the width
+    assert TrainConfig(n_tokens=BATCH, batch_size=BATCH).annealed_k(0, 2, 64) is None
+    with pytest.raises(TrainError, match="k_anneal_start 0.5"):
+        TrainConfig(n_tokens=BATCH, batch_size=BATCH, k_anneal_start=0.5)
+    saes = build_saes({"b": {"arch": "batchtopk", "width": 64, "k": 2, "hook_name": SRC}},
+                      widths_of(cache))  # fmt: skip
+    train_saes(cache, saes, cfg, {"b": tmp_path / "b"}, progress=False)
+    log = [
+        json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    ]
+    l0 = [round(r["l0"], 6) for r in log]
+    want = [cfg.annealed_k(i, 2, 64) or 2 for i in range(20)]
+    assert l0 == want
+    assert saes["b"].k_train is None
+
+
 def test_train_log_lines(trained):
     lines = [json.loads(line) for line in
              (trained.out_dirs["batchtopk"] / "train_log.jsonl").read_text().splitlines()]  # fmt: skip

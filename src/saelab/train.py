@@ -117,6 +117,12 @@ class TrainConfig:
     """The dead window follows the run: an SAE's ``dead_after_tokens`` is lowered to this
     fraction of the run's tokens when that is shorter (at least one batch), so AuxK engages in
     short runs too. ``None``: every SAE keeps its own ``dead_after_tokens``."""
+    k_anneal_fraction: float | None = None
+    """k-annealing: over this first fraction of the steps the training-mode k of TopK-style
+    SAEs falls linearly from ``k_anneal_start`` x k to k, so more latents fire (and learn)
+    early. ``None``: k from the first step."""
+    k_anneal_start: float = 4.0
+    """Start of the k-annealing, as a multiple of each SAE's k (capped at its width)."""
     dead_tokens: int = 32768
     """Tokens on which ``dead_fraction`` (never fired, eval mode) is measured after training:
     the held-out split first, topped up from the training split when it is smaller, so a rare
@@ -142,12 +148,31 @@ class TrainConfig:
                 f"dead_window_fraction {self.dead_window_fraction} must be a fraction in (0, 1] "
                 f"of the run's tokens, or null to keep each SAE's dead_after_tokens"
             )
+        if self.k_anneal_fraction is not None and not 0 < self.k_anneal_fraction <= 1:
+            raise TrainError(
+                f"k_anneal_fraction {self.k_anneal_fraction} must be a fraction in (0, 1] of "
+                f"the steps, or null for no k-annealing"
+            )
+        if self.k_anneal_start < 1:
+            raise TrainError(f"k_anneal_start {self.k_anneal_start} must be >= 1 (a multiple of k)")
         if self.dead_tokens < 1:
             raise TrainError(f"dead_tokens {self.dead_tokens} must be >= 1")
 
     @property
     def steps(self) -> int:
         return self.n_tokens // self.batch_size
+
+    def annealed_k(self, index: int, k: int, width: int) -> int | None:
+        """Training-mode k of the update with 0-based ``index`` for an SAE of this ``k`` and
+        ``width``: linear from ``k_anneal_start`` x k down to k over the annealing steps;
+        ``None`` (k itself) after them or without annealing."""
+        if self.k_anneal_fraction is None:
+            return None
+        n = max(1, int(self.k_anneal_fraction * self.steps))
+        if index >= n:
+            return None
+        start = min(width, self.k_anneal_start * k)
+        return max(k, min(width, round(start + (k - start) * index / n)))
 
     def dead_window(self, dead_after_tokens: int) -> int:
         """The dead window of an SAE configured with ``dead_after_tokens`` in this run: the
@@ -894,6 +919,8 @@ def train_saes(
                     _init_b_dec(trainee, acts)
         factor = lr_factor(step - 1, total, cfg.warmup_steps, cfg.decay_start)
         for trainee in trainees:
+            sae_cfg = trainee.sae.cfg
+            trainee.sae.k_train = cfg.annealed_k(step - 1, sae_cfg.k, sae_cfg.width)
             dtype = trainee.sae.W_enc.dtype
             trainee.step(
                 acts[trainee.source].to(dtype), acts[trainee.target].to(dtype), factor, step
@@ -927,6 +954,8 @@ def train_saes(
             if on_checkpoint is not None:
                 on_checkpoint(step)
     bar.close()
+    for trainee in trainees:
+        trainee.sae.k_train = None
     seconds = time.perf_counter() - t0
     trained_tokens = (total - start) * cfg.batch_size
     tokens_per_s = trained_tokens / max(seconds, 1e-9)
