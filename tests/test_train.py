@@ -293,7 +293,7 @@ def test_k_annealing_schedule_and_effect(cache, tmp_path):
     ]  # fmt: skip
     assert cfg.annealed_k(0, 32, 64) == 64  # capped at the width
     assert TrainConfig(n_tokens=BATCH, batch_size=BATCH).annealed_k(0, 2, 64) is None
-    with pytest.raises(TrainError, match="k_anneal_start 0.5"):
+    with pytest.raises(TrainError, match=r"k_anneal_start 0\.5"):
         TrainConfig(n_tokens=BATCH, batch_size=BATCH, k_anneal_start=0.5)
     saes = build_saes({"b": {"arch": "batchtopk", "width": 64, "k": 2, "hook_name": SRC}},
                       widths_of(cache))  # fmt: skip
