@@ -527,6 +527,35 @@ def test_decoder_is_initialised_as_unit_rows_tied_and_contiguous():
     torch.testing.assert_close(cos, torch.ones(32))
 
 
+@pytest.mark.parametrize("d_out", [None, 8, 5])
+def test_encoder_init_decoder_transpose(d_out):
+    """dictionary_learning's and SAE-Lens's init: unit-norm decoder rows, W_enc = W_dec^T
+    exactly (a transcoder's encoder too when the widths match, else unit-norm columns)."""
+    kw = {} if d_out is None else {"d_out": d_out, "target_hook_name": "blocks.0.hook_mlp_out"}
+    sae = build_sae(make("batchtopk", encoder_init="decoder_transpose", **kw))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
+    torch.testing.assert_close(sae.W_enc.norm(dim=0), torch.ones(32))
+    if d_out != 5:
+        assert torch.equal(sae.W_enc, sae.W_dec.T)
+    kaiming = build_sae(make("batchtopk"))  # Bart's: the encoder keeps kaiming's small scale
+    assert kaiming.W_enc.norm(dim=0).max() < 0.5
+    with pytest.raises(ValueError, match="encoder_init 'xavier' is not allowed"):
+        make("topk", encoder_init="xavier")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_annealed_k_selects_more_in_training_only(arch):
+    sae = build_sae(make(arch, k=3)).train()
+    randomize(sae)
+    x = torch.randn(16, 8)
+    assert sae.encode(x).codes.l0().float().mean() == pytest.approx(3)
+    sae.k_train = 7
+    assert sae.encode(x).codes.l0().float().mean() == pytest.approx(7)
+    if arch == "topk":
+        sae.eval()  # inference always uses cfg.k (BatchTopK: its threshold)
+        assert sae.encode(x).codes.l0().tolist() == [3] * 16
+
+
 def aux_sae(loss="bussmann"):
     """d = 2, width = 4: latents 0, 1 write e0, e1; latents 2, 3 (made dead) write e0, e1 too."""
     sae = build_sae(
@@ -836,3 +865,101 @@ def test_jumprelu_sae_threshold_survives_as_per_latent_vector(tmp_path):
 
     threshold = load_file(tmp_path / "sae_weights.safetensors")["threshold"]
     assert threshold.shape == (32,) and math.isclose(float(threshold[0]), float(sae.threshold))
+
+
+# ---------------------------------------------------------------------- aux loss: dead-set order
+
+
+def reference_aux_step(sae, x: torch.Tensor, counters: torch.Tensor):
+    """The references' step (dictionary_learning's ``MatryoshkaBatchTopKTrainer.loss``,
+    bartbussmann's ``sae.py``), by hand in float64 with dense autograd: select, **update the
+    dead counters with this batch's firings**, then pick the dead set and compute AuxK.
+
+    Returns (aux loss, {parameter: gradient of the aux loss}, counters after the step).
+    """
+    cfg = sae.cfg
+    W_enc, W_dec, b_enc, b_dec = (
+        p.detach().double().clone().requires_grad_()
+        for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec)
+    )
+    x = x.double()
+    pre = (x - b_dec) @ W_enc + (b_enc if cfg.encoder_bias else 0)
+    acts = torch.relu(pre)
+    n_rows, width = acts.shape
+    if cfg.arch == "topk":
+        chosen = {(r, int(i)) for r in range(n_rows) for i in acts[r].topk(cfg.k).indices}
+    else:  # batchtopk, matryoshka: the k·B largest entries of the batch
+        chosen = set(brute_batch_topk(acts.detach(), cfg.k))
+    chosen = {(r, i) for r, i in chosen if acts[r, i] > 0}
+    mask = torch.zeros(n_rows, width, dtype=torch.float64)
+    for r, i in chosen:
+        mask[r, i] = 1.0
+    output = (acts * mask) @ W_dec + b_dec
+    # 1. the counters see this batch ...
+    fired = mask.bool().any(0)
+    counters = counters.clone() + n_rows
+    counters[fired] = 0
+    # 2. ... then the dead set is read
+    dead = counters >= cfg.dead_after_tokens
+    k_aux = min(cfg.aux_k, int(dead.sum()))
+    dead_acts = torch.where(dead, acts, torch.full_like(acts, -1.0))
+    top = dead_acts.topk(k_aux, dim=-1)
+    aux_mask = torch.zeros_like(acts).scatter(1, top.indices, 1.0) * (acts > 0)
+    aux_out = (acts * aux_mask) @ W_dec
+    residual = x - output.detach()
+    if cfg.loss == "bussmann":
+        aux = cfg.aux_penalty * (aux_out - residual).pow(2).mean()
+    else:
+        err = (aux_out - residual).pow(2).sum(-1).mean()
+        var = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+        aux = cfg.aux_penalty * err / var
+    aux.backward()
+    grads = {"W_enc": W_enc.grad, "W_dec": W_dec.grad, "b_dec": b_dec.grad}
+    if cfg.encoder_bias:
+        grads["b_enc"] = b_enc.grad
+    return aux, grads, counters, chosen
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("loss", ["bussmann", "official"])
+@pytest.mark.parametrize("case", ["dead_latent_fires", "latent_reaches_the_limit"])
+def test_aux_loss_reads_the_dead_set_after_this_batch(arch, loss, case):
+    """Bug 2 of issue 12: the dead set of the aux loss must include this batch's firings.
+
+    ``dead_latent_fires``: a latent dead before the batch fires in it, so the references leave
+    it out of AuxK. ``latent_reaches_the_limit``: a latent that does not fire reaches
+    ``dead_after_tokens`` with this batch, so the references put it in.
+    """
+    n_rows, limit = 24, 100
+    sae = build_sae(
+        make(arch, d_in=8, width=32, k=3, loss=loss, aux_k=32, dead_after_tokens=limit)
+    ).train()
+    randomize(sae)
+    torch.manual_seed(1)
+    x = torch.randn(n_rows, 8)
+    _, _, _, chosen = reference_aux_step(sae, x, torch.zeros(32, dtype=torch.long))
+    fires = sorted({i for _, i in chosen})
+    silent = [i for i in range(32) if i not in fires]
+    acts = sae.pre_activations(x).detach()
+    # a silent latent with positive pre-activations somewhere, so AuxK can use it
+    silent = [i for i in silent if acts[:, i].max() > 0]
+    assert len(fires) >= 2 and len(silent) >= 3
+    counters = torch.zeros(32, dtype=torch.long)
+    counters[silent[0]] = limit  # dead before and after in both orders: AuxK is on
+    if case == "dead_latent_fires":
+        counters[fires[0]] = limit + 7  # dead before the batch, fires in it
+    else:
+        counters[silent[1]] = limit - n_rows  # reaches the limit with this batch
+    want, grads, counters_after, _ = reference_aux_step(sae, x, counters)
+    assert want.item() > 0
+
+    sae.tokens_since_fired.copy_(counters)
+    out = sae(x)
+    assert sae.tokens_since_fired.tolist() == counters_after.tolist()
+    assert out.aux_loss.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(out.loss, out.recon_loss + out.aux_loss + out.sparsity_loss)
+    sae.zero_grad()
+    out.aux_loss.backward()
+    for name, grad in grads.items():
+        got = getattr(sae, name).grad
+        torch.testing.assert_close(got.double(), grad, atol=1e-6, rtol=1e-4, msg=name)

@@ -111,6 +111,7 @@ GROUP = {
     "transcoder": {"arch": "batchtopk", "k": 4, "target_hook_name": TGT},
 }  # fmt: skip
 GROUP_STEPS, LOG_EVERY = 300, 50
+DEAD_TOKENS = 1000  # more than the ~400 held-out tokens: the count is topped up from training
 
 
 def group_specs() -> dict[str, dict]:
@@ -135,7 +136,7 @@ def trained(cache, tmp_path_factory):
         sae.forward = spy
     cfg = TrainConfig(
         n_tokens=GROUP_STEPS * BATCH, batch_size=BATCH, lr=1e-2, log_every=LOG_EVERY,
-        checkpoint_every=100, seed=3,
+        checkpoint_every=100, seed=3, dead_tokens=DEAD_TOKENS,
     )  # fmt: skip
     out_dirs = {name: root / name for name in saes}
     results = train_saes(cache, saes, cfg, out_dirs, progress=False)
@@ -224,6 +225,86 @@ def test_outputs_are_complete_and_metrics_recompute_from_the_saved_sae(trained):
         torch.testing.assert_close(theirs(heldout), sae.reconstruct(heldout), atol=1e-5, rtol=1e-5)
     # Decoder rows are normalised after every step, so the saved ones are unit norm.
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["topk", "transcoder"])
+def test_dead_fraction_is_never_fired_on_dead_tokens_held_out_first(trained, name):
+    """``dead_fraction``: latents that fire (eval mode) on none of ``dead_tokens`` tokens, the
+    held-out ones first, then the training split's first ones in cache order; recomputed here
+    from the saved SAE and independent readers."""
+    metrics = json.loads((trained.out_dirs[name] / "metrics.json").read_text())
+    sae = load_sae(trained.out_dirs[name]).eval()
+    heldout = ActivationReader(trained.cache, SRC, BATCH, split="heldout").read_all()
+    train = ActivationReader(trained.cache, SRC, BATCH, split="train", shuffle=False).read_all()
+    n_heldout = heldout.shape[0]
+    assert n_heldout < DEAD_TOKENS
+    tokens = torch.cat([heldout, train[: DEAD_TOKENS - n_heldout]])
+    with torch.no_grad():
+        fired = sae.encode(tokens).codes.latents.unique()
+    want = 1 - fired.numel() / sae.cfg.width
+    assert metrics["dead_tokens"] == DEAD_TOKENS and metrics["dead_tokens_heldout"] == n_heldout
+    assert metrics["dead_fraction"] == pytest.approx(want)
+    assert metrics["heldout"]["dead_fraction"] == metrics["dead_fraction"]
+    assert f"none of {DEAD_TOKENS} tokens encoded in eval mode" in metrics["dead_definition"]
+    # The training-time dead set is reported under its own name, with its window.
+    assert 0 <= metrics["train_dead_fraction"] <= 1
+    assert f"last {10 * BATCH} training tokens" in metrics["train_dead_definition"]
+
+
+def test_dead_window_follows_a_short_run(cache, tmp_path):
+    """With ``dead_window_fraction`` the dead window shrinks to that fraction of a run shorter
+    than ``dead_after_tokens``, so AuxK engages; without it the run ends before any latent can
+    be dead and the aux loss stays 0."""
+    cfg = {"n_tokens": 40 * BATCH, "batch_size": BATCH, "lr": 1e-2, "log_every": 5,
+           "checkpoint_every": 0, "seed": 0}  # fmt: skip
+    assert TrainConfig(**cfg, dead_window_fraction=0.1).dead_window(81920) == 4 * BATCH
+    assert TrainConfig(**cfg, dead_window_fraction=0.1).dead_window(BATCH) == BATCH
+    assert TrainConfig(**cfg, dead_window_fraction=0.001).dead_window(81920) == BATCH
+    assert TrainConfig(**cfg).dead_window(81920) == 81920
+    with pytest.raises(TrainError, match=r"dead_window_fraction 1\.5"):
+        TrainConfig(**cfg, dead_window_fraction=1.5)
+    spec = {"s": {"arch": "batchtopk", "width": 256, "k": 2, "hook_name": SRC,
+                  "dead_after_tokens": 81920}}  # fmt: skip
+    aux = {}
+    for fraction in (None, 0.1):
+        saes = build_saes(spec, widths_of(cache))
+        out = tmp_path / str(fraction)
+        train_saes(cache, saes, TrainConfig(**cfg, dead_window_fraction=fraction),
+                   {"s": out / "s"}, progress=False)  # fmt: skip
+        config = json.loads((out / "s" / "config.json").read_text())
+        window = 81920 if fraction is None else 4 * BATCH
+        assert config["sae"]["dead_after_tokens"] == window
+        assert load_sae(out / "s").cfg.dead_after_tokens == window
+        log = [
+            json.loads(line) for line in (out / "s" / "train_log.jsonl").read_text().splitlines()
+        ]
+        aux[fraction] = [r["aux"] for r in log]
+    assert all(a == 0 for a in aux[None])
+    assert all(a > 0 for a in aux[0.1][1:]), aux[0.1]
+
+
+def test_k_annealing_schedule_and_effect(cache, tmp_path):
+    """k falls linearly from k_anneal_start x k to k over the first k_anneal_fraction of the
+    steps (capped at the width), then stays k; training-mode L0 follows it."""
+    cfg = TrainConfig(n_tokens=20 * BATCH, batch_size=BATCH, lr=1e-2, log_every=1,
+                      checkpoint_every=0, k_anneal_fraction=0.5, k_anneal_start=4)  # fmt: skip
+    assert [cfg.annealed_k(i, 2, 64) for i in range(12)] == [
+        8, 7, 7, 6, 6, 5, 4, 4, 3, 3, None, None,
+    ]  # fmt: skip
+    assert cfg.annealed_k(0, 32, 64) == 64  # capped at the width
+    assert TrainConfig(n_tokens=BATCH, batch_size=BATCH).annealed_k(0, 2, 64) is None
+    with pytest.raises(TrainError, match=r"k_anneal_start 0\.5"):
+        TrainConfig(n_tokens=BATCH, batch_size=BATCH, k_anneal_start=0.5)
+    saes = build_saes({"b": {"arch": "batchtopk", "width": 64, "k": 2, "hook_name": SRC}},
+                      widths_of(cache))  # fmt: skip
+    train_saes(cache, saes, cfg, {"b": tmp_path / "b"}, progress=False)
+    log = [
+        json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    ]
+    l0 = [round(r["l0"], 6) for r in log]
+    want = [cfg.annealed_k(i, 2, 64) or 2 for i in range(20)]
+    assert l0 == want
+    assert saes["b"].k_train is None
 
 
 def test_train_log_lines(trained):

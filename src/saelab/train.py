@@ -56,6 +56,18 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 #: Loss parts in the order they are accumulated and reported.
 LOSS_PARTS = ("loss", "recon", "aux", "sparsity", "fvu")
+#: What ``dead_fraction`` means in ``metrics.json`` (the definition of saelab.evaluate too:
+#: latents that never fired on the tokens evaluated), written beside it.
+DEAD_DEFINITION = (
+    "fraction of latents that fired on none of {dead_tokens} tokens encoded in eval mode, "
+    "special tokens excluded ({dead_tokens_heldout} held-out tokens, the rest the first "
+    "tokens of the training split)"
+)
+#: What ``train_dead_fraction`` (and ``dead`` in train_log.jsonl) means.
+TRAIN_DEAD_DEFINITION = (
+    "fraction of latents that did not fire (training mode) in the last {window} training "
+    "tokens: the AuxK dead set at the last step"
+)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -101,6 +113,20 @@ class TrainConfig:
     """Cache chunks shuffled together (memory: buffer_chunks x chunk rows x hook widths)."""
     eval_tokens: int | None = None
     """Cap on held-out tokens evaluated at the end (``None``: the whole held-out split)."""
+    dead_window_fraction: float | None = None
+    """The dead window follows the run: an SAE's ``dead_after_tokens`` is lowered to this
+    fraction of the run's tokens when that is shorter (at least one batch), so AuxK engages in
+    short runs too. ``None``: every SAE keeps its own ``dead_after_tokens``."""
+    k_anneal_fraction: float | None = None
+    """k-annealing: over this first fraction of the steps the training-mode k of TopK-style
+    SAEs falls linearly from ``k_anneal_start`` x k to k, so more latents fire (and learn)
+    early. ``None``: k from the first step."""
+    k_anneal_start: float = 4.0
+    """Start of the k-annealing, as a multiple of each SAE's k (capped at its width)."""
+    dead_tokens: int = 32768
+    """Tokens on which ``dead_fraction`` (never fired, eval mode) is measured after training:
+    the held-out split first, topped up from the training split when it is smaller, so a rare
+    latent is not counted dead for want of tokens."""
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -117,10 +143,45 @@ class TrainConfig:
             )
         if self.log_every < 1 or self.checkpoint_every < 0:
             raise TrainError("log_every must be >= 1 and checkpoint_every >= 0")
+        if self.dead_window_fraction is not None and not 0 < self.dead_window_fraction <= 1:
+            raise TrainError(
+                f"dead_window_fraction {self.dead_window_fraction} must be a fraction in (0, 1] "
+                f"of the run's tokens, or null to keep each SAE's dead_after_tokens"
+            )
+        if self.k_anneal_fraction is not None and not 0 < self.k_anneal_fraction <= 1:
+            raise TrainError(
+                f"k_anneal_fraction {self.k_anneal_fraction} must be a fraction in (0, 1] of "
+                f"the steps, or null for no k-annealing"
+            )
+        if self.k_anneal_start < 1:
+            raise TrainError(f"k_anneal_start {self.k_anneal_start} must be >= 1 (a multiple of k)")
+        if self.dead_tokens < 1:
+            raise TrainError(f"dead_tokens {self.dead_tokens} must be >= 1")
 
     @property
     def steps(self) -> int:
         return self.n_tokens // self.batch_size
+
+    def annealed_k(self, index: int, k: int, width: int) -> int | None:
+        """Training-mode k of the update with 0-based ``index`` for an SAE of this ``k`` and
+        ``width``: linear from ``k_anneal_start`` x k down to k over the annealing steps;
+        ``None`` (k itself) after them or without annealing."""
+        if self.k_anneal_fraction is None:
+            return None
+        n = max(1, int(self.k_anneal_fraction * self.steps))
+        if index >= n:
+            return None
+        start = min(width, self.k_anneal_start * k)
+        return max(k, min(width, round(start + (k - start) * index / n)))
+
+    def dead_window(self, dead_after_tokens: int) -> int:
+        """The dead window of an SAE configured with ``dead_after_tokens`` in this run: the
+        smaller of it and ``dead_window_fraction`` of the run's tokens (at least one batch)."""
+        if self.dead_window_fraction is None:
+            return dead_after_tokens
+        run_tokens = self.steps * self.batch_size
+        window = max(self.batch_size, int(self.dead_window_fraction * run_tokens))
+        return min(dead_after_tokens, window)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +193,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that change the trained weights (a checkpoint resumes only if equal)."""
         out = self.to_dict()
-        for name in ("checkpoint_every", "log_every", "eval_tokens"):
+        for name in ("checkpoint_every", "log_every", "eval_tokens", "dead_tokens"):
             out.pop(name)
         return out
 
@@ -578,7 +639,13 @@ def evaluate_heldout(
     ``fvu``: element-global, Σ SSE / Σ (y - mean of all elements)²; ``fvu_centered``: Σ SSE /
     Σ_d Σ_t (y_td - mean_d)² (per-dimension means, the dark-matter definition); ``mse`` per
     element; ``l0`` active latents per token; ``alive_fraction`` latents that fired at least
-    once. Reconstructions are the SAE's forward output (the training objective's map).
+    once on these held-out tokens. Reconstructions are the SAE's forward output (the training
+    objective's map).
+
+    ``dead_fraction`` (:data:`DEAD_DEFINITION`): latents that fired on none of ``dead_tokens``
+    tokens encoded in eval mode, special tokens excluded: the held-out tokens above, then, if
+    they are fewer than ``cfg.dead_tokens``, the first training-split tokens in cache order
+    (``dead_tokens_heldout`` of them held out).
     """
     hooks = hooks_of(saes)
     reader = ActivationReader(
@@ -628,6 +695,8 @@ def evaluate_heldout(
             sae.train(modes[name])
     if not stats:
         raise TrainError("the held-out split is empty: raise heldout_fraction or the cache size")
+    fired = {name: s["fired"] for name, s in stats.items()}
+    n_extra = _count_firing(cache_path, saes, cfg, fired, cfg.dead_tokens - n_tokens)
     results = {}
     for name, s in stats.items():
         n, d = s["n"], s["sum"].shape[0]
@@ -641,8 +710,49 @@ def evaluate_heldout(
             "mse": s["sse"] / (n * d),
             "l0": s["nnz"] / n,
             "alive_fraction": float(s["fired"].float().mean()),
+            "dead_fraction": float((~fired[name]).float().mean()),
+            "dead_tokens": n + n_extra,
+            "dead_tokens_heldout": n,
         }
     return results
+
+
+@torch.no_grad()
+def _count_firing(
+    cache_path: str | os.PathLike,
+    saes: dict[str, SAE],
+    cfg: TrainConfig,
+    fired: dict[str, torch.Tensor],
+    n_tokens: int,
+) -> int:
+    """Mark in ``fired`` the latents that fire (eval mode) on the first ``n_tokens`` tokens of
+    the training split, in cache order; returns the tokens read (0 when ``n_tokens`` <= 0)."""
+    if n_tokens <= 0:
+        return 0
+    sources = list(dict.fromkeys(sae_hooks(sae)[0] for sae in saes.values()))
+    reader = ActivationReader(
+        cache_path, sources, cfg.batch_size, split="train", shuffle=False, drop_last=False,
+        heldout_fraction=cfg.heldout_fraction, exclude_special=cfg.exclude_special,
+        buffer_chunks=cfg.buffer_chunks,
+    )  # fmt: skip
+    modes = {name: sae.training for name, sae in saes.items()}
+    seen = 0
+    try:
+        for sae in saes.values():
+            sae.eval()
+        for batch in reader.batches():
+            batch = batch if isinstance(batch, (tuple, list)) else (batch,)
+            acts = dict(zip(sources, batch, strict=True))
+            for name, sae in saes.items():
+                x = acts[sae_hooks(sae)[0]][: n_tokens - seen].to(sae.device, sae.W_enc.dtype)
+                fired[name][sae.encode(x).codes.latents] = True
+            seen += min(n_tokens - seen, next(iter(acts.values())).shape[0])
+            if seen >= n_tokens:
+                break
+    finally:
+        for name, sae in saes.items():
+            sae.train(modes[name])
+    return seen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,7 +788,12 @@ def _write_outputs(
     metrics = {
         "steps": steps,
         "tokens": steps * cfg.batch_size,
-        "dead_fraction": float(sae.dead_mask().float().mean()),
+        "dead_fraction": heldout["dead_fraction"],
+        "dead_definition": DEAD_DEFINITION.format(**heldout),
+        "dead_tokens": heldout["dead_tokens"],
+        "dead_tokens_heldout": heldout["dead_tokens_heldout"],
+        "train_dead_fraction": float(sae.dead_mask().float().mean()),
+        "train_dead_definition": TRAIN_DEAD_DEFINITION.format(window=sae.cfg.dead_after_tokens),
         "train": final_train,
         "heldout": heldout,
         "seconds": seconds,
@@ -762,6 +877,14 @@ def train_saes(
         sae.train()
         trainees.append(_Trainee(name, sae, cfg, out_dir, ckpt_dir))
 
+    for name, sae in saes.items():
+        window = cfg.dead_window(sae.cfg.dead_after_tokens)
+        if window != sae.cfg.dead_after_tokens:
+            log.info(
+                "%s: dead window %d tokens (%s of the run's %d; configured %d)", name, window,
+                cfg.dead_window_fraction, cfg.steps * cfg.batch_size, sae.cfg.dead_after_tokens,
+            )  # fmt: skip
+            sae.cfg.dead_after_tokens = window
     ckpt_dirs = [t.ckpt_dir.resolve() for t in trainees]
     if len(set(ckpt_dirs)) != len(ckpt_dirs):
         raise TrainError(f"two SAEs share a checkpoint directory: {sorted(map(str, ckpt_dirs))}")
@@ -796,6 +919,8 @@ def train_saes(
                     _init_b_dec(trainee, acts)
         factor = lr_factor(step - 1, total, cfg.warmup_steps, cfg.decay_start)
         for trainee in trainees:
+            sae_cfg = trainee.sae.cfg
+            trainee.sae.k_train = cfg.annealed_k(step - 1, sae_cfg.k, sae_cfg.width)
             dtype = trainee.sae.W_enc.dtype
             trainee.step(
                 acts[trainee.source].to(dtype), acts[trainee.target].to(dtype), factor, step
@@ -829,6 +954,8 @@ def train_saes(
             if on_checkpoint is not None:
                 on_checkpoint(step)
     bar.close()
+    for trainee in trainees:
+        trainee.sae.k_train = None
     seconds = time.perf_counter() - t0
     trained_tokens = (total - start) * cfg.batch_size
     tokens_per_s = trained_tokens / max(seconds, 1e-9)

@@ -25,6 +25,8 @@ from saelab.config import dataclass_from_dict
 
 #: Matryoshka / reconstruction loss variants found in the originals (see docs/methods.md).
 LOSS_VARIANTS = ("bussmann", "official", "saelens")
+#: Encoder initialisations (see SAEConfig.encoder_init).
+ENCODER_INITS = ("kaiming", "decoder_transpose")
 
 
 @dataclass
@@ -72,6 +74,12 @@ class SAEConfig:
     """Step from which the threshold is updated (dictionary_learning: 1000)."""
     b_dec_init: str = "zeros"
     """``zeros`` (Bart) or ``geometric_median`` of the first batch (dictionary_learning)."""
+    encoder_init: str = "kaiming"
+    """``kaiming`` (Bart): W_enc kaiming-uniform, W_dec its transpose with rows scaled to unit
+    norm (so the encoder's columns stay ~1/sqrt(3 width) small); ``decoder_transpose``
+    (dictionary_learning, SAE-Lens): unit-norm decoder rows and W_enc = W_dec^T exactly. A
+    transcoder's decoder is drawn on its own either way (its own space); with
+    ``decoder_transpose`` its encoder is W_dec^T when d_in = d_out, else unit-norm columns."""
     seed: int = 0
     dtype: str = "float32"
     model_name: str = ""
@@ -87,6 +95,10 @@ class SAEConfig:
         if self.b_dec_init not in ("zeros", "geometric_median"):
             raise ValueError(
                 f"b_dec_init {self.b_dec_init!r} is not allowed; use zeros or geometric_median"
+            )
+        if self.encoder_init not in ENCODER_INITS:
+            raise ValueError(
+                f"encoder_init {self.encoder_init!r} is not allowed; use one of {ENCODER_INITS}"
             )
         if self.d_out is None:
             self.d_out = self.d_in
@@ -334,12 +346,26 @@ class SAE(nn.Module):
             # and every decoder-row gather would then stride through memory
             W_dec = W_enc.T.contiguous()
         W_dec = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        if cfg.encoder_init == "decoder_transpose":
+            if d_in == d_out:
+                W_enc = W_dec.T.clone()
+            else:
+                W_enc = W_enc / W_enc.norm(dim=0, keepdim=True).clamp_min(1e-8)
         self.W_enc = nn.Parameter(W_enc)
         self.W_dec = nn.Parameter(W_dec)
         self.b_enc = nn.Parameter(torch.zeros(width), requires_grad=cfg.encoder_bias)
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         # Tokens since each latent last fired: the dead counter of the aux loss.
         self.register_buffer("tokens_since_fired", torch.zeros(width, dtype=torch.long))
+        #: k of training-mode selection while the trainer anneals it (None: cfg.k).
+        self.k_train: int | None = None
+
+    @property
+    def active_k(self) -> int:
+        """k of this selection: the annealed ``k_train`` in training mode, else ``cfg.k``."""
+        if self.training and self.k_train is not None:
+            return self.k_train
+        return self.cfg.k
 
     # ------------------------------------------------------------------ encode / decode
     def _normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -437,14 +463,17 @@ class SAE(nn.Module):
         recon, prefix_outputs = self.reconstruction_loss(codes, target_n)
         output = prefix_outputs[-1] if prefix_outputs else self.decode(codes)
         if self.training:
+            # The references' order (dictionary_learning's MatryoshkaBatchTopKTrainer.loss,
+            # bartbussmann's sae.py): count this batch's firings first, then pick the dead set,
+            # so a dead latent that fires now is out of the aux loss and one that reaches the
+            # limit now is in it.
+            self._update_dead_counter(codes)
             aux = self.aux_loss(acts, target_n - output.detach(), attach)
         else:
             aux = recon * 0
         sparsity = self.cfg.l1_coeff * codes.values.abs().sum() / codes.n_rows
         with torch.no_grad():
             fvu = (target_n - output).pow(2).mean() / target_n.var().clamp_min(1e-8)
-            if self.training:
-                self._update_dead_counter(codes)
         if t_mean is not None:
             output = output * t_std + t_mean
         return ForwardOutput(
@@ -468,6 +497,7 @@ class SAE(nn.Module):
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.cfg.dead_after_tokens
 
+    @torch.no_grad()
     def _update_dead_counter(self, codes: SparseCodes) -> None:
         fired = torch.zeros(self.cfg.width, dtype=torch.bool, device=codes.latents.device)
         fired[codes.latents] = True

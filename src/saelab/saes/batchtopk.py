@@ -93,7 +93,7 @@ class BatchTopKSAE(SAE):
     def select(self, acts: Tensor) -> SparseCodes:
         if not self.training:
             return threshold_codes(acts, self.threshold.clamp_min(0))
-        codes = batch_topk(acts, self.cfg.k)
+        codes = batch_topk(acts, self.active_k)
         self._update_threshold(codes)
         return codes
 

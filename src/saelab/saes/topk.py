@@ -22,4 +22,4 @@ class TopKSAE(SAE):
     arch = "topk"
 
     def select(self, acts: Tensor) -> SparseCodes:
-        return topk_per_row(acts, self.cfg.k)
+        return topk_per_row(acts, self.active_k)
