@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install browser run test lint bench bench-cache bench-train bench-cooccurrence clean-venv
+.PHONY: install browser slurm run test lint bench bench-cache bench-train bench-cooccurrence clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -25,7 +25,11 @@ run: install
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: install browser
+# The SLURM test submits the micro DAG to a one-node SLURM cluster on this machine (Debian's).
+slurm:
+	@workflow/profiles/slurm/local-cluster.sh install
+
+test: install browser slurm
 	$(PY) -m pytest -q
 
 lint: install
