@@ -25,7 +25,7 @@ from saelab.config import REPO_ROOT
 PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm"
 SCRIPT = PROFILE / "local-cluster.sh"
 OVERLAY = REPO_ROOT / "tests" / "config" / "slurm_overlay.yaml"
-TARGET = "data/analysis/evaluation/tiny/blocks.1.hook_resid_pre/batchtopk.json"
+TARGET = "results/tiny/blocks.1.hook_resid_pre/batchtopk"
 CONFIGS = ("--configfile", str(MICRO), str(OVERLAY))
 # A local filesystem: outputs are there at once, and SLURM answers in milliseconds.
 FAST = ("--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "2")
@@ -175,14 +175,15 @@ def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
         assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
         assert {job["partition"] for job in jobs} == {"cpu"}
         assert {job["account"] for job in jobs} == {"saelab"}
-        threads = {"cache_activations": "4", "train_tiny_lm": "4", "train_saes_resid": "2"}
+        threads = {"cache_activations": "4", "train_tiny_lm": "4", "train_saes_resid": "2",
+                   "build_corpus": "1"}  # fmt: skip
         rules = {job["comment"].removeprefix("rule_").split("_wildcards_")[0]: job for job in jobs}
         assert rules.keys() == set(jobs_by_rule(planned)), rules.keys()
         for rule, cpus in threads.items():
             assert rules[rule]["cpus"] == cpus, rules[rule]
         # SLURM's own logs and every rule's log and benchmark are where the README says.
         assert list((remote / ".snakemake" / "slurm_logs").rglob("*.log"))
-        for rule in ("build_corpus", "train_tiny_lm", "cache_activations", "evaluate_sae"):
+        for rule in ("build_corpus", "train_tiny_lm", "cache_activations", "train_saes"):
             assert list((remote / "logs" / rule).rglob("*.log")), rule
             assert list((remote / "logs" / "benchmarks" / rule).rglob("*.tsv")), rule
 

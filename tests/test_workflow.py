@@ -53,8 +53,8 @@ def test_cooccurrence_benchmark_overlay_trains_its_16k_saes_in_one_job(tmp_path)
 class PlannedJob:
     """A job of a dry-run printout, as the SLURM plugin's functions read a job."""
 
-    def __init__(self, rule: str, threads: int, resources: dict):
-        self.name, self.threads = rule, threads
+    def __init__(self, rule: str, threads: int, resources: dict, wildcards: str = ""):
+        self.name, self.threads, self.wildcards = rule, threads, wildcards
         self.resources = type("Resources", (dict,), {"__getattr__": dict.__getitem__})(resources)
 
 
@@ -66,9 +66,11 @@ def planned_jobs(dry_run_output: str) -> list[PlannedJob]:
         if not (rule and resources):
             continue
         threads = re.search(r"threads: (\d+)", block)
+        wildcards = re.search(r"wildcards: (.*)", block)
         values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
         values = {k: int(v) if v.isdigit() else v for k, v in values.items()}
-        jobs.append(PlannedJob(rule.group(1), int(threads.group(1)) if threads else 1, values))
+        jobs.append(PlannedJob(rule.group(1), int(threads.group(1)) if threads else 1, values,
+                               wildcards.group(1) if wildcards else ""))  # fmt: skip
     return jobs
 
 
@@ -113,6 +115,23 @@ def test_slurm_profile_asks_gpu_rules_for_a_gpu(tmp_path):
     # The one-line no-GPU setting: every job on the CPU partition, none asks for a GPU.
     for job, (partition, gres, cpus) in placement("--config", "device=cpu").items():
         assert (partition, gres, cpus) == ("cpu", "", f"--cpus-per-task={job.threads}"), job.name
+
+
+def test_set_resources_changes_one_rule_and_keeps_the_profile(tmp_path):
+    profile = REPO_ROOT / "workflow" / "profiles" / "slurm"
+    base = ("-n", "--profile", str(profile), "--configfile", str(MICRO))
+    before = {(job.name, job.wildcards): job.resources
+              for job in planned_jobs(snakemake(tmp_path, *base).stdout)}  # fmt: skip
+    after = planned_jobs(
+        snakemake(tmp_path, *base, "--set-resources", "train_tiny_lm:runtime=600").stdout
+    )
+    assert len(after) == len(before)
+    for job in after:
+        expected = {**before[job.name, job.wildcards]}
+        if job.name == "train_tiny_lm":
+            expected["runtime"] = 600
+        assert job.resources == expected, job.name
+        assert job.resources["slurm_account"] == "saelab", job.name
 
 
 def test_default_profile_applies_to_local_runs(tmp_path):

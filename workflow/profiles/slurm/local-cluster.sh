@@ -13,8 +13,10 @@
 #   workflow/profiles/slurm/local-cluster.sh env      prints the line that points SLURM's commands here
 #
 # Everything (configs, logs, spool, pid files, database) lives in $SAELAB_SLURM_DIR
-# (default /tmp/saelab-slurm); nothing under /etc is changed. SLURM's commands find the cluster
-# through SLURM_CONF: eval "$(workflow/profiles/slurm/local-cluster.sh env)".
+# (default /tmp/saelab-slurm). /etc/slurm/slurm.conf (and slurmdbd.conf) become links to its
+# configuration while the cluster runs, because the plugin's job step drops SLURM_CONF before
+# srun; an /etc/slurm/slurm.conf that is not such a link is left alone (the start fails).
+# munged listens on its default socket (SLURM's commands look there), or an answering one is used.
 # The node pretends to have SAELAB_SLURM_CPUS CPUs (default: at least 4, so that 4-thread rules fit)
 # and SAELAB_SLURM_MEM_MB memory (default: at least 64000, so that the profile's requests fit).
 # Account for jobs: saelab (the profile's default slurm_account). Ports: SAELAB_SLURM_PORT (6817,
@@ -28,6 +30,7 @@ NODE=$(hostname -s)
 ACCOUNT=saelab
 CLUSTER=saelab
 MUNGE_SOCKET=/run/munge/munge.socket.2
+MARKER="# One-node SLURM cluster written by workflow/profiles/slurm/local-cluster.sh"
 
 die() { echo "local-cluster.sh: $*" >&2; exit 1; }
 log() { echo "local-cluster.sh: $*" >&2; }
@@ -77,6 +80,30 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
     die "$what did not come up within ${seconds}s; see $DIR/log/"
 }
 
+link_config() { # /etc/slurm/$1 -> $DIR/etc/$1, unless a configuration not ours is there
+    local file=$1 target other
+    mkdir -p /etc/slurm
+    if [[ -L /etc/slurm/$file && -e /etc/slurm/$file ]]; then
+        target=$(readlink "/etc/slurm/$file")
+        other=$(dirname "$(dirname "$target")")
+        [[ $(head -1 "$other/etc/slurm.conf" 2>/dev/null) == "$MARKER"* ]] ||
+            die "/etc/slurm/$file links to $target, not written by this script; not touching it"
+        [[ $other != "$DIR" && -f $other/run/slurmctld.pid && -d /proc/$(cat "$other/run/slurmctld.pid") ]] &&
+            die "a local cluster from $other is running; stop it first (SAELAB_SLURM_DIR=$other $0 stop)"
+    elif [[ -e /etc/slurm/$file && ! -L /etc/slurm/$file ]]; then
+        die "/etc/slurm/$file exists: a SLURM cluster is configured on this machine already; not touching it"
+    fi
+    ln -sfn "$DIR/etc/$file" "/etc/slurm/$file"
+}
+
+unlink_config() { # remove our links only
+    local file
+    for file in slurm.conf slurmdbd.conf; do
+        [[ -L /etc/slurm/$file && $(readlink "/etc/slurm/$file") == "$DIR/etc/$file" ]] && rm -f "/etc/slurm/$file"
+    done
+    return 0
+}
+
 write_config() {
     local accounting=$1 cpus mem
     cpus=$(nproc)
@@ -95,7 +122,7 @@ AccountingStoragePort=$((PORT + 2))
 AccountingStorageEnforce=associations,limits"
     fi
     cat >"$SLURM_CONF" <<EOF
-# One-node SLURM cluster written by workflow/profiles/slurm/local-cluster.sh
+$MARKER
 ClusterName=$CLUSTER
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmctldPort=$PORT
@@ -145,7 +172,9 @@ LogFile=$DIR/log/slurmdbd.log
 PidFile=$DIR/run/slurmdbd.daemon.pid
 EOF
         chmod 600 "$DIR/etc/slurmdbd.conf"
+        link_config slurmdbd.conf
     fi
+    link_config slurm.conf
 }
 
 start_database() {
@@ -220,6 +249,7 @@ cmd_stop() {
         fi
         rm -f "$DIR/run/$name.pid"
     done
+    unlink_config
 }
 
 case ${1:-} in
