@@ -119,7 +119,8 @@ write_config() {
         storage="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$((PORT + 2))
-AccountingStorageEnforce=associations,limits"
+AccountingStorageEnforce=associations,limits
+AccountingStoreFlags=job_comment"
     fi
     cat >"$SLURM_CONF" <<EOF
 $MARKER
