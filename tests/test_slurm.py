@@ -163,6 +163,9 @@ def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
     local, remote = tmp_path / "local", tmp_path / "slurm"
     # Threads as under SLURM (each job gets its rule's threads), so torch sums in the same order.
     snakemake(local, "--cores", "4", *CONFIGS, "--", TARGET)
+    # The finished local run needs nothing under the profile (device=cuda there: GPU jobs).
+    switched = snakemake(local, "-n", "--profile", str(PROFILE), *CONFIGS, "--", TARGET)
+    assert "Nothing to be done" in switched.stdout + switched.stderr, switched.stdout[-3000:]
     with local_cluster(tmp_path / "cluster") as env:
         # A wrong partition or account stops the run before any sbatch, naming the setting.
         for name, old, new, file, expected in (
