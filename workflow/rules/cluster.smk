@@ -14,6 +14,18 @@ def check_slurm_profile():
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":
         return
+    try:
+        check_slurm_settings(
+            *profile_partitions_and_accounts(),
+            known_partitions=cluster_partitions(),
+            known_accounts=user_accounts(),
+        )
+    except ClusterSettingsError as err:
+        raise WorkflowError(str(err)) from None
+
+
+def profile_partitions_and_accounts():
+    """Partitions and accounts the run would submit to, each with where it is set."""
     partitions, accounts = {}, {}
     partition_file = getattr(workflow.executor_settings, "partition_config", None)
     if partition_file:
@@ -32,15 +44,7 @@ def check_slurm_profile():
                     str(value),
                     f"{PROFILE} (default-resources, or --set-resources {key})",
                 )
-    try:
-        check_slurm_settings(
-            partitions,
-            accounts,
-            known_partitions=cluster_partitions(),
-            known_accounts=user_accounts() if accounts else None,
-        )
-    except ClusterSettingsError as err:
-        raise WorkflowError(str(err)) from None
+    return partitions, accounts
 
 
 onstart:
