@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install browser fonts run test lint bench bench-cache bench-train bench-cooccurrence clean-venv
+.PHONY: install browser fonts slurm run test lint bench bench-cache bench-train bench-cooccurrence clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -31,7 +31,11 @@ FONTS := fonts-noto-core fonts-droid-fallback fonts-wqy-microhei
 fonts:
 	@dpkg -s $(FONTS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FONTS); }
 
-test: install browser fonts
+# The SLURM test submits the micro DAG to a one-node SLURM cluster on this machine (Debian's).
+slurm:
+	@workflow/profiles/slurm/local-cluster.sh install
+
+test: install browser fonts slurm
 	$(PY) -m pytest -q
 
 lint: install

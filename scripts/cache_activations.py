@@ -3,7 +3,7 @@
 from saelab.cache import activation_source, build_cache
 from saelab.config import CacheConfig, TinyConfig
 from saelab.data import load_tokens
-from saelab.models import default_device, resolve_model
+from saelab.models import configured_device, resolve_model
 from saelab.runtime import logged, set_torch_threads
 
 with logged(snakemake.log[0]) as log:
@@ -13,7 +13,7 @@ with logged(snakemake.log[0]) as log:
     info = resolve_model(
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
     )
-    device = default_device(spec["device"])
+    device = configured_device(snakemake.config)
     corpus, corpus_attrs = load_tokens(snakemake.input.tokens)
     tokens, special = corpus.tokens, corpus.special_mask
     if cache.n_tokens is not None:

@@ -6,7 +6,7 @@ pass per batch, zero- and mean-ablation passes per spliced hook, one spliced pas
 
 from saelab.config import TinyConfig
 from saelab.evaluate import ce_recovered, heldout_contexts, write_metrics
-from saelab.models import default_device, load_model, resolve_model
+from saelab.models import configured_device, load_model, resolve_model
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
 
@@ -14,7 +14,7 @@ with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = dict(snakemake.params.eval)  # defaults filled by config/schema.yaml
     spec = snakemake.params.model
-    device = default_device(spec["device"])
+    device = configured_device(snakemake.config)
     names = list(snakemake.params.saes)
     results = {}
     if opts["ce_contexts"] > 0:

@@ -12,14 +12,14 @@ import numpy as np
 from saelab.darkmatter.info import WindowConfig, compute_sae_info, load_sae_info
 from saelab.darkmatter.norms import baseline_r2, losses_for_rows
 from saelab.darkmatter.regression import shuffled_split
-from saelab.models import default_device
+from saelab.models import configured_device
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = snakemake.params.baselines
-    device = default_device(opts["device"])
+    device = configured_device(snakemake.config)
     window = WindowConfig(**opts["window"])
     losses = {}
     for key in snakemake.input.keys():

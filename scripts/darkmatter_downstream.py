@@ -10,14 +10,14 @@ from saelab.config import TinyConfig
 from saelab.darkmatter.downstream import downstream_record
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.regression import load_regression
-from saelab.models import default_device, load_model, resolve_model
+from saelab.models import configured_device, load_model, resolve_model
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = snakemake.params.downstream
     spec = opts["model"]
-    device = default_device(spec["device"])
+    device = configured_device(snakemake.config)
     info = resolve_model(
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
     )

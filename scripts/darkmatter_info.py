@@ -1,13 +1,13 @@
 """Rule sae_info: one SAE's x, x̂, error, norms, L0 and active latents over the analysis window."""
 
 from saelab.darkmatter.info import WindowConfig, compute_sae_info, write_sae_info
-from saelab.models import default_device
+from saelab.models import configured_device
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
-    device = default_device(snakemake.params.device)
+    device = configured_device(snakemake.config)
     window = WindowConfig(**snakemake.params.window)
     sae = load_sae(snakemake.input.sae, device=device)
     name = snakemake.wildcards.sae

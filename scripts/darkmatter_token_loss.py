@@ -6,14 +6,14 @@ import torch
 from saelab.cache import ActivationReader, cache_manifest
 from saelab.config import TinyConfig
 from saelab.darkmatter.norms import token_losses
-from saelab.models import default_device, load_model, resolve_model
+from saelab.models import configured_device, load_model, resolve_model
 from saelab.runtime import logged, savez_atomic, set_torch_threads
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = snakemake.params.loss
     spec = opts["model"]
-    device = default_device(spec["device"])
+    device = configured_device(snakemake.config)
     cache = snakemake.input.cache
     hook = cache_manifest(cache)["hooks"][0]
     # The same split and context order as sae_info's window.

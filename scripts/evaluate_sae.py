@@ -13,7 +13,7 @@ from saelab.evaluate import (
     heldout_reader,
     write_metrics,
 )
-from saelab.models import default_device, load_tokenizer
+from saelab.models import configured_device, load_tokenizer
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
 
@@ -22,7 +22,7 @@ with logged(snakemake.log[0]) as log:
     opts = dict(snakemake.params.eval)  # defaults filled by config/schema.yaml
     cache = snakemake.input.cache
     name = getattr(snakemake.wildcards, "sae", None) or Path(snakemake.input.sae).name
-    sae = load_sae(snakemake.input.sae, device=default_device(snakemake.params.model["device"]))
+    sae = load_sae(snakemake.input.sae, device=configured_device(snakemake.config))
     cfg = sae.cfg
     metrics = {
         "sae": name,

@@ -5,7 +5,7 @@ import shutil
 from saelab.config import TinyConfig
 from saelab.data import load_tokens
 from saelab.models import (
-    default_device,
+    configured_device,
     load_tokenizer,
     resolve_model,
     train_tiny_lm,
@@ -26,7 +26,7 @@ with logged(snakemake.log[0]) as log:
             tmp / "tiny",
             vocab_size=len(tokenizer),
             special_mask=tokenizer.all_special_ids,
-            device=default_device(spec["device"]),
+            device=configured_device(snakemake.config),
         )
         shutil.copytree(snakemake.input.tokenizer, tmp / "tokenizer")
         write_manifest(resolve_model("tiny", tiny=tiny), tmp)

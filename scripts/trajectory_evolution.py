@@ -1,7 +1,7 @@
 """Rule trajectory_evolution: the evolution data of every prompt (saelab.trajectories.evolution)."""
 
 from saelab.config import TinyConfig
-from saelab.models import default_device, load_model, resolve_model
+from saelab.models import configured_device, load_model, resolve_model
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_pretrained, load_sae
 from saelab.trajectories import compute_evolution
@@ -10,7 +10,7 @@ with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = snakemake.params.traj
     spec = snakemake.params.model
-    device = default_device(spec["device"])
+    device = configured_device(snakemake.config)
     layers = [int(layer) for layer in opts["layers"]]
     if opts["pretrained"] is not None:
         release, template = opts["pretrained"]["release"], opts["pretrained"]["sae_id"]

@@ -23,6 +23,7 @@ from saelab.config import TinyConfig
 from saelab.models import (
     MANIFEST_NAME,
     ModelError,
+    configured_device,
     default_device,
     evaluate_loss,
     load_hf_model,
@@ -131,6 +132,15 @@ def test_default_device():
     with pytest.raises(ModelError) as excinfo:
         default_device("gpu")
     assert "'auto'" in str(excinfo.value) and "'cpu'" in str(excinfo.value)
+
+
+def test_configured_device_reads_the_run_config():
+    """Scripts take the device from the config when they run (it is not a rule param)."""
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert configured_device({"device": "cpu", "model": "tiny"}) == "cpu"
+    assert configured_device({}) == expected  # the schema's default, auto
+    with pytest.raises(ModelError, match="unknown device 'tpu'"):
+        configured_device({"device": "tpu"})
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,16 +52,98 @@ def test_cooccurrence_benchmark_overlay_trains_its_16k_saes_in_one_job(tmp_path)
     assert "rule train_saes_resid_pre:" not in result.stdout  # only what the benchmark needs
 
 
+class PlannedJob:
+    """A job of a dry-run printout, as the SLURM plugin's functions read a job."""
+
+    def __init__(self, rule: str, threads: int, resources: dict, wildcards: str = ""):
+        self.name, self.threads, self.wildcards = rule, threads, wildcards
+        self.resources = type("Resources", (dict,), {"__getattr__": dict.__getitem__})(resources)
+
+
+def planned_jobs(dry_run_output: str) -> list[PlannedJob]:
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        resources = re.search(r"resources: (.*)", block)
+        if not (rule and resources):
+            continue
+        threads = re.search(r"threads: (\d+)", block)
+        wildcards = re.search(r"wildcards: (.*)", block)
+        values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+        values = {k: int(v) if v.isdigit() else v for k, v in values.items()}
+        jobs.append(PlannedJob(rule.group(1), int(threads.group(1)) if threads else 1, values,
+                               wildcards.group(1) if wildcards else ""))  # fmt: skip
+    return jobs
+
+
 def test_slurm_profile_asks_gpu_rules_for_a_gpu(tmp_path):
+    """GPU jobs go to the GPU partition with one GPU and the profile's CPUs per GPU; every other
+    job to the CPU partition with cpus_per_task = its threads; device=cpu sends all to CPU. The
+    partition, GPU and CPU arguments are the SLURM plugin's own, from the dry-run's jobs."""
+    import logging
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting
+
     profile = REPO_ROOT / "workflow" / "profiles" / "slurm"
-    result = snakemake(tmp_path, "-n", "--profile", str(profile))
-    jobs = jobs_by_rule(result.stdout)
-    assert "gpu=1" in jobs["cache_activations"]
-    assert "slurm_partition=gpu" in jobs["cache_activations"]
-    for cpu_rule in ("build_corpus", "tokenize_corpus", "prepare_model"):
-        assert "gpu=1" not in jobs[cpu_rule], cpu_rule
-    tiny = snakemake(tmp_path, "-n", "--profile", str(profile), "--configfile", str(MICRO))
-    assert "gpu=1" in jobs_by_rule(tiny.stdout)["train_tiny_lm"]
+    partitions = read_partition_file(profile / "partitions.yaml")
+    logger = logging.getLogger("slurm-plugin")
+
+    def placement(*args):
+        result = snakemake(tmp_path, "-n", "--profile", str(profile), "--configfile", str(MICRO),
+                           *args)  # fmt: skip
+        jobs = planned_jobs(result.stdout)
+        assert len(jobs) > 50, result.stdout[-2000:]
+        return {
+            job: (get_best_partition(partitions, job, logger), set_gres_string(job).strip(),
+                  get_cpu_setting(job, bool(job.resources.get("gpu"))))
+            for job in jobs
+        }  # fmt: skip
+
+    gpu_rules = set()
+    for job, (partition, gres, cpus) in placement().items():
+        if job.resources.get("gpu"):
+            gpu_rules.add(job.name)
+            assert (partition, gres, cpus) == ("gpu", "--gpus=1", "--cpus-per-gpu=4"), job.name
+        else:
+            assert (partition, gres) == ("cpu", ""), job.name
+            assert cpus == f"--cpus-per-task={job.threads}", job.name
+    for rule in ("train_tiny_lm", "cache_activations", "train_saes_resid", "evaluate_sae",
+                 "ce_recovered", "darkmatter_downstream_ce", "trajectory_evolution"):  # fmt: skip
+        assert rule in gpu_rules, rule
+    for rule in ("build_corpus", "tokenize_corpus", "cooccurrence", "plot_training_curves"):
+        assert rule not in gpu_rules, rule
+    # The one-line no-GPU setting: every job on the CPU partition, none asks for a GPU.
+    for job, (partition, gres, cpus) in placement("--config", "device=cpu").items():
+        assert (partition, gres, cpus) == ("cpu", "", f"--cpus-per-task={job.threads}"), job.name
+
+
+def test_set_resources_changes_one_rule_and_keeps_the_profile(tmp_path):
+    profile = REPO_ROOT / "workflow" / "profiles" / "slurm"
+    base = ("-n", "--profile", str(profile), "--configfile", str(MICRO))
+    before = {(job.name, job.wildcards): job.resources
+              for job in planned_jobs(snakemake(tmp_path, *base).stdout)}  # fmt: skip
+    after = planned_jobs(
+        snakemake(tmp_path, *base, "--set-resources", "train_tiny_lm:runtime=600").stdout
+    )
+    assert len(after) == len(before)
+    for job in after:
+        expected = {**before[job.name, job.wildcards]}
+        if job.name == "train_tiny_lm":
+            expected["runtime"] = 600
+        assert job.resources == expected, job.name
+        assert job.resources["slurm_account"] == "saelab", job.name
+
+
+def test_default_profile_applies_to_local_runs(tmp_path):
+    """profiles/default/ beside the Snakefile is in force without --profile: its printshellcmds
+    prints each job's command in a dry-run; --workflow-profile none turns it off."""
+    with_default = snakemake(tmp_path, "-n", "--configfile", str(MICRO))
+    assert "workflow specific profile" in with_default.stderr
+    assert "Shell command:" in with_default.stdout
+    without = snakemake(tmp_path, "-n", "--configfile", str(MICRO), "--workflow-profile", "none")
+    assert "Shell command:" not in without.stdout
 
 
 @pytest.mark.parametrize(
@@ -138,6 +220,12 @@ def test_micro_dag_end_to_end(micro_run):
     # Nothing left to do, and asking for the cache again rebuilds nothing.
     again = snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Switching the finished run to the SLURM profile (device=cuda, GPU partitions) plans nothing:
+    # where a job runs is not part of what its outputs depend on.
+    slurm = snakemake(tmp_path, "-n", "--profile", str(REPO_ROOT / "workflow/profiles/slurm"),
+                      "--configfile", str(MICRO))  # fmt: skip
+    assert "Nothing to be done" in slurm.stdout + slurm.stderr, slurm.stdout[-3000:]
 
 
 @pytest.mark.slow

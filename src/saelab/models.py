@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -261,6 +261,14 @@ def default_device(requested: str = "auto") -> str:
             raise ModelError("device 'mps' requested but MPS is not available here")
         return "mps"
     raise ModelError(f"unknown device {requested!r}; allowed: {_DEVICE_CHOICES}")
+
+
+def configured_device(config: Mapping) -> str:
+    """The torch device of a job, read from the run's config when the job runs (``device``).
+
+    The device is never a rule param: where a job runs does not change what it computes, so
+    switching a finished run between local and cluster execution plans no job again."""
+    return default_device(config.get("device", "auto"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,17 +64,18 @@ def model_params(wildcards):
     return {
         "name": CFG.model,
         "model_path": CFG.model_path,
-        "device": CFG.device,
         "tiny": vars(CFG.tiny),
     }
 
 
 # ------------------------------------------------------------------ resources
 def gpu_request(wildcards):
-    """One GPU for rules that run a model or train, when the config asks for CUDA.
+    """One GPU for the kinds of rules that run a model or train, when the config's device is cuda.
 
-    Profiles may also set it (the SLURM profile does, per rule). Snakemake does not set
-    CUDA_VISIBLE_DEVICES: scripts pick their device from the config.
+    It is the only place that decides whether a job needs a GPU: rules of those kinds declare
+    ``gpu=gpu_request``, and the SLURM profile maps ``gpu`` to the GPU partition. The device is
+    not a param (scripts read it from the config at run time), so switching executors reruns
+    nothing.
     """
     return 1 if CFG.device == "cuda" else 0
 

@@ -150,7 +150,6 @@ def darkmatter_baselines_params(wildcards):
         "points": [vars(point) for point in points],
         "caches": {point.name: CFG.saes[point.name].cache for point in points},
         "window": darkmatter_window_params(wildcards),
-        "device": CFG.device,
         "seed": DM["seed"],
         "train_fraction": DM["train_fraction"],
     }

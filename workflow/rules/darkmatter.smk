@@ -25,7 +25,6 @@ rule sae_info:
         gpu=gpu_request,
     params:
         window=darkmatter_window_params,
-        device=CFG.device,
     script:
         "../../scripts/darkmatter_info.py"
 
