@@ -65,6 +65,7 @@ def model_params(wildcards):
         "name": CFG.model,
         "model_path": CFG.model_path,
         "device": CFG.device,
+        "precision": CFG.precision,
         "tiny": vars(CFG.tiny),
     }
 
@@ -122,7 +123,7 @@ def group_train_params(runs):
     train = CFG.train_settings(runs[0])
     return {
         "saes": {run.name: run.sae_config_kwargs(MODEL_ID) for run in runs},
-        "train": train,
+        "train": {**train, "precision": CFG.precision},
     }
 
 
