@@ -377,3 +377,54 @@ def test_bf16_ce_and_token_loss_agree_with_fp32(tiny_model):
     c16 = ce_recovered(bf16, tokens, {"s": sae}, batch_size=2)["s"]
     for field in ("ce_clean", "ce_sae", "ce_zero_ablation", "ce_mean_ablation"):
         assert abs(getattr(c16, field) - getattr(c32, field)) < 0.02 * getattr(c32, field), field
+
+
+def test_prefix_errors_without_prefixes_equal_the_naive_formula():
+    """Training's Matryoshka loss (prefixes not materialised, only the full reconstruction):
+    SSEs, output and gradients equal autograd of the plain cumulative-sum formula."""
+    from saelab.saes.matryoshka import _PrefixErrors
+
+    g = torch.Generator().manual_seed(0)
+    contributions = torch.randn(5, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    target = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b_dec = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    weights = torch.randn(4, dtype=torch.float64, generator=g)
+    probe = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    inputs = (contributions, target, b_dec)
+    for use_full in (False, True):
+        sse, full = _PrefixErrors.apply(*inputs, False)
+        assert full.shape == (5, 1, 4)
+        loss = (sse * weights).sum() + ((full[:, 0] * probe).sum() if use_full else 0)
+        got = torch.autograd.grad(loss, inputs, materialize_grads=True)
+        prefixes = contributions.cumsum(1) + b_dec
+        sse_ref = torch.cat(
+            [(target - b_dec).pow(2).sum()[None], (prefixes - target[:, None]).pow(2).sum((0, 2))]
+        )
+        torch.testing.assert_close(sse, sse_ref)
+        torch.testing.assert_close(full[:, 0], prefixes[:, -1])
+        ref = (sse_ref * weights).sum() + ((prefixes[:, -1] * probe).sum() if use_full else 0)
+        want = torch.autograd.grad(ref, inputs, materialize_grads=True)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_matryoshka_training_step_is_unchanged_by_the_lean_prefixes():
+    """A training-mode step (one full reconstruction) gives the loss and gradients that the
+    eval-mode path (every prefix materialised) gives for the same codes."""
+    torch.manual_seed(0)
+    cfg = SAEConfig(arch="matryoshka", d_in=32, width=128, k=4, group_sizes=[16, 48, 64])
+    sae = build_sae(cfg).train()
+    x = sparse_data(256, 32)
+    codes, _, _ = sae._encode_fast(x)
+    lean_loss, lean_prefixes = sae.reconstruction_loss(codes, x)
+    assert len(lean_prefixes) == 1
+    params = (sae.W_dec, sae.b_dec, sae.W_enc)
+    grads = torch.autograd.grad(lean_loss, params, retain_graph=True)
+    sae.eval()  # the same codes (and graph), every prefix materialised
+    full_loss, prefixes = sae.reconstruction_loss(codes, x)
+    assert len(prefixes) == 3
+    torch.testing.assert_close(lean_loss, full_loss)
+    torch.testing.assert_close(lean_prefixes[-1], prefixes[-1])
+    want = torch.autograd.grad(full_loss, params)
+    for a, b in zip(grads, want, strict=True):
+        torch.testing.assert_close(a, b)

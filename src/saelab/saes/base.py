@@ -172,7 +172,8 @@ class ForwardOutput(NamedTuple):
     fvu: Tensor
     """Element-global FVU of this batch (a cheap progress number; see saelab.evaluate)."""
     prefix_outputs: list[Tensor] | None = None
-    """Matryoshka: reconstructions of every nested prefix, smallest first."""
+    """Matryoshka: reconstructions of every nested prefix, smallest first (in training mode
+    only the full one: the loss needs the prefixes' errors, not the prefixes)."""
 
 
 def _bag_offsets(bags: Tensor, n_bags: int) -> Tensor:
