@@ -227,7 +227,7 @@ def saelens_method(arch: str, args) -> Method:
 def matmul_method(n: int, dtype: torch.dtype = torch.float32) -> Method:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-    name = "matmul" if dtype == torch.float32 else f"matmul-{str(dtype).split('.')[-1][:4]}"
+    name = "matmul" if dtype == torch.float32 else "matmul-bf16"
     return Method(name, lambda _x: a @ b, "", "matmul")
 
 
