@@ -46,7 +46,6 @@ def fake_cpuinfo(tmp_path, monkeypatch):
         if text is not None:
             path.write_text(text)
         monkeypatch.setattr(P, "CPUINFO", path)
-        monkeypatch.setattr(P._read_cpuinfo, "__defaults__", (path,))
         probe_host.cache_clear()
         return probe_host("cpu")
 

@@ -93,10 +93,11 @@ class HostCapabilities:
         )
 
 
-def _read_cpuinfo(path: Path = CPUINFO) -> tuple[str, set[str] | None]:
-    """(model name, set of flags) of the first CPU; flags None if unreadable."""
+def _read_cpuinfo(path: Path | None = None) -> tuple[str, set[str] | None]:
+    """(model name, set of flags) of the first CPU (from :data:`CPUINFO` by default); flags
+    None if unreadable."""
     try:
-        text = path.read_text()
+        text = (path or CPUINFO).read_text()
     except OSError:
         return platform.processor() or platform.machine(), None
     model, flags = platform.machine(), None
