@@ -4,6 +4,7 @@ from saelab.cache import activation_source, build_cache
 from saelab.config import CacheConfig, TinyConfig
 from saelab.data import load_tokens
 from saelab.models import configured_device, resolve_model
+from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads
 
 with logged(snakemake.log[0]) as log:
@@ -19,7 +20,10 @@ with logged(snakemake.log[0]) as log:
     if cache.n_tokens is not None:
         n_contexts = cache.n_tokens // tokens.shape[1]
         tokens, special = tokens[:n_contexts], special[:n_contexts]
-    source = activation_source(info, snakemake.input.model_dir, cache.hooks, device, cache.backend)
+    precision = model_precision(spec, device, log)
+    source = activation_source(
+        info, snakemake.input.model_dir, cache.hooks, device, cache.backend, precision.dtype
+    )
     log.info("caching %s with the %s backend on %s", cache.hooks, source.backend, device)
     summary = build_cache(
         source,
@@ -40,6 +44,7 @@ with logged(snakemake.log[0]) as log:
             "seed": corpus_attrs["seed"],
             "bos": corpus_attrs["bos"],
             "bos_token_id": corpus_attrs.get("bos_token_id"),
+            "precision": precision.record(),
         },
     )
     log.info(

@@ -7,6 +7,7 @@ pass per batch, zero- and mean-ablation passes per spliced hook, one spliced pas
 from saelab.config import TinyConfig
 from saelab.evaluate import ce_recovered, heldout_contexts, write_metrics
 from saelab.models import configured_device, load_model, resolve_model
+from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
 
@@ -25,7 +26,8 @@ with logged(snakemake.log[0]) as log:
         info = resolve_model(
             spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
         )
-        model = load_model(info, snakemake.input.model_dir, device=device)
+        precision = model_precision(spec, device, log)
+        model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
         first = saes[names[0]]
         tokens, special = heldout_contexts(
             snakemake.input.cache, first.cfg.hook_name, opts["ce_contexts"], opts["ce_context_len"]
@@ -51,4 +53,5 @@ with logged(snakemake.log[0]) as log:
             )  # fmt: skip
     else:
         log.info("evaluation.ce_contexts is 0: CE recovered skipped")
-    write_metrics({"saes": results, "options": opts}, snakemake.output.scores)
+    record = precision.record() if opts["ce_contexts"] > 0 else None
+    write_metrics({"saes": results, "options": opts, "precision": record}, snakemake.output.scores)

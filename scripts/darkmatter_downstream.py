@@ -11,6 +11,7 @@ from saelab.darkmatter.downstream import downstream_record
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.regression import load_regression
 from saelab.models import configured_device, load_model, resolve_model
+from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
@@ -21,7 +22,8 @@ with logged(snakemake.log[0]) as log:
     info = resolve_model(
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
     )
-    model = load_model(info, snakemake.input.model_dir, device=device)
+    precision = model_precision(spec, device, log)
+    model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
     cache = open_cache(snakemake.input.cache)
     names = list(dict.fromkeys([*opts["width_sweep"], *opts["k_sweep"]]))
     records = {}
@@ -42,6 +44,11 @@ with logged(snakemake.log[0]) as log:
             r["linear_percent"], r["nonlinear_percent"], time.perf_counter() - t0,
         )  # fmt: skip
     write_json_atomic(
-        {"width_sweep": opts["width_sweep"], "k_sweep": opts["k_sweep"], "saes": records},
+        {
+            "width_sweep": opts["width_sweep"],
+            "k_sweep": opts["k_sweep"],
+            "saes": records,
+            "precision": precision.record(),
+        },
         snakemake.output.table,
     )

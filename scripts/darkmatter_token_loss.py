@@ -7,6 +7,7 @@ from saelab.cache import ActivationReader, cache_manifest
 from saelab.config import TinyConfig
 from saelab.darkmatter.norms import token_losses
 from saelab.models import configured_device, load_model, resolve_model
+from saelab.precision import model_precision
 from saelab.runtime import logged, savez_atomic, set_torch_threads
 
 with logged(snakemake.log[0]) as log:
@@ -26,8 +27,12 @@ with logged(snakemake.log[0]) as log:
     info = resolve_model(
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
     )
-    model = load_model(info, snakemake.input.model_dir, device=device)
+    precision = model_precision(spec, device, log)
+    model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
     log.info("per-token loss of %d contexts of %d tokens", *tokens.shape)
     losses = token_losses(model, tokens)
     rows = np.arange(first * ctx, last * ctx, dtype=np.int64)
-    savez_atomic(snakemake.output.npz, {"rows": rows, "loss": losses.reshape(-1)})
+    savez_atomic(
+        snakemake.output.npz,
+        {"rows": rows, "loss": losses.reshape(-1), "precision": np.array(precision.dtype_name)},
+    )

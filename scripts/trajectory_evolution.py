@@ -2,6 +2,7 @@
 
 from saelab.config import TinyConfig
 from saelab.models import configured_device, load_model, resolve_model
+from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_pretrained, load_sae
 from saelab.trajectories import compute_evolution
@@ -26,7 +27,10 @@ with logged(snakemake.log[0]) as log:
     info = resolve_model(
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
     )
-    model = load_model(info, snakemake.input.model_dir, device=device)
+    # float32 whatever the config's precision: every decomposition is checked against the
+    # model's hook_resid_mid to check_tolerance (1e-4 relative), which bf16 cannot meet
+    precision = model_precision({**spec, "precision": "float32"}, device, log)
+    model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
     if len(snakemake.output.evolution) != len(opts["prompts"]):
         raise ValueError("one evolution output per prompt expected")
     for prompt, out in zip(opts["prompts"], snakemake.output.evolution, strict=True):
@@ -42,6 +46,7 @@ with logged(snakemake.log[0]) as log:
             prompt_name=prompt["name"],
         )
         meta = evolution["metadata"]
+        meta["precision"] = precision.record()
         log.info(
             "%s: %d tokens, %d layers, max relative error of the decomposition %.2e",
             prompt["name"], meta["max_prompt_length"], len(layers), meta["max_relative_error"],

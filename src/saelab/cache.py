@@ -543,8 +543,16 @@ def probe_widths(source, tokens: np.ndarray, device: str = "cpu") -> dict[str, i
     return {hook: int(value[0, 0].numel()) for hook, value in source(probe).items()}
 
 
-def activation_source(info, model_dir, hooks: list[str], device: str, backend: str = "auto"):
-    """The fastest source that can capture ``hooks`` for this model.
+def activation_source(
+    info,
+    model_dir,
+    hooks: list[str],
+    device: str,
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
+):
+    """The fastest source that can capture ``hooks`` for this model, its forward in ``dtype``
+    (saelab.precision; the cache's on-disk dtype is separate).
 
     ``auto`` uses transformers when the model has HF weights and its family is mapped (gemma,
     llama-like, gpt2), else TransformerLens; ``transformers`` / ``transformer_lens`` force one.
@@ -556,7 +564,7 @@ def activation_source(info, model_dir, hooks: list[str], device: str, backend: s
             f"backend {backend!r} is not allowed; use auto, transformers or transformer_lens"
         )
     if backend != "transformer_lens" and info.source != "tiny":
-        hf_model = load_hf_model(info, model_dir, device=device)
+        hf_model = load_hf_model(info, model_dir, device=device, dtype=dtype)
         if backend == "transformers" or hf_supports(hf_model.config, hooks):
             return HFActivationSource(hf_model.eval(), hooks)
         del hf_model
@@ -564,7 +572,7 @@ def activation_source(info, model_dir, hooks: list[str], device: str, backend: s
         raise CacheError(
             f"the transformers backend cannot run the {info.source} model {info.model_id}"
         )
-    return TLActivationSource(load_model(info, model_dir, device=device).eval(), hooks)
+    return TLActivationSource(load_model(info, model_dir, device=device, dtype=dtype).eval(), hooks)
 
 
 def _sha256(array: np.ndarray) -> str:

@@ -260,6 +260,8 @@ class PipelineConfig:
     tiny: TinyConfig
     model_path: str | None = None
     device: str = "auto"
+    precision: str = "auto"
+    """``auto`` | ``float32`` | ``bfloat16`` (saelab.precision decides what ``auto`` means)."""
     saes: dict[str, SAERun] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     """Shared TrainConfig settings (saelab.train)."""
@@ -362,6 +364,7 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         model=config["model"],
         model_path=config.get("model_path"),
         device=config.get("device", "auto"),
+        precision=config.get("precision", "auto"),
         corpora=corpora,
         caches=caches,
         tiny=tiny,

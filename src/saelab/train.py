@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, cache_manifest
 from saelab.config import dataclass_from_dict
+from saelab.precision import Precision, PrecisionError, check_precision, resolve_precision
 from saelab.runtime import atomic_dir
 from saelab.saes import SAE, SAEConfig, build_sae
 from saelab.saes.io import SAELoadError, saelens_cfg, save_sae
@@ -127,6 +128,9 @@ class TrainConfig:
     """Tokens on which ``dead_fraction`` (never fired, eval mode) is measured after training:
     the held-out split first, topped up from the training split when it is smaller, so a rare
     latent is not counted dead for want of tokens."""
+    precision: str = "auto"
+    """dtype of the encoder GEMM: ``auto`` | ``float32`` | ``bfloat16`` (saelab.precision;
+    weights and Adam state stay float32). Recorded, resolved, in config.json and metrics.json."""
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -157,6 +161,10 @@ class TrainConfig:
             raise TrainError(f"k_anneal_start {self.k_anneal_start} must be >= 1 (a multiple of k)")
         if self.dead_tokens < 1:
             raise TrainError(f"dead_tokens {self.dead_tokens} must be >= 1")
+        try:
+            check_precision(self.precision)
+        except PrecisionError as err:
+            raise TrainError(str(err)) from None
 
     @property
     def steps(self) -> int:
@@ -425,7 +433,12 @@ class _Trainee:
 
     def identity(self, fingerprint: str) -> dict[str, Any]:
         return _json_normal(
-            {"sae": self.sae.cfg.to_dict(), "train": self.cfg.identity(), "cache": fingerprint}
+            {
+                "sae": self.sae.cfg.to_dict(),
+                "train": self.cfg.identity(),
+                "cache": fingerprint,
+                "compute_dtype": str(self.sae.compute_dtype),  # what "auto" resolved to
+            }
         )
 
     def step(self, x: torch.Tensor, target: torch.Tensor, lr: float, step: int) -> None:
@@ -782,6 +795,7 @@ def _write_outputs(
     seconds: float,
     tokens_per_s: float,
     resumed_from: int,
+    precision: Precision,
 ) -> dict[str, Any]:
     cfg = trainee.cfg
     sae = trainee.sae
@@ -798,6 +812,7 @@ def _write_outputs(
         "heldout": heldout,
         "seconds": seconds,
         "tokens_per_s": tokens_per_s,
+        "precision": precision.record(),
     }
     config = {
         "sae": sae.cfg.to_dict(),
@@ -809,6 +824,7 @@ def _write_outputs(
         "steps": steps,
         "tokens": steps * cfg.batch_size,
         "resumed_from_step": resumed_from,
+        "precision": precision.record(),
         "completed": _now(),
     }
     with atomic_dir(trainee.out_dir) as tmp:
@@ -862,6 +878,8 @@ def train_saes(
     if len(devices) != 1:
         raise TrainError(f"all SAEs of a group must be on one device, got {sorted(devices)}")
     device = next(iter(saes.values())).device
+    precision = resolve_precision(cfg.precision, device.type)
+    precision.log(log)
 
     trainees = []
     for name, sae in saes.items():
@@ -875,6 +893,7 @@ def train_saes(
         ckpt = checkpoint_dirs.get(name) if checkpoint_dirs else None
         ckpt_dir = Path(ckpt) if ckpt is not None else default_checkpoint_dir(out_dir)
         sae.train()
+        sae.compute_dtype = precision.dtype
         trainees.append(_Trainee(name, sae, cfg, out_dir, ckpt_dir))
 
     for name, sae in saes.items():
@@ -972,7 +991,7 @@ def train_saes(
         metrics = _write_outputs(
             trainee, cache_path=cache_path, fingerprint=fingerprint, manifest=manifest,
             steps=total, final_train=last_records[trainee.name], heldout=heldout[trainee.name],
-            seconds=seconds, tokens_per_s=tokens_per_s, resumed_from=start,
+            seconds=seconds, tokens_per_s=tokens_per_s, resumed_from=start, precision=precision,
         )  # fmt: skip
         results[trainee.name] = TrainResult(
             total, total * cfg.batch_size, metrics, seconds, tokens_per_s

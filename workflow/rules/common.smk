@@ -64,6 +64,7 @@ def model_params(wildcards):
     return {
         "name": CFG.model,
         "model_path": CFG.model_path,
+        "precision": CFG.precision,
         "tiny": vars(CFG.tiny),
     }
 
@@ -124,7 +125,7 @@ def group_train_params(runs):
     train = CFG.train_settings(runs[0])
     return {
         "saes": {run.name: run.sae_config_kwargs(MODEL_ID) for run in runs},
-        "train": train,
+        "train": {**train, "precision": CFG.precision},
     }
 
 

@@ -195,6 +195,12 @@ def token_losses(model, tokens, batch_size: int = 4) -> np.ndarray:
     with torch.inference_mode():
         for b in tqdm(range(0, len(tokens), batch_size), desc="token loss", mininterval=1.0):
             batch = tokens[b : b + batch_size]
-            loss = model(batch, return_type="loss", loss_per_token=True)
+            if model.cfg.dtype == torch.float32:
+                loss = model(batch, return_type="loss", loss_per_token=True)
+            else:  # a bf16 forward: the log-softmax over the vocabulary in float32
+                logits = model(batch, return_type="logits")[:, :-1].float()
+                loss = torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), batch[:, 1:], reduction="none"
+                )
             out[b : b + len(batch), :-1] = loss.float().cpu().numpy()
     return out

@@ -184,7 +184,8 @@ class ForwardOutput(NamedTuple):
     fvu: Tensor
     """Element-global FVU of this batch (a cheap progress number; see saelab.evaluate)."""
     prefix_outputs: list[Tensor] | None = None
-    """Matryoshka: reconstructions of every nested prefix, smallest first."""
+    """Matryoshka: reconstructions of every nested prefix, smallest first (in training mode
+    only the full one: the loss needs the prefixes' errors, not the prefixes)."""
 
 
 def _bag_offsets(bags: Tensor, n_bags: int) -> Tensor:
@@ -328,6 +329,10 @@ class SAE(nn.Module):
     #: Train through :class:`_SparsePreActs` (sparse encoder gradients). Off for the ReLU SAE,
     #: whose codes are dense enough that autograd's dense matmuls are cheaper.
     sparse_backward = True
+    #: dtype of the encoder GEMM (saelab.precision): bfloat16 casts x and W_enc for the product
+    #: only, as autocast does; parameters, gradients and Adam state stay in their own dtype
+    #: (float32 masters), and the selected codes' values are float32. Set per instance.
+    compute_dtype: torch.dtype = torch.float32
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -375,11 +380,26 @@ class SAE(nn.Module):
         std = (x - mean).std(dim=-1, keepdim=True)
         return (x - mean) / (std + 1e-5), mean, std
 
+    def _encoder_gemm(self, x: Tensor, b_enc: Tensor | None) -> Tensor:
+        """``x @ W_enc (+ b_enc)`` in :attr:`compute_dtype` (the result stays in it)."""
+        dtype = self.compute_dtype
+        if dtype == x.dtype == self.W_enc.dtype:
+            return torch.addmm(b_enc, x, self.W_enc) if b_enc is not None else x @ self.W_enc
+        pre = x.to(dtype) @ self.W_enc.to(dtype)
+        return pre.add_(b_enc.to(dtype)) if b_enc is not None else pre
+
     def pre_activations(self, x: Tensor) -> Tensor:
-        """ReLU((x - b_dec) W_enc + b_enc), with the config's bias choices; x is normalised."""
+        """ReLU((x - b_dec) W_enc + b_enc), with the config's bias choices; x is normalised.
+        Float32 whatever :attr:`compute_dtype` the GEMM ran in."""
         if self.cfg.decoder_bias_on_input:
             x = x - self.b_dec
-        pre = x @ self.W_enc
+        if self.compute_dtype == x.dtype == self.W_enc.dtype:
+            pre = x @ self.W_enc
+            if self.cfg.encoder_bias:
+                pre = pre + self.b_enc
+            return F.relu(pre)
+        pre = x.to(self.compute_dtype) @ self.W_enc.to(self.compute_dtype)
+        pre = pre.to(self.W_enc.dtype)
         if self.cfg.encoder_bias:
             pre = pre + self.b_enc
         return F.relu(pre)
@@ -394,9 +414,15 @@ class SAE(nn.Module):
         return EncodeOutput(self.select(acts), acts)
 
     def _encode_fast(self, xn: Tensor):
-        """Codes of the normalised ``xn`` whose values carry gradients, the ReLU'd
-        pre-activations (no gradient on the sparse path) and how to attach gradients to other
-        codes drawn from them (the aux loss's); ``attach`` is None on the dense path."""
+        """Codes of the normalised ``xn`` whose values carry gradients, the pre-activations
+        (no gradient on the sparse path) and how to attach gradients to other codes drawn
+        from them (the aux loss's); ``attach`` is None on the dense path.
+
+        On the sparse path the pre-activations are returned *without* the ReLU: every
+        selection keeps positive entries only (``select``, the aux loss's ``values > 0``), so
+        the clamp would be a pass over B x width values that changes no result. They are in
+        :attr:`compute_dtype`; the codes' values are always in the parameters' dtype.
+        """
         if not self.sparse_backward:
             acts = self.pre_activations(xn)
             return self.select(acts), acts, None
@@ -404,18 +430,15 @@ class SAE(nn.Module):
         b_enc = self.b_enc if self.cfg.encoder_bias else None
         with torch.no_grad():
             x_cent = xn - b_dec if b_dec is not None else xn
-            if b_enc is not None:
-                acts = torch.addmm(b_enc, x_cent, self.W_enc)
-            else:
-                acts = x_cent @ self.W_enc
-            acts.clamp_min_(0)
+            acts = self._encoder_gemm(x_cent, b_enc)
+        dtype = self.W_enc.dtype
 
         def attach(codes: SparseCodes) -> SparseCodes:
-            if not torch.is_grad_enabled():
-                return codes
-            values = _SparsePreActs.apply(
-                codes.values, xn, b_dec, self.W_enc, b_enc, codes.rows, codes.latents
-            )
+            values = codes.values.to(dtype)
+            if torch.is_grad_enabled():
+                values = _SparsePreActs.apply(
+                    values, xn, b_dec, self.W_enc, b_enc, codes.rows, codes.latents
+                )
             return codes._replace(values=values)
 
         return attach(self.select(acts)), acts, attach

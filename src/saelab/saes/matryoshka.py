@@ -60,11 +60,13 @@ class MatryoshkaSAE(BatchTopKSAE):
         return list(self._group_contributions(codes).unbind(1))
 
     def reconstruction_loss(self, codes: SparseCodes, target: Tensor):
-        """The variant's prefix loss, and every prefix's reconstruction, smallest first."""
+        """The variant's prefix loss, and every prefix's reconstruction, smallest first (in
+        training mode only the full reconstruction: the loss needs the prefixes' errors, not
+        the [B, G, d] prefixes themselves)."""
         contributions = self._group_contributions(codes)  # [B, G, d_out]
         n_rows, n_groups, d_out = contributions.shape
         # sse[0]: the bias-only reconstruction's; sse[g]: prefix g's (summed over B and d)
-        sse, prefixes = _PrefixErrors.apply(contributions, target, self.b_dec)
+        sse, prefixes = _PrefixErrors.apply(contributions, target, self.b_dec, not self.training)
         variant = self.cfg.loss
         if variant == "bussmann":
             loss = sse.sum() / (n_rows * d_out) / (n_groups + 1)
@@ -78,7 +80,8 @@ class MatryoshkaSAE(BatchTopKSAE):
 class _PrefixErrors(torch.autograd.Function):
     """Prefix reconstructions ``r_g = b_dec + C[:, 0] + ... + C[:, g-1]`` [B, G, d] of the
     group contributions ``C`` [B, G, d], and ``sse[g] = sum over tokens and dims of
-    (target - r_g)^2`` for g = 0 (bias only) .. G.
+    (target - r_g)^2`` for g = 0 (bias only) .. G. With ``all_prefixes=False`` only the full
+    reconstruction r_G is returned ([B, 1, d]): no [B, G, d] prefix tensor is written.
 
     One running residual e_g = target - r_g [B, d] forward; backward walks it back from the
     last group (e_{g-1} = e_g + C_g), accumulating -2 * sum_{g' >= g} grad[g'] * e_g' for
@@ -86,16 +89,21 @@ class _PrefixErrors(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, contributions, target, b_dec):
+    def forward(ctx, contributions, target, b_dec, all_prefixes=True):
         ctx.set_materialize_grads(False)
         n_groups = contributions.shape[1]
-        prefixes = torch.empty_like(contributions)
         e = target - b_dec
         sse = [torch.dot(e.reshape(-1), e.reshape(-1))]
+        if all_prefixes:
+            prefixes = torch.empty_like(contributions)
         for g in range(n_groups):
             e.sub_(contributions[:, g])
             sse.append(torch.dot(e.reshape(-1), e.reshape(-1)))
-            torch.sub(target, e, out=prefixes[:, g])
+            if all_prefixes:
+                torch.sub(target, e, out=prefixes[:, g])
+        if not all_prefixes:
+            prefixes = (target - e)[:, None]
+        ctx.all_prefixes = all_prefixes
         ctx.save_for_backward(contributions, e)
         return torch.stack(sse), prefixes
 
@@ -103,7 +111,11 @@ class _PrefixErrors(torch.autograd.Function):
     def backward(ctx, grad_sse, grad_prefixes):
         contributions, e = ctx.saved_tensors
         n_groups = contributions.shape[1]
-        need_target, need_b_dec = ctx.needs_input_grad[1:]
+        need_target, need_b_dec = ctx.needs_input_grad[1:3]
+        # the full prefix only: its gradient enters at the last group and flows down unchanged
+        grad_full = None
+        if grad_prefixes is not None and not ctx.all_prefixes:
+            grad_full, grad_prefixes = grad_prefixes, None
         # grad_c[:, g] = -(d loss / d e_g' summed over g' > g); built from the last group down,
         # each from the next: one fused op per group
         grad_c = torch.empty_like(contributions)
@@ -115,6 +127,8 @@ class _PrefixErrors(torch.autograd.Function):
             grad_c[:, -1].zero_()
         if grad_prefixes is not None:  # r_g = target - e_g: d loss / d e_g gets -grad_prefixes
             grad_c[:, -1].add_(grad_prefixes[:, -1])
+        elif grad_full is not None:
+            grad_c[:, -1].add_(grad_full[:, 0])
         for g in reversed(range(n_groups - 1)):
             if grad_sse is not None:
                 e.add_(contributions[:, g + 1])  # e_{g+1}
@@ -130,5 +144,8 @@ class _PrefixErrors(torch.autograd.Function):
         grad_b_dec = -grad_e0.sum(0) if need_b_dec else None
         grad_target = None
         if need_target:  # e_g depends on the target, r_g = b_dec + C[:, :g].sum(1) does not
-            grad_target = grad_e0 if grad_prefixes is None else grad_e0 + grad_prefixes.sum(1)
-        return grad_c, grad_target, grad_b_dec
+            grad_target = grad_e0
+            for given in (grad_prefixes, grad_full):
+                if given is not None:
+                    grad_target = grad_target + given.sum(1)
+        return grad_c, grad_target, grad_b_dec, None
