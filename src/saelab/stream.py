@@ -120,7 +120,9 @@ class ActivationStream:
         identity: dict[str, Any] | None = None,
     ):
         if special_mask.ndim != 2:
-            raise StreamError(f"special_mask must be [n_contexts, context_len], got {special_mask.shape}")
+            raise StreamError(
+                f"special_mask must be [n_contexts, context_len], got {special_mask.shape}"
+            )
         if not 0 < heldout_fraction < 1:
             raise StreamError(f"heldout_fraction {heldout_fraction} must be in (0, 1)")
         for name, value in (("batch_size", batch_size), ("buffer_contexts", buffer_contexts),
@@ -316,3 +318,49 @@ class ActivationStream:
 
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def model_stream(
+    info,
+    model_dir: str | Path,
+    tokens_path: str | Path,
+    hooks: list[str],
+    cfg,
+    *,
+    batch_contexts: int = 16,
+    backend: str = "auto",
+    device: str = "cpu",
+    cache_n_tokens: int | None = None,
+) -> ActivationStream:
+    """The stream of a ``source: stream`` training group: the model ``info`` (prepared in
+    ``model_dir``) run over the tokenized corpus at ``tokens_path``, capturing ``hooks``, with
+    the shuffle buffer, seed, batch size and held-out fraction of the TrainConfig ``cfg``.
+
+    The group's cache (its first ``cache_n_tokens`` tokens, or the whole corpus) keeps its own
+    held-out split unseen too: the analyses read it as held-out data.
+    """
+    from saelab.cache import activation_source
+    from saelab.data import load_tokens
+
+    store = load_tokens(tokens_path)
+    tokens, special = store.corpus.tokens, store.corpus.special_mask
+    n_contexts, ctx = tokens.shape
+    exclude = []
+    if cache_n_tokens is not None and cache_n_tokens // ctx < n_contexts:
+        n_cache = cache_n_tokens // ctx
+        exclude.append((heldout_split(n_cache, cfg.heldout_fraction), n_cache))
+    source = activation_source(info, model_dir, hooks, device, backend)
+    identity = {
+        "model": info.model_id,
+        "backend": source.backend,
+        "corpus": store.attrs.get("corpus"),
+        "corpus_fingerprint": store.corpus.fingerprint,
+        "bos": store.attrs.get("bos"),
+        "source": "stream",
+    }
+    return ActivationStream(
+        ModelProvider(source, tokens, device), special, hooks, cfg.batch_size,
+        buffer_contexts=cfg.shuffle_contexts, batch_contexts=batch_contexts, seed=cfg.seed,
+        heldout_fraction=cfg.heldout_fraction, exclude=exclude,
+        exclude_special=cfg.exclude_special, identity=identity,
+    )  # fmt: skip

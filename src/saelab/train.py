@@ -233,10 +233,19 @@ def sae_hooks(sae: SAE) -> tuple[str, str]:
 
 def hooks_of(saes: dict[str, SAE]) -> list[str]:
     """The union of the SAEs' input and target hooks, in first-seen order."""
+    return _union(sae_hooks(sae) for sae in saes.values())
+
+
+def spec_hooks(specs: dict[str, dict[str, Any]]) -> list[str]:
+    """:func:`hooks_of` for SAE config dicts (before the SAEs exist, e.g. to start a stream)."""
+    return _union((s.get("hook_name"), s.get("target_hook_name")) for s in specs.values())
+
+
+def _union(pairs) -> list[str]:
     hooks: list[str] = []
-    for sae in saes.values():
-        for hook in sae_hooks(sae):
-            if hook not in hooks:
+    for pair in pairs:
+        for hook in pair:
+            if hook and hook not in hooks:
                 hooks.append(hook)
     return hooks
 

@@ -126,6 +126,20 @@ def group_train_params(runs):
     }
 
 
+def train_inputs(runs):
+    """A group's inputs: its cache, or (``source: stream``) the tokens and the model."""
+    if CFG.train_settings(runs[0]).get("source", "cache") == "stream":
+        return {
+            "tokens": tokens_path(CFG.caches[runs[0].cache].corpus),
+            "model_dir": model_dir_path(),
+        }
+    return {"cache": cache_path(runs[0].cache)}
+
+
+def sae_group_param(wildcards):
+    return CFG.saes[wildcards.sae].group_name
+
+
 def sae_input(wildcards):
     return sae_dir_by_name(wildcards.sae)
 
