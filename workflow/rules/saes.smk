@@ -18,7 +18,7 @@ for _group, _runs in CFG.sae_groups().items():
             "../../envs/saelab.yaml"
         threads: 4
         resources:
-            mem_mb=8000,
+            mem_mb=train_mem_mb(_runs),
             runtime=240,
             gpu=gpu_request,
         params:
