@@ -208,15 +208,17 @@ class ActivationStream:
     def _recompute(self, rows: np.ndarray) -> list[torch.Tensor] | None:
         if len(rows) == 0:
             return None
-        position = {int(c): i for i, c in enumerate(self.train_ids)}
         contexts = np.unique(rows // self.ctx)
-        try:
-            groups = sorted({position[int(c)] // self.batch_contexts for c in contexts})
-        except KeyError as err:
+        index = np.searchsorted(self.train_ids, contexts)  # train_ids is sorted
+        known = index < len(self.train_ids)
+        known[known] = self.train_ids[index[known]] == contexts[known]
+        if not known.all():
             raise StreamError(
-                f"cannot resume: context {err} of the checkpoint is not a training context of "
-                "this stream (was the corpus or heldout_fraction changed?)"
-            ) from err
+                f"cannot resume: contexts {contexts[~known][:5].tolist()} of the checkpoint are "
+                "not training contexts of this stream (was the corpus or heldout_fraction "
+                "changed?)"
+            )
+        groups = np.unique(index // self.batch_contexts).tolist()
         found_rows, found_acts = [], []
         for g in groups:
             r, a = self._forward_group(g)
