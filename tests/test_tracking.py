@@ -12,7 +12,13 @@ import pytest
 from test_train import BATCH, SRC, _Named, make_cache
 
 from saelab.config import load_config
-from saelab.tracking import TrackingError, read_offline_history, tracker_for
+from saelab.tracking import (
+    TrackingError,
+    log_evaluation,
+    read_offline_history,
+    read_offline_summary,
+    tracker_for,
+)
 from saelab.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +66,21 @@ def test_micro_training_logs_its_history_offline(tmp_path, monkeypatch):
         for row, record in zip(history, logged, strict=True):
             for key in ("loss", "l0", "fvu", "dead", "lr"):
                 assert row[f"{name}/{key}"] == pytest.approx(record[key], rel=1e-12), key
+    summary = read_offline_summary(runs[0])
+    metrics = json.loads((tmp_path / "out" / "a" / "metrics.json").read_text())
+    assert summary["a/heldout/fvu"] == pytest.approx(metrics["heldout"]["fvu"], rel=1e-12)
+
+
+def test_an_evaluation_json_is_logged_as_a_run_summary(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.chdir(tmp_path)
+    metrics = {"fvu": 0.25, "l0": {"mean": 31.5}, "ce_recovered": None, "name": "x"}
+    log_evaluation({"wandb": {"project": "p", "mode": "offline"}}, "grp", "x", metrics)
+    wandb.teardown()
+    (run,) = (tmp_path / "logs" / "wandb" / "wandb").glob("offline-run-*")
+    summary = read_offline_summary(run)
+    assert summary["fvu"] == 0.25 and summary["l0/mean"] == 31.5 and summary["name"] == "x"
 
 
 def test_tracking_is_off_by_default_and_checks_its_settings():

@@ -163,6 +163,13 @@ def plan(cfg, info, data_dir: str | Path = "data", model_id: str | None = None) 
         for runs in cfg.sae_groups().values()
         if cfg.train_settings(runs[0]).get("source", "cache") == "stream"
     }
+    if info.source == "hub" and not info.model_path:  # downloaded into data/models
+        size = shape.n_params * 4
+        todo = 0 if (data_dir / "models" / model_id).exists() else size
+        to_write += todo
+        lines.append(
+            f"model {model_id}: ~{size / GB:.3g} GB (fp32)" + ("" if todo else " (written)")
+        )
     corpora = {cache.corpus for cache in cfg.caches.values()}
     for corpus in sorted(corpora):
         size = cfg.corpora[corpus].n_tokens // cfg.corpora[corpus].context_len

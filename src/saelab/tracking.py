@@ -154,22 +154,30 @@ def _records(path: Path) -> Iterator[bytes]:
             yield pending + payload
 
 
-def read_offline_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The logged history rows (``run.log`` calls) of an offline run directory, in order."""
+def _read_offline(run_dir: str | os.PathLike, kind: str) -> Iterator[dict[str, Any]]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = sorted(Path(run_dir).glob("run-*.wandb"))
     if not files:
         raise TrackingError(f"no run-*.wandb file in {run_dir}")
-    rows = []
     for payload in _records(files[0]):
         record = pb.Record()
         record.ParseFromString(payload)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
-    return rows
+        if record.WhichOneof("record_type") == kind:
+            items = record.history.item if kind == "history" else record.summary.update
+            yield {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items
+            }
+
+
+def read_offline_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The logged history rows (``run.log`` calls) of an offline run directory, in order."""
+    return list(_read_offline(run_dir, "history"))
+
+
+def read_offline_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The final summary of an offline run directory (later updates win)."""
+    summary: dict[str, Any] = {}
+    for update in _read_offline(run_dir, "summary"):
+        summary.update(update)
+    return summary
