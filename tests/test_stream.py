@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,3 +240,44 @@ def test_killed_streaming_training_resumes_bitwise(tmp_path):
         assert resumed[name].steps == 60
         log = (killed / name / "train_log.jsonl").read_text()
         assert log == (tmp_path / "reference" / name / "train_log.jsonl").read_text()
+
+
+def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_dir, tmp_path):
+    """The rule's script with ``source: stream`` (tokens store + prepared tiny model, as the DAG
+    hands them) trains bitwise the weights of the in-process stream above."""
+    import runpy
+    from types import SimpleNamespace
+
+    from test_train import _Named
+
+    from saelab.data import TokenizedCorpus, corpus_fingerprint, save_tokens
+    from saelab.models import _save_tiny
+
+    model_dir = tmp_path / "models" / "tiny"
+    model_dir.mkdir(parents=True)
+    _save_tiny(tiny_lm(), model_dir / "tiny", {})
+    shutil.copytree(small_tokenizer_dir, model_dir / "tokenizer")
+    tokens, special = corpus()
+    fingerprint = corpus_fingerprint(tokens, CTX, "per_context", 0)
+    store = tmp_path / "tokens.zarr"
+    save_tokens(TokenizedCorpus(tokens, special, fingerprint), store,
+                {"bos": "per_context", "seed": 0, "corpus": "synthetic"})  # fmt: skip
+    snakemake = SimpleNamespace(
+        input=_Named(tokens=str(store), model_dir=str(model_dir)),
+        params=_Named(
+            saes=SPECS,
+            train=CFG,
+            group="g",
+            tracking={},
+            model={"name": "tiny", "model_path": None, "device": "cpu", "tiny": {}},
+            cache={"batch_contexts": BATCH_CONTEXTS, "backend": "auto", "n_tokens": None},
+        ),
+        output=_Named({name: str(tmp_path / "script" / name) for name in SPECS}),
+        log=[str(tmp_path / "train.log")],
+        threads=1,
+    )
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py"
+    runpy.run_path(str(script), init_globals={"snakemake": snakemake})
+    train_streamed(tmp_path / "direct")
+    assert_same_saes(tmp_path / "script", tmp_path / "direct")
+    assert "a stream of" in (tmp_path / "train.log").read_text()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ import numpy as np
 import torch
 
 from saelab.cache import heldout_split, open_cache
+
+log = logging.getLogger("saelab.stream")
 
 
 class StreamError(ValueError):
@@ -262,6 +265,11 @@ class ActivationStream:
             self.next_group += 1
             if self.next_group == self.n_groups:
                 self.next_group, self.epoch = 0, self.epoch + 1
+                log.warning(
+                    "the stream used all %d training contexts and starts epoch %d over them; "
+                    "a larger corpus (corpora.<name>.n_tokens) gives fresh tokens instead",
+                    len(self.train_ids), self.epoch,
+                )  # fmt: skip
             rows.append(r)
             acts = [[] for _ in self.hooks] if acts is None else acts
             for j, value in enumerate(a):
