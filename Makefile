@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install browser fonts slurm run test lint bench bench-cache bench-train bench-lm bench-cooccurrence clean-venv
+.PHONY: install browser fonts slurm run test lint bench bench-cache bench-train bench-lm bench-cooccurrence bench-stream clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -44,7 +44,7 @@ lint: install
 	$(VENV)/bin/snakemake --lint
 
 # Benchmarks compare saelab with a peer or a bound in the same run; only a quiet machine decides.
-bench: bench-cache bench-train bench-lm bench-cooccurrence
+bench: bench-cache bench-train bench-lm bench-cooccurrence bench-stream
 
 bench-cache: install
 	$(PY) benchmarks/cache_throughput.py
@@ -54,6 +54,9 @@ bench-train: install
 
 bench-lm: install
 	$(PY) benchmarks/lm_precision.py
+
+bench-stream: install
+	$(PY) benchmarks/stream_throughput.py --rounds 3
 
 # Real codes of two 16,384-latent SAEs (trained first, ~5 min, by the DAG with an overlay config),
 # then the synthetic worst case.

@@ -16,6 +16,7 @@ from saelab.evaluate import (
 from saelab.models import configured_device, load_tokenizer
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
+from saelab.tracking import log_evaluation
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
@@ -64,3 +65,4 @@ with logged(snakemake.log[0]) as log:
         )
 
     write_metrics(metrics, snakemake.output.metrics)
+    log_evaluation(snakemake.params.tracking, snakemake.params.group, name, metrics)

@@ -1,30 +1,53 @@
-"""Rule train_sae: a group of SAEs trained on the same batches of one activation cache."""
+"""Rule train_sae: a group of SAEs trained on the same batches of one activation cache, or
+(``source: stream``) straight from the model's forward over the tokenized corpus."""
 
 from saelab.cache import cache_manifest
+from saelab.config import TinyConfig
+from saelab.models import configured_device, resolve_model
 from saelab.runtime import logged, set_torch_threads
-from saelab.train import TrainConfig, build_saes, train_saes
+from saelab.stream import model_stream
+from saelab.tracking import tracker_for
+from saelab.train import TrainConfig, build_saes, spec_hooks, train_saes
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
-    cache = snakemake.input.cache
-    widths = cache_manifest(cache)["widths"]
-    saes = build_saes(snakemake.params.saes, widths)
+    cfg = TrainConfig.from_dict(dict(snakemake.params.train))
+    specs = snakemake.params.saes
+    if cfg.source == "stream":
+        spec, cache = snakemake.params.model, snakemake.params.cache
+        info = resolve_model(
+            spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
+        )
+        hooks = spec_hooks(specs)
+        data = model_stream(
+            info, snakemake.input.model_dir, snakemake.input.tokens, hooks, cfg,
+            batch_contexts=cache["batch_contexts"], backend=cache["backend"],
+            device=configured_device(snakemake.config), cache_n_tokens=cache["n_tokens"],
+        )  # fmt: skip
+        widths, where = data.probe_widths(), f"a stream of {snakemake.input.tokens}"
+    else:
+        data = snakemake.input.cache
+        widths, where = cache_manifest(data)["widths"], data
+    saes = build_saes(specs, widths)
     outputs = dict(snakemake.output.items())
     missing = sorted(set(saes) - set(outputs))
     if missing:
         raise ValueError(f"the rule names no output directory for SAE(s) {missing}")
-    cfg = TrainConfig.from_dict(dict(snakemake.params.train))
-    log.info("training %s on %s: %d steps of %d tokens", sorted(saes), cache, cfg.steps,
+    log.info("training %s on %s: %d steps of %d tokens", sorted(saes), where, cfg.steps,
              cfg.batch_size)  # fmt: skip
-    results = train_saes(cache, saes, cfg, {name: outputs[name] for name in saes})
-    for name, result in results.items():
-        heldout = result.metrics["heldout"]
-        log.info(
-            "%s: %d steps, %.0f tokens/s; held-out FVU %.4f (centred %.4f), L0 %.1f",
-            name,
-            result.steps,
-            result.tokens_per_s,
-            heldout["fvu"],
-            heldout["fvu_centered"],
-            heldout["l0"],
+    with tracker_for(snakemake.params.tracking, snakemake.params.group, cfg, specs) as track:
+        results = train_saes(
+            data, saes, cfg, {name: outputs[name] for name in saes}, on_log=track.log
         )
+        for name, result in results.items():
+            heldout = result.metrics["heldout"]
+            track.summary(name, {"heldout": heldout, "tokens_per_s": result.tokens_per_s})
+            log.info(
+                "%s: %d steps, %.0f tokens/s; held-out FVU %.4f (centred %.4f), L0 %.1f",
+                name,
+                result.steps,
+                result.tokens_per_s,
+                heldout["fvu"],
+                heldout["fvu_centered"],
+                heldout["l0"],
+            )

@@ -557,6 +557,8 @@ def test_script_writes_metrics(tiny_model, cached, tmp_path):
         eval={**load_config(DEFAULT_CONFIG).evaluation, "n_tokens": 100, "ce_contexts": 0},
         model={"name": "tiny", "model_path": None, "device": "cpu", "tiny": {}},
         saes=["id"],
+        group="id",
+        tracking={},
     )
     # Rule ce_recovered with ce_contexts 0 writes an empty table (and loads no model).
     ce_job = SimpleNamespace(

@@ -584,6 +584,8 @@ def test_train_script_builds_saes_from_the_cache_widths(cache, tmp_path):
                 "tc": {"arch": "relu", "width": 32, "hook_name": SRC, "target_hook_name": TGT},
             },
             train={"n_tokens": 4 * BATCH, "batch_size": BATCH, "lr": 1e-3, "betas": [0.9, 0.99]},
+            group="g",
+            tracking={},
         ),
         output=_Named(sae=str(tmp_path / "out" / "sae"), tc=str(tmp_path / "out" / "tc")),
         log=[str(tmp_path / "train.log")],

@@ -649,6 +649,15 @@ def cache_manifest(path: str | Path) -> dict[str, Any]:
     return dict(open_cache(path).attrs[MANIFEST_KEY])
 
 
+def heldout_split(n_contexts: int, heldout_fraction: float) -> int:
+    """Training contexts of ``n_contexts``: the last ``max(1, round(n * heldout_fraction))``
+    are held out (the cache's reader and the streaming source split alike)."""
+    n_heldout = max(1, round(n_contexts * heldout_fraction))
+    if n_heldout >= n_contexts:
+        raise CacheError(f"only {n_contexts} contexts: too few to hold out any")
+    return n_contexts - n_heldout
+
+
 class ActivationReader:
     """Shuffled batches of cached activations with bounded memory, without the model or corpus.
 
@@ -700,10 +709,8 @@ class ActivationReader:
 
         ctx = self.manifest["context_len"]
         n_ctx = self.manifest["n_contexts"]
-        n_heldout = max(1, round(n_ctx * heldout_fraction))
-        if n_heldout >= n_ctx:
-            raise CacheError(f"the cache has only {n_ctx} contexts: too few to hold out any")
-        bounds = {"train": (0, n_ctx - n_heldout), "heldout": (n_ctx - n_heldout, n_ctx)}
+        n_train = heldout_split(n_ctx, heldout_fraction)
+        bounds = {"train": (0, n_train), "heldout": (n_train, n_ctx)}
         bounds["all"] = (0, n_ctx)
         first, last = bounds[split]
         self.row_range = (first * ctx, last * ctx)

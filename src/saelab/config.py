@@ -275,6 +275,8 @@ class PipelineConfig:
     """The dark-matter analysis section (saelab.darkmatter)."""
     trajectories: dict[str, Any] = field(default_factory=dict)
     """The trajectory analysis section (saelab.trajectories)."""
+    tracking: dict[str, Any] = field(default_factory=dict)
+    """Optional run tracking (``tracking.wandb``; saelab.tracking)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def train_settings(self, run: SAERun) -> dict[str, Any]:
@@ -376,6 +378,7 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         cooccurrence=dict(config.get("cooccurrence", {})),
         darkmatter=dict(config.get("darkmatter", {})),
         trajectories=dict(config.get("trajectories", {})),
+        tracking=dict(config.get("tracking") or {}),
         raw=config,
     )
     check_config(parsed)

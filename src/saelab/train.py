@@ -48,6 +48,7 @@ from saelab.precision import Precision, PrecisionError, check_precision, resolve
 from saelab.runtime import atomic_dir
 from saelab.saes import SAE, SAEConfig, build_sae
 from saelab.saes.io import SAELoadError, saelens_cfg, save_sae
+from saelab.stream import ActivationStream
 
 log = logging.getLogger("saelab.train")
 
@@ -131,9 +132,19 @@ class TrainConfig:
     precision: str = "auto"
     """dtype of the encoder GEMM: ``auto`` | ``float32`` | ``bfloat16`` (saelab.precision;
     weights and Adam state stay float32). Recorded, resolved, in config.json and metrics.json."""
+    source: str = "cache"
+    """``cache``: batches from the zarr cache; ``stream``: straight from the model's forward
+    (:mod:`saelab.stream`), no cache written."""
+    shuffle_contexts: int = 64
+    """``source: stream`` only: contexts in the shuffle buffer that mixes tokens across contexts
+    (memory: shuffle_contexts x context_len x hook widths x 4 bytes, up to twice that)."""
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
+        if self.source not in ("cache", "stream"):
+            raise TrainError(f"source {self.source!r} is not allowed; use 'cache' or 'stream'")
+        if self.shuffle_contexts < 1:
+            raise TrainError(f"shuffle_contexts {self.shuffle_contexts} must be >= 1")
         if self.n_tokens < self.batch_size:
             raise TrainError(
                 f"n_tokens ({self.n_tokens}) must be at least one batch ({self.batch_size})"
@@ -203,6 +214,10 @@ class TrainConfig:
         out = self.to_dict()
         for name in ("checkpoint_every", "log_every", "eval_tokens", "dead_tokens"):
             out.pop(name)
+        if self.source == "cache":
+            out.pop("shuffle_contexts")
+        else:
+            out.pop("buffer_chunks")
         return out
 
 
@@ -287,10 +302,19 @@ def sae_hooks(sae: SAE) -> tuple[str, str]:
 
 def hooks_of(saes: dict[str, SAE]) -> list[str]:
     """The union of the SAEs' input and target hooks, in first-seen order."""
+    return _union(sae_hooks(sae) for sae in saes.values())
+
+
+def spec_hooks(specs: dict[str, dict[str, Any]]) -> list[str]:
+    """:func:`hooks_of` for SAE config dicts (before the SAEs exist, e.g. to start a stream)."""
+    return _union((s.get("hook_name"), s.get("target_hook_name")) for s in specs.values())
+
+
+def _union(pairs) -> list[str]:
     hooks: list[str] = []
-    for sae in saes.values():
-        for hook in sae_hooks(sae):
-            if hook not in hooks:
+    for pair in pairs:
+        for hook in pair:
+            if hook and hook not in hooks:
                 hooks.append(hook)
     return hooks
 
@@ -666,6 +690,18 @@ def evaluate_heldout(
         heldout_fraction=cfg.heldout_fraction, exclude_special=cfg.exclude_special,
         buffer_chunks=cfg.buffer_chunks,
     )  # fmt: skip
+    return heldout_metrics(reader.batches(), hooks, saes, cfg.eval_tokens)
+
+
+@torch.no_grad()
+def heldout_metrics(
+    batches: Iterator[tuple[torch.Tensor, ...]],
+    hooks: list[str],
+    saes: dict[str, SAE],
+    eval_tokens: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """The metrics of :func:`evaluate_heldout` over ``batches`` (tuples aligned with ``hooks``),
+    up to ``eval_tokens`` tokens: the cache's held-out split or a stream's held-out slice."""
     device = next(iter(saes.values())).device
     stats: dict[str, dict[str, Any]] = {}
     modes = {name: sae.training for name, sae in saes.items()}
@@ -673,10 +709,10 @@ def evaluate_heldout(
         sae.eval()
     n_tokens = 0
     try:
-        for batch in reader.batches():
+        for batch in batches:
             acts = {h: t.to(device) for h, t in zip(hooks, batch, strict=True)}
-            if cfg.eval_tokens is not None:
-                room = cfg.eval_tokens - n_tokens
+            if eval_tokens is not None:
+                room = eval_tokens - n_tokens
                 if room <= 0:
                     break
                 acts = {h: t[:room] for h, t in acts.items()}
@@ -817,9 +853,10 @@ def _write_outputs(
     config = {
         "sae": sae.cfg.to_dict(),
         "train": {**cfg.to_dict(), "lr": trainee.base_lr, "lr_given": cfg.lr},
-        "cache": str(cache_path),
+        "cache": None if isinstance(cache_path, ActivationStream) else str(cache_path),
         "cache_fingerprint": fingerprint,
         "model": manifest.get("model"),
+        "stream": manifest if isinstance(cache_path, ActivationStream) else None,
         "hooks": {"input": trainee.source, "target": trainee.target},
         "steps": steps,
         "tokens": steps * cfg.batch_size,
@@ -839,7 +876,7 @@ def _write_outputs(
 
 
 def train_saes(
-    cache_path: str | os.PathLike,
+    cache_path: str | os.PathLike | ActivationStream,
     saes: dict[str, SAE],
     cfg: TrainConfig,
     out_dirs: dict[str, str | os.PathLike],
@@ -847,8 +884,13 @@ def train_saes(
     progress: bool = True,
     *,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_log: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, TrainResult]:
     """Train every SAE in ``saes`` on the same batches of one cache; write each to its out_dir.
+
+    ``cache_path`` may instead be an :class:`~saelab.stream.ActivationStream` (``source:
+    stream``): batches then come straight from the model, the stream's position is checkpointed
+    with the SAEs, and the held-out metrics come from the stream's held-out slice.
 
     ``saes`` must be built from the cache's widths (:func:`build_saes`); a mismatch is an
     error naming the hook and both widths. Each output directory gets ``cfg.json`` +
@@ -858,22 +900,34 @@ def train_saes(
     ``train_log.jsonl`` grows there during training (so it survives a kill with them) and is
     copied into the output at the end.
     Bitwise-equal resume needs the same torch thread count and device as the killed run.
-    ``on_checkpoint(step)`` is called after each group checkpoint (tests kill runs there).
+    ``on_checkpoint(step)`` is called after each group checkpoint (tests kill runs there);
+    ``on_log(sae name, record)`` with every ``train_log.jsonl`` record (run tracking).
     """
     if not saes:
         raise TrainError("no SAEs to train")
     if set(out_dirs) != set(saes):
         raise TrainError(f"out_dirs names {sorted(out_dirs)} differ from the SAEs {sorted(saes)}")
-    cache_path = Path(cache_path)
-    manifest = cache_manifest(cache_path)
-    fingerprint = cache_fingerprint(manifest)
-    hooks = hooks_of(saes)
-    reader = ActivationReader(
-        cache_path, hooks, cfg.batch_size, split="train", seed=cfg.seed,
-        heldout_fraction=cfg.heldout_fraction, exclude_special=cfg.exclude_special,
-        buffer_chunks=cfg.buffer_chunks,
-    )  # fmt: skip
-    check_widths(saes, reader.widths)
+    if isinstance(cache_path, ActivationStream):
+        stream = cache_path
+        if stream.batch_size != cfg.batch_size or stream.seed != cfg.seed:
+            raise TrainError(
+                f"the stream was built for batch_size {stream.batch_size} and seed "
+                f"{stream.seed}; the train config has {cfg.batch_size} and {cfg.seed}"
+            )
+        manifest, fingerprint, hooks = stream.identity, stream.fingerprint, stream.hooks
+        check_widths(saes, stream.probe_widths())
+    else:
+        cache_path = Path(cache_path)
+        manifest = cache_manifest(cache_path)
+        fingerprint = cache_fingerprint(manifest)
+        hooks = hooks_of(saes)
+        reader = ActivationReader(
+            cache_path, hooks, cfg.batch_size, split="train", seed=cfg.seed,
+            heldout_fraction=cfg.heldout_fraction, exclude_special=cfg.exclude_special,
+            buffer_chunks=cfg.buffer_chunks,
+        )  # fmt: skip
+        check_widths(saes, reader.widths)
+        stream = BatchStream(reader)
     devices = {str(sae.device) for sae in saes.values()}
     if len(devices) != 1:
         raise TrainError(f"all SAEs of a group must be on one device, got {sorted(devices)}")
@@ -908,7 +962,6 @@ def train_saes(
     if len(set(ckpt_dirs)) != len(ckpt_dirs):
         raise TrainError(f"two SAEs share a checkpoint directory: {sorted(map(str, ckpt_dirs))}")
     total = cfg.steps
-    stream = BatchStream(reader)
     start, payloads = _find_resume_step(trainees, fingerprint)
     if start:
         for trainee, payload in zip(trainees, payloads, strict=True):
@@ -952,6 +1005,8 @@ def train_saes(
                 record = trainee.window_record(step, factor)
                 trainee.append_log(record)
                 last_records[trainee.name] = record
+                if on_log is not None:
+                    on_log(trainee.name, record)
             first = last_records[trainees[0].name]
             bar.set_postfix(
                 {  # the first SAE's window means (every SAE's are in its train_log.jsonl)
@@ -983,7 +1038,10 @@ def train_saes(
         len(saes), total, total - start, start, seconds, tokens_per_s,
     )  # fmt: skip
 
-    heldout = evaluate_heldout(cache_path, saes, cfg)
+    if isinstance(stream, ActivationStream):
+        heldout = heldout_metrics(stream.heldout_batches(), hooks, saes, cfg.eval_tokens)
+    else:
+        heldout = evaluate_heldout(cache_path, saes, cfg)
     results = {}
     for trainee in trainees:
         if trainee.name not in last_records:  # resumed at the very end: read the log

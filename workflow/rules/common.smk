@@ -17,6 +17,19 @@ except ConfigError as err:
 
 MODEL_ID = MODEL.model_id
 
+# Budgets before any job: every cache's bytes and every training group's peak memory, and a stop
+# when the caches still to be written do not fit under data/ (saelab.budget).
+from saelab.budget import BudgetError, check_disk, describe, group_mem_mb, plan
+
+if workflow.is_main_process:
+    BUDGET = plan(CFG, MODEL, "data")
+    print(describe(BUDGET), file=sys.stderr)
+    if CFG.raw.get("budget", {}).get("check_disk", True):
+        try:
+            check_disk(BUDGET, "data")
+        except BudgetError as err:
+            raise WorkflowError(f"budget: {err}") from None
+
 
 def one_of(names):
     """A wildcard regex matching exactly one of ``names``."""
@@ -127,6 +140,25 @@ def group_train_params(runs):
         "saes": {run.name: run.sae_config_kwargs(MODEL_ID) for run in runs},
         "train": {**train, "precision": CFG.precision},
     }
+
+
+def train_inputs(runs):
+    """A group's inputs: its cache, or (``source: stream``) the tokens and the model."""
+    if CFG.train_settings(runs[0]).get("source", "cache") == "stream":
+        return {
+            "tokens": tokens_path(CFG.caches[runs[0].cache].corpus),
+            "model_dir": model_dir_path(),
+        }
+    return {"cache": cache_path(runs[0].cache)}
+
+
+def train_mem_mb(runs):
+    """A training group's memory request: 1.5 x its estimated peak, at least 8 GB."""
+    return group_mem_mb(CFG, runs, MODEL)
+
+
+def sae_group_param(wildcards):
+    return CFG.saes[wildcards.sae].group_name
 
 
 def sae_input(wildcards):

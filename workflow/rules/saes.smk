@@ -7,7 +7,7 @@ for _group, _runs in CFG.sae_groups().items():
         name:
             train_rule_name(_group)
         input:
-            cache=cache_path(_runs[0].cache),
+            **train_inputs(_runs),
         output:
             **{run.name: directory(sae_dir(run)) for run in _runs},
         log:
@@ -18,11 +18,15 @@ for _group, _runs in CFG.sae_groups().items():
             "../../envs/saelab.yaml"
         threads: 4
         resources:
-            mem_mb=8000,
+            mem_mb=train_mem_mb(_runs),
             runtime=240,
             gpu=gpu_request,
         params:
             **group_train_params(_runs),
+            group=_group,
+            model=model_params,
+            cache=vars(CFG.caches[_runs[0].cache]),
+            tracking=CFG.tracking,
         script:
             "../../scripts/train_sae.py"
 
@@ -79,6 +83,8 @@ rule evaluate_sae:
     params:
         eval=eval_params,
         model=model_params,
+        group=sae_group_param,
+        tracking=CFG.tracking,
     script:
         "../../scripts/evaluate_sae.py"
 
