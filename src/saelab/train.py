@@ -690,7 +690,10 @@ def evaluate_heldout(
         heldout_fraction=cfg.heldout_fraction, exclude_special=cfg.exclude_special,
         buffer_chunks=cfg.buffer_chunks,
     )  # fmt: skip
-    return heldout_metrics(reader.batches(), hooks, saes, cfg.eval_tokens)
+    return heldout_metrics(
+        reader.batches(), hooks, saes, cfg.eval_tokens, cfg.dead_tokens,
+        top_up=lambda fired, n: _count_firing(cache_path, saes, cfg, fired, n),
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -699,9 +702,14 @@ def heldout_metrics(
     hooks: list[str],
     saes: dict[str, SAE],
     eval_tokens: int | None = None,
+    dead_tokens: int = 0,
+    top_up: Callable[[dict[str, torch.Tensor], int], int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """The metrics of :func:`evaluate_heldout` over ``batches`` (tuples aligned with ``hooks``),
-    up to ``eval_tokens`` tokens: the cache's held-out split or a stream's held-out slice."""
+    up to ``eval_tokens`` tokens: the cache's held-out split or a stream's held-out slice.
+
+    ``top_up(fired, n)``, when the held-out tokens are fewer than ``dead_tokens``, marks the
+    latents that fire on ``n`` more (training-split) tokens and returns how many it read."""
     device = next(iter(saes.values())).device
     stats: dict[str, dict[str, Any]] = {}
     modes = {name: sae.training for name, sae in saes.items()}
@@ -745,7 +753,7 @@ def heldout_metrics(
     if not stats:
         raise TrainError("the held-out split is empty: raise heldout_fraction or the cache size")
     fired = {name: s["fired"] for name, s in stats.items()}
-    n_extra = _count_firing(cache_path, saes, cfg, fired, cfg.dead_tokens - n_tokens)
+    n_extra = top_up(fired, dead_tokens - n_tokens) if top_up is not None else 0
     results = {}
     for name, s in stats.items():
         n, d = s["n"], s["sum"].shape[0]
@@ -1039,6 +1047,7 @@ def train_saes(
     )  # fmt: skip
 
     if isinstance(stream, ActivationStream):
+        # The stream's held-out slice only: its training tokens are not read back for a top-up.
         heldout = heldout_metrics(stream.heldout_batches(), hooks, saes, cfg.eval_tokens)
     else:
         heldout = evaluate_heldout(cache_path, saes, cfg)
