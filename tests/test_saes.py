@@ -26,7 +26,7 @@ from saelab.saes import (
 from saelab.saes import batchtopk as batchtopk_module
 from saelab.saes.base import gather_decode, sparse_decode
 from saelab.saes.batchtopk import batch_topk, threshold_codes
-from saelab.saes.io import SAELoadError, load_pretrained, load_sae, save_sae
+from saelab.saes.io import SAELoadError, load_sae, save_sae
 from saelab.saes.topk import topk_per_row
 
 ALL_ARCHS = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"]
@@ -799,27 +799,9 @@ def test_load_sae_reads_a_foreign_sae_lens_sae(tmp_path, kind, rescale):
             assert (ours.encode(x).codes.l0() == 4).all()
 
 
-def test_load_pretrained_offline_without_a_copy_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SAELoadError) as err:
-        load_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre", tmp_path)
-    message = str(err.value)
-    assert "HF_HUB_OFFLINE" in message and "not cached" in message
-    assert "load_pretrained('gpt2-small-res-jb'" in message and "train an SAE" in message
-
-
 def test_load_sae_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(SAELoadError, match=r"expected cfg\.json and sae_weights\.safetensors"):
         load_sae(tmp_path)
-
-
-def test_load_pretrained_uses_a_cached_copy_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    sae = trained(make("topk"), steps=1)
-    save_sae(sae, tmp_path / "some-release" / "blocks.0.hook_resid_pre")
-    loaded = load_pretrained("some-release", "blocks.0.hook_resid_pre", tmp_path)
-    x = torch.randn(5, 8)
-    torch.testing.assert_close(loaded.reconstruct(x), sae.reconstruct(x))
 
 
 def test_unsupported_saelens_architecture_is_named(tmp_path):
