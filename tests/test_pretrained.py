@@ -327,3 +327,156 @@ def test_config_with_a_missing_release_stops_offline_naming_what_to_do(tmp_path)
     message = str(err.value)
     assert message.startswith("saes.r.pretrained: pretrained SAE 'local/absent'")
     assert "hf download local/absent --include 'blocks.1.hook_resid_pre/*'" in message
+
+
+# ------------------------------------------------------------------ the micro DAG on releases
+
+MICRO_OVERLAY = REPO / "tests" / "config" / "micro-pretrained.yaml"
+
+
+def sparse_release(kind: str, d_sae: int, l0: float, hook: str, seed: int, d_in: int = 64):
+    """A sae_lens SAE that behaves like a release on the tiny model: layer-normed input (so
+    pre-activations are ~N(0, 1) along unit directions), tied unit-norm random directions,
+    and a threshold (JumpReLU) or encoder bias (standard) giving about ``l0`` active latents."""
+    from scipy.stats import norm
+
+    sae = saelens_sae(kind, d_in=d_in, d_sae=d_sae, hook=hook, seed=seed)
+    sae.cfg.normalize_activations = "layer_norm"
+    sae._setup_activation_normalization()
+    cut = float(norm.isf(l0 / d_sae))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        directions = torch.randn(d_sae, d_in, generator=g)
+        directions /= directions.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(directions)
+        sae.W_enc.copy_(directions.T)
+        sae.b_dec.zero_()
+        if kind == "jumprelu":
+            sae.b_enc.zero_()
+            sae.threshold.fill_(cut)
+        else:
+            sae.b_enc.fill_(-cut)
+    return sae
+
+
+def build_micro_releases(workdir: Path) -> None:
+    """The local releases tests/config/micro-pretrained.yaml names, in workdir/data/releases."""
+    store = workdir / "data" / "releases"
+    hook = "blocks.1.hook_resid_pre"
+    add_release(store, "local/tiny-res-jb", hook, sparse_release("standard", 256, 12, hook, 0))
+    for i, (width, l0) in enumerate([(64, 4), (64, 8), (128, 4), (128, 8), (256, 8)]):
+        sae = sparse_release("jumprelu", width, l0, hook, 10 + i)
+        add_release(store, "local/tiny-scope", f"layer_1/width_{width}/average_l0_{l0}", sae)
+    for layer in (0, 1):
+        mid = f"blocks.{layer}.hook_resid_mid"
+        sae = sparse_release("jumprelu", 128, 8, mid, 20 + layer)
+        add_release(store, "local/tiny-scope-mid", f"layer_{layer}/width_128/canonical", sae)
+
+
+def test_micro_dag_without_a_release_stops_before_any_job(tmp_path):
+    from conftest import snakemake
+
+    result = snakemake(tmp_path, "-n", "--configfile", str(MICRO), str(MICRO_OVERLAY), check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "invalid config: saes.resjb.pretrained: pretrained SAE 'local/tiny-res-jb'" in out
+    assert "hf download local/tiny-res-jb --include 'blocks.1.hook_resid_pre/*'" in out
+    assert not (tmp_path / "logs").exists()
+
+
+def test_micro_dag_plans_releases_instead_of_training(tmp_path):
+    from conftest import snakemake
+
+    build_micro_releases(tmp_path)
+    plan = snakemake(tmp_path, "-n", "--configfile", str(MICRO), str(MICRO_OVERLAY)).stdout
+    assert "pretrained_sae" in plan
+    # the released families replace the trained ones: nothing trains them
+    assert "train_saes_dm_release" not in plan and "train_saes_mid_release" not in plan
+    assert "train_saes_darkmatter" not in plan and "train_saes_layers" not in plan
+    assert "train_saes_resid" in plan  # the Matryoshka SAE the comparator is compared with
+
+
+@pytest.mark.slow
+def test_micro_dag_with_releases_in_every_analysis(tmp_path):
+    """The micro DAG with released SAEs in evaluation, co-occurrence, dark matter, trajectories
+    and feature pages: every analysis reads them through load_sae like trained ones."""
+    from conftest import snakemake
+
+    build_micro_releases(tmp_path)
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO), str(MICRO_OVERLAY))
+    resjb = tmp_path / "results/tiny/blocks.1.hook_resid_pre/resjb"
+    source = json.loads((resjb / "config.json").read_text())
+    assert source["pretrained"] == {**source["pretrained"], "release": "local/tiny-res-jb",
+                                    "sae_id": "blocks.1.hook_resid_pre"}  # fmt: skip
+    assert sae_lens.SAE.load_from_disk(resjb).cfg.metadata.hook_name == "blocks.1.hook_resid_pre"
+    assert (tmp_path / "logs/pretrained_sae/tiny/blocks.1.hook_resid_pre/resjb.log").is_file()
+    metrics = json.loads(
+        (tmp_path / "data/analysis/evaluation/tiny/blocks.1.hook_resid_pre/resjb.json").read_text()
+    )
+    assert metrics
+    text = json.dumps(metrics)
+    assert "ce_loss_score" in text
+    # co-occurrence: the release gets pretend groups
+    summaries = list((tmp_path / "data/analysis/cooccurrence").rglob("*resjb*"))
+    assert summaries
+    # dark matter on the release grid, trajectories on the per-layer releases
+    assert (tmp_path / "plots/darkmatter").is_dir() and any(
+        (tmp_path / "plots/darkmatter").iterdir()
+    )
+    for layer in (0, 1):
+        assert (
+            tmp_path / f"results/tiny/blocks.{layer}.hook_resid_mid/mid-release-l{layer}"
+        ).is_dir()
+    assert list((tmp_path / "plots/trajectories").rglob("graph_T6.png"))
+
+
+# ------------------------------------------------------------------ presets
+
+CONFIG = REPO / "config"
+
+
+def test_preset_gemma_2_9b_darkmatter_is_the_papers_gemma_scope_grid(in_preset_store):
+    cfg = load_config(CONFIG / "config.yaml", CONFIG / "gemma-2-9b-darkmatter.yaml")
+    assert cfg.model == "google/gemma-2-9b"
+    assert cfg.darkmatter["sweep"] == "gemmascope"
+    assert cfg.darkmatter["window"] == [1, 1023] and cfg.darkmatter["n_tokens"] == 300 * 1022
+    assert cfg.corpora["pile"].context_len == 1024 and cfg.corpora["pile"].n_tokens == 300 * 1024
+    assert cfg.corpora["pile"].dataset == "monology/pile-uncopyrighted"
+    points = cfg.sweeps["gemmascope"]
+    runs = [cfg.saes[p.name] for p in points]
+    assert {run.hook for run in runs} == {"blocks.20.hook_resid_post"}
+    assert {run.arch for run in runs} == {"jumprelu"} and {run.cache for run in runs} == {"pile"}
+    assert {run.pretrained["release"] for run in runs} == {"gemma-scope-9b-pt-res"}
+    assert {run.pretrained["info"]["d_in"] for run in runs} == {3584}
+    curve = sorted((p.width, int(cfg.saes[p.name].pretrained["sae_id"].rsplit("_", 1)[1]))
+                   for p in points if p.k == 60)  # fmt: skip
+    assert curve == [(2**14, 58), (2**15, 57), (2**16, 55), (2**17, 62), (2**18, 50),
+                     (2**19, 48), (2**20, 57)]  # fmt: skip
+    assert sorted(p.k for p in points if p.width == 2**14) == [11, 20, 36, 60, 68, 138, 310, 408]
+    assert cfg.saes["gemmascope-w1m-l0_57"].width == 1_048_576
+    assert "blocks.20.hook_resid_post" in cfg.caches["pile"].hooks
+    assert not cfg.cooccurrence["saes"] and not cfg.trajectories["prompts"]
+
+
+def test_preset_gpt2_small_compares_with_res_jb(in_preset_store):
+    cfg = load_config(CONFIG / "config.yaml", CONFIG / "gpt2-small.yaml")
+    assert cfg.cooccurrence["saes"] == ["matryoshka", "res-jb"]
+    run = cfg.saes["res-jb"]
+    assert run.pretrained["release"] == "gpt2-small-res-jb"
+    assert run.pretrained["sae_id"] == "blocks.8.hook_resid_pre"
+    assert (run.hook, run.width, run.arch) == ("blocks.8.hook_resid_pre", 24576, "relu")
+    assert run.width == cfg.saes["matryoshka"].width
+    assert "res-jb" not in {r.name for runs in cfg.sae_groups().values() for r in runs}
+
+
+def test_preset_gemma_2_2b_trajectories_uses_released_per_layer_saes(in_preset_store):
+    cfg = load_config(CONFIG / "config.yaml", CONFIG / "gemma-2-2b-trajectories.yaml")
+    assert cfg.trajectories["sweep"] == "scope"
+    points = cfg.sweeps["scope"]
+    assert [p.layer for p in points] == list(range(26))
+    for p in points:
+        run = cfg.saes[p.name]
+        assert run.hook == f"blocks.{p.layer}.hook_resid_post" and run.width == 65536
+        assert run.pretrained["release"] == "gemma-scope-2b-pt-res-canonical"
+        assert run.pretrained["sae_id"] == f"layer_{p.layer}/width_65k/canonical"
+    assert cfg.caches["post"].hooks == [f"blocks.{layer}.hook_resid_post" for layer in range(26)]

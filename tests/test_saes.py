@@ -818,3 +818,30 @@ def test_jumprelu_sae_threshold_survives_as_per_latent_vector(tmp_path):
 
     threshold = load_file(tmp_path / "sae_weights.safetensors")["threshold"]
     assert threshold.shape == (32,) and math.isclose(float(threshold[0]), float(sae.threshold))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"])
+def test_streamed_inference_encode_equals_the_dense_one(monkeypatch, arch):
+    """Wide SAEs stream blocks of encoder columns at inference; codes, reconstructions and
+    evaluate.encode_reconstruct are the same as from the whole [B, width] matrix."""
+    from saelab.evaluate import encode_reconstruct
+    from saelab.saes import base
+
+    sae = trained(make(arch, width=32, k=3, normalize_input=arch == "relu"), seed=4)
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(9)) * 2
+    with torch.no_grad():
+        dense = sae.encode(x)
+        recon = sae.reconstruct(x)
+    assert dense.pre_acts is not None and not sae.streams(20)
+    monkeypatch.setattr(base, "STREAM_ELEMENTS", 20 * 5)  # blocks of 5 latents (the last: 2)
+    assert sae.streams(20)
+    with torch.no_grad():
+        streamed = sae.encode(x)
+        assert streamed.pre_acts is None
+        assert bool((streamed.codes.rows[1:] >= streamed.codes.rows[:-1]).all())
+        assert entries(streamed.codes) == pytest.approx(entries(dense.codes), abs=1e-6)
+        assert len(entries(dense.codes)) > 0
+        torch.testing.assert_close(sae.reconstruct(x), recon, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encode_reconstruct(sae, x).output, recon, atol=1e-5, rtol=1e-5)
+    sae.train()  # training never streams: the aux loss needs the dense pre-activations
+    assert not sae.streams(20)

@@ -184,6 +184,44 @@ def _saelab_config(raw, metadata, arch, d_in, d_sae, transcoder, norm, extra) ->
     )
 
 
+def _on_weights(
+    cfg: SAEConfig,
+    weights: dict[str, torch.Tensor],
+    where: str,
+    state: dict[str, torch.Tensor] | None = None,
+) -> SAE:
+    """The SAE of ``cfg`` holding ``weights`` (W_enc, W_dec, b_enc, b_dec, and θ for a
+    threshold SAE) and the buffers in ``state`` (zeros for the others), without copies.
+
+    The SAE is built on the meta device, so no initial weights are drawn: a width-1M Gemma
+    Scope SAE (3,584 × 1,048,576) takes its 30 GB of fp32 weights once, not three times more
+    for the random init, its transpose and its normalised decoder.
+    """
+    with torch.device("meta"):
+        sae = build_sae(cfg)
+    state = dict(state or {})
+    if "threshold" not in state and "threshold" in weights and hasattr(sae, "threshold"):
+        state["threshold"] = weights["threshold"].reshape(sae.threshold.shape)
+    tensors: dict[str, torch.Tensor] = {}
+    params = dict(sae.named_parameters())
+    for name, value in sae.state_dict(keep_vars=True).items():
+        given = weights.get(name) if name in params else state.get(name)
+        if given is None:
+            if name in params:
+                raise SAELoadError(f"{where}: the weights have no {name}")
+            if name == "threshold":
+                raise SAELoadError(f"{where}: a threshold (JumpReLU) SAE needs its threshold")
+            given = torch.zeros(value.shape, dtype=value.dtype)
+        if given.shape != value.shape:
+            raise SAELoadError(
+                f"{where}: {name} has shape {tuple(given.shape)}, expected {tuple(value.shape)} "
+                "from its config"
+            )
+        tensors[name] = given.to(value.dtype)
+    sae.load_state_dict(tensors, assign=True)
+    return sae
+
+
 def _from_saelens_parts(
     raw: dict[str, Any], weights: dict[str, torch.Tensor], where: str, extra: dict[str, Any]
 ) -> SAE:
@@ -204,22 +242,8 @@ def _from_saelens_parts(
     weights = dict(weights)
     if "log_threshold" in weights:  # older JumpReLU checkpoints, as SAE-Lens converts them
         weights["threshold"] = torch.exp(weights.pop("log_threshold"))
-    sae = build_sae(cfg)
+    sae = _on_weights(cfg, weights, where)
     with torch.no_grad():
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-            target = getattr(sae, name)
-            if name not in weights:
-                raise SAELoadError(f"{where}: the weights have no {name}")
-            if weights[name].shape != target.shape:
-                raise SAELoadError(
-                    f"{where}: {name} has shape {tuple(weights[name].shape)}, expected "
-                    f"{tuple(target.shape)} from its config"
-                )
-            target.copy_(weights[name])
-        if hasattr(sae, "threshold"):
-            if "threshold" not in weights:
-                raise SAELoadError(f"{where}: a JumpReLU SAE needs a threshold")
-            sae.threshold.copy_(weights["threshold"].reshape(sae.threshold.shape))
         if raw.get("rescale_acts_by_decoder_norm"):
             # SAE-Lens multiplies the pre-activations by the decoder row norms before the
             # top-k and divides the codes by them before decoding; folding the norms into the
@@ -238,6 +262,8 @@ def sae_from_saelens(sae_lens_sae, extra: dict[str, Any] | None = None) -> SAE:
     weights = {
         name: value.detach().float().cpu() for name, value in sae_lens_sae.state_dict().items()
     }
+    if raw.get("rescale_acts_by_decoder_norm"):  # folded in place later: not into their SAE
+        weights = {name: value.clone() for name, value in weights.items()}
     where = f"SAE-Lens {type(sae_lens_sae).__name__}"
     return _from_saelens_parts(raw, weights, where, {"source": "sae_lens", **(extra or {})})
 
@@ -256,19 +282,6 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
     weights = load_file(path / WEIGHTS_NAME)
     if "saelab" not in raw:
         return _from_saelens_parts(raw, weights, str(path), {"source": "sae_lens"}).to(device)
-    sae = build_sae(SAEConfig.from_dict(raw["saelab"]["config"]))
-    with torch.no_grad():
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-            target = getattr(sae, name)
-            if weights[name].shape != target.shape:
-                raise SAELoadError(
-                    f"{path}: {name} has shape {tuple(weights[name].shape)}, expected "
-                    f"{tuple(target.shape)} from {CFG_NAME}"
-                )
-            target.copy_(weights[name])
-        if (path / STATE_NAME).is_file():
-            for name, value in load_file(path / STATE_NAME).items():
-                getattr(sae, name).copy_(value)
-        elif "threshold" in weights and hasattr(sae, "threshold"):
-            sae.threshold.copy_(weights["threshold"].reshape(sae.threshold.shape))
-    return sae.to(device).eval()
+    state = load_file(path / STATE_NAME) if (path / STATE_NAME).is_file() else {}
+    cfg = SAEConfig.from_dict(raw["saelab"]["config"])
+    return _on_weights(cfg, weights, str(path), state).to(device).eval()
