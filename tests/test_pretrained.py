@@ -24,6 +24,7 @@ from saelab.saes.pretrained import (
     ReleaseError,
     load_release,
     resolve_release,
+    store_downloads,
     write_release_sae,
 )
 
@@ -480,3 +481,59 @@ def test_preset_gemma_2_2b_trajectories_uses_released_per_layer_saes(in_preset_s
         assert run.pretrained["release"] == "gemma-scope-2b-pt-res-canonical"
         assert run.pretrained["sae_id"] == f"layer_{p.layer}/width_65k/canonical"
     assert cfg.caches["post"].hooks == [f"blocks.{layer}.hook_resid_post" for layer in range(26)]
+
+
+@pytest.fixture
+def gemma_scope_like_release(monkeypatch):
+    """A release entry that SAE-Lens converts with its Gemma Scope loader (``gemma_2``): the
+    directory entry is added for the test (the registered Gemma Scope ids are 16k+ wide; this
+    one is 4k on Gemma-2-2B's 2,304 dimensions, 75 MB)."""
+    from sae_lens.loading.pretrained_saes_directory import (
+        PretrainedSAELookup,
+        get_pretrained_saes_directory,
+    )
+
+    directory = get_pretrained_saes_directory()
+    name, sae_id = "test-gemma-scope-2b-pt-res", "layer_1/width_4k/average_l0_20"
+    directory[name] = PretrainedSAELookup(
+        release=name, repo_id="local/gemma-scope-2b-pt-res", model="gemma-2-2b",
+        conversion_func="gemma_2", saes_map={sae_id: sae_id}, expected_var_explained={},
+        expected_l0={}, neuronpedia_id={}, norm_scaling_factor={}, config_overrides=None,
+    )  # fmt: skip
+    yield name, sae_id
+    del directory[name]
+
+
+def test_gemma_scope_npz_layout_through_sae_lens_gemma_2_loader(tmp_path, gemma_scope_like_release):
+    """Gemma Scope's own layout (params.npz with W_enc, W_dec, b_enc, b_dec, threshold), read
+    by SAE-Lens's gemma_2 loader from the store: hook and width as SAE-Lens derives them, codes
+    and reconstructions equal to SAE-Lens's JumpReLU."""
+    import numpy as np
+
+    release, sae_id = gemma_scope_like_release
+    d_in, width = 2304, 4096
+    rng = np.random.default_rng(0)
+    w_dec = rng.standard_normal((width, d_in)).astype(np.float32)
+    w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
+    params = {
+        "W_enc": np.ascontiguousarray(w_dec.T) * 0.5,
+        "W_dec": w_dec,
+        "b_enc": rng.standard_normal(width).astype(np.float32) * 0.1,
+        "b_dec": rng.standard_normal(d_in).astype(np.float32) * 0.1,
+        "threshold": rng.uniform(1.0, 3.0, width).astype(np.float32),
+    }
+    folder = tmp_path / "local/gemma-scope-2b-pt-res" / sae_id
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **params)
+    info = resolve_release(release, sae_id, tmp_path)
+    assert (info.architecture, info.hook, info.d_in, info.d_sae) == (
+        "jumprelu", "blocks.1.hook_resid_post", d_in, width)  # fmt: skip
+    ours = load_release(info, tmp_path)
+    with store_downloads(tmp_path):
+        theirs = sae_lens.SAE.from_pretrained(release, sae_id)
+    x = torch.randn(32, d_in, generator=torch.Generator().manual_seed(2)) * 3
+    with torch.no_grad():
+        codes = theirs.encode(x)
+        assert 0 < int((codes > 0).sum()) < codes.numel() // 4
+        torch.testing.assert_close(ours.encode(x).codes.dense(), codes, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(ours.reconstruct(x), theirs.decode(codes), atol=1e-4, rtol=1e-5)
