@@ -537,3 +537,31 @@ def test_gemma_scope_npz_layout_through_sae_lens_gemma_2_loader(tmp_path, gemma_
         assert 0 < int((codes > 0).sum()) < codes.numel() // 4
         torch.testing.assert_close(ours.encode(x).codes.dense(), codes, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(ours.reconstruct(x), theirs.decode(codes), atol=1e-4, rtol=1e-5)
+
+
+def test_release_family_restating_hook_templates_and_widths_is_checked(tmp_path):
+    _tiny_store(tmp_path)
+    family = {"cache": "layers", "layer": "all", "hook": "blocks.{layer}.hook_resid_mid",
+              "pretrained": {"release": "local/tiny-mid", "sae_id": "layer_{layer}/width_128"}}  # fmt: skip
+    cfg = _micro_with(tmp_path, {"sweeps": {"mid": family}})
+    assert [cfg.saes[p.name].hook for p in cfg.sweeps["mid"]] == [
+        "blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid"]  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"saes.mid-l0.hook: the config says 'blocks.0.hook_resid_post'"
+    ):
+        _micro_with(
+            tmp_path, {"sweeps": {"mid": {**family, "hook": "blocks.{layer}.hook_resid_post"}}}
+        )
+    grid = {"pretrained": {"release": "local/tiny-grid", "sae_id": "w{width}/l0_{k}"},
+            "width": [64, 128], "k": [4, 8]}  # fmt: skip
+    cfg = _micro_with(tmp_path, {"sweeps": {"grid": grid}})
+    assert sorted((p.width, p.k) for p in cfg.sweeps["grid"]) == [
+        (64, 4),
+        (64, 8),
+        (128, 4),
+        (128, 8),
+    ]
+    wrong = {"pretrained": {"release": "local/tiny-grid", "sae_id": "w64/l0_{k}"},
+             "width": 128, "k": [4, 8]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"width: the config says 128 but .* has 64"):
+        _micro_with(tmp_path, {"sweeps": {"grid": wrong}})

@@ -331,7 +331,14 @@ def _expand_release_family(
             name = f"{sweep}-{safe_name(sae_id)}"
         if name in runs:
             raise ConfigError(f"sweeps.{sweep}.name: two points of the family are named {name!r}")
-        runs[name] = {**base, "pretrained": {"release": release, "sae_id": sae_id}}
+        run = {**base, "pretrained": {"release": release, "sae_id": sae_id}}
+        fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
+        for field_name in ("hook", "target_hook"):  # restated templates, checked on resolving
+            if isinstance(run.get(field_name), str):
+                run[field_name] = run[field_name].format(**fmt)
+        if isinstance(coords.get("width"), int):
+            run["width"] = coords["width"]
+        runs[name] = run
         k = _int_or_none(coords.get("k", coords.get("l0")))
         points.append(SweepPoint(name, _int_or_none(coords.get("layer")), 0, k))
     return runs, points
