@@ -845,3 +845,36 @@ def test_streamed_inference_encode_equals_the_dense_one(monkeypatch, arch):
         torch.testing.assert_close(encode_reconstruct(sae, x).output, recon, atol=1e-5, rtol=1e-5)
     sae.train()  # training never streams: the aux loss needs the dense pre-activations
     assert not sae.streams(20)
+
+
+def test_loading_adopts_the_saved_tensors_without_initialising(tmp_path, monkeypatch):
+    """A loaded SAE holds its weights once: no random init (a width-1M Gemma Scope SAE would
+    otherwise allocate 3 more 15 GB matrices), the loaded tensors become the parameters."""
+    from saelab.saes import io
+
+    sae = trained(make("topk"), steps=1)
+    save_sae(sae, tmp_path)
+    loaded: dict = {}
+    real_load_file = io.load_file
+
+    def spy(path):
+        loaded[str(path)] = real_load_file(path)
+        return loaded[str(path)]
+
+    real_uniform = torch.Tensor.uniform_
+
+    def no_init(self, *args, **kwargs):
+        if self.device.type != "meta":  # meta tensors hold no memory
+            raise AssertionError("loading drew initial weights")
+        return real_uniform(self, *args, **kwargs)
+
+    monkeypatch.setattr(io, "load_file", spy)
+    monkeypatch.setattr(torch.Tensor, "uniform_", no_init)
+    again = load_sae(tmp_path)
+    weights = loaded[str(tmp_path / "sae_weights.safetensors")]
+    for name in ("W_enc", "W_dec", "b_dec"):
+        assert getattr(again, name).data_ptr() == weights[name].data_ptr(), name
+    assert again.W_enc.requires_grad and again.W_enc.device.type == "cpu"
+    torch.testing.assert_close(
+        again.reconstruct(torch.ones(2, 8)), sae.reconstruct(torch.ones(2, 8))
+    )
