@@ -335,16 +335,21 @@ def test_config_with_a_missing_release_stops_offline_naming_what_to_do(tmp_path)
 MICRO_OVERLAY = REPO / "tests" / "config" / "micro-pretrained.yaml"
 
 
-def sparse_release(kind: str, d_sae: int, l0: float, hook: str, seed: int, d_in: int = 64):
-    """A sae_lens SAE that behaves like a release on the tiny model: layer-normed input (so
-    pre-activations are ~N(0, 1) along unit directions), tied unit-norm random directions,
-    and a threshold (JumpReLU) or encoder bias (standard) giving about ``l0`` active latents."""
+def sparse_release(kind: str, d_sae: int, l0: int, hook: str, seed: int, d_in: int = 64):
+    """A sae_lens SAE that behaves like a release on the tiny model: tied unit-norm random
+    directions; ``topk`` (OpenAI v5 style, k = ``l0``, raw inputs as pursuit needs) or
+    ``standard`` on layer-normed inputs (pre-activations ~N(0, 1) along unit directions) with
+    an encoder bias giving about ``l0`` active latents."""
     from scipy.stats import norm
 
     sae = saelens_sae(kind, d_in=d_in, d_sae=d_sae, hook=hook, seed=seed)
-    sae.cfg.normalize_activations = "layer_norm"
+    if kind == "topk":
+        sae.cfg.k = l0
+        sae.activation_fn = type(sae.activation_fn)(l0)
+        sae.cfg.normalize_activations = "none"
+    else:
+        sae.cfg.normalize_activations = "layer_norm"
     sae._setup_activation_normalization()
-    cut = float(norm.isf(l0 / d_sae))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         directions = torch.randn(d_sae, d_in, generator=g)
@@ -352,11 +357,7 @@ def sparse_release(kind: str, d_sae: int, l0: float, hook: str, seed: int, d_in:
         sae.W_dec.copy_(directions)
         sae.W_enc.copy_(directions.T)
         sae.b_dec.zero_()
-        if kind == "jumprelu":
-            sae.b_enc.zero_()
-            sae.threshold.fill_(cut)
-        else:
-            sae.b_enc.fill_(-cut)
+        sae.b_enc.fill_(0.0 if kind == "topk" else -float(norm.isf(l0 / d_sae)))
     return sae
 
 
@@ -366,11 +367,11 @@ def build_micro_releases(workdir: Path) -> None:
     hook = "blocks.1.hook_resid_pre"
     add_release(store, "local/tiny-res-jb", hook, sparse_release("standard", 256, 12, hook, 0))
     for i, (width, l0) in enumerate([(64, 4), (64, 8), (128, 4), (128, 8), (256, 8)]):
-        sae = sparse_release("jumprelu", width, l0, hook, 10 + i)
+        sae = sparse_release("topk", width, l0, hook, 10 + i)
         add_release(store, "local/tiny-scope", f"layer_1/width_{width}/average_l0_{l0}", sae)
     for layer in (0, 1):
         mid = f"blocks.{layer}.hook_resid_mid"
-        sae = sparse_release("jumprelu", 128, 8, mid, 20 + layer)
+        sae = sparse_release("topk", 128, 8, mid, 20 + layer)
         add_release(store, "local/tiny-scope-mid", f"layer_{layer}/width_128/canonical", sae)
 
 
