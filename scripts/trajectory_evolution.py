@@ -4,7 +4,7 @@ from saelab.config import TinyConfig
 from saelab.models import configured_device, load_model, resolve_model
 from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
-from saelab.saes.io import load_pretrained, load_sae
+from saelab.saes.io import load_sae
 from saelab.trajectories import compute_evolution
 
 with logged(snakemake.log[0]) as log:
@@ -13,16 +13,8 @@ with logged(snakemake.log[0]) as log:
     spec = snakemake.params.model
     device = configured_device(snakemake.config)
     layers = [int(layer) for layer in opts["layers"]]
-    if opts["pretrained"] is not None:
-        release, template = opts["pretrained"]["release"], opts["pretrained"]["sae_id"]
-        saes = {
-            layer: load_pretrained(release, template.format(layer=layer), "data/saes/pretrained")
-            for layer in layers
-        }
-        names = {layer: f"{release}/{template.format(layer=layer)}" for layer in layers}
-    else:
-        saes = {layer: load_sae(snakemake.input[f"sae_l{layer}"]) for layer in layers}
-        names = {int(layer): name for layer, name in opts["sae_names"].items()}
+    saes = {layer: load_sae(snakemake.input[f"sae_l{layer}"]) for layer in layers}
+    names = {int(layer): name for layer, name in opts["sae_names"].items()}
     saes = {layer: sae.to(device).eval() for layer, sae in saes.items()}
     info = resolve_model(
         spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,49 @@ def tiny_model():
         act_fn="gelu", normalization_type="LN", seed=0,
     )  # fmt: skip
     return HookedTransformer(cfg).eval()
+
+
+#: Released SAEs the presets name: (release, ids).
+PRESET_RELEASES = {
+    "gpt2-small.yaml": [("gpt2-small-res-jb", ["blocks.8.hook_resid_pre"])],
+    "gemma-2-9b-darkmatter.yaml": [("gemma-scope-9b-pt-res", [
+        f"layer_20/width_{w}/average_l0_{l0}" for w, l0 in (
+            ("16k", 58), ("32k", 57), ("65k", 55), ("131k", 62), ("262k", 50), ("524k", 48),
+            ("1m", 57), ("16k", 11), ("16k", 20), ("16k", 36), ("16k", 68), ("16k", 138),
+            ("16k", 310), ("16k", 408))])],
+    "gemma-2-2b-trajectories.yaml": [("gemma-scope-2b-pt-res-canonical", [
+        f"layer_{layer}/width_65k/canonical" for layer in range(26)])],
+}  # fmt: skip
+
+
+def placeholder_releases(root: Path, preset: str) -> Path:
+    """Stand-ins for a preset's releases in ``root/data/releases`` (the real ones are GBs):
+    a placeholder file in each release folder, so that SAE-Lens's config getter resolves the
+    release offline. Gemma Scope's getter reads nothing (hook and width come from the id);
+    for res-jb the stand-in is a cfg.json in the release's pre-6.0 layout with its published
+    d_in, d_sae and hook. Returns the store."""
+    from sae_lens.loading.pretrained_saes_directory import get_repo_id_and_folder_name
+
+    store = root / "data" / "releases"
+    for release, ids in PRESET_RELEASES.get(preset, []):
+        for sae_id in ids:
+            repo, folder = get_repo_id_and_folder_name(release, sae_id)
+            path = store / repo / folder
+            path.mkdir(parents=True, exist_ok=True)
+            if release == "gpt2-small-res-jb":
+                cfg = {"model_name": "gpt2-small", "hook_point": sae_id, "hook_point_layer": 8,
+                       "d_in": 768, "d_sae": 24576, "dtype": "float32", "device": "cpu"}  # fmt: skip
+                (path / "cfg.json").write_text(json.dumps(cfg))
+            else:
+                (path / "params.npz").write_bytes(b"placeholder")
+    return store
+
+
+@pytest.fixture
+def in_preset_store(tmp_path, monkeypatch):
+    """Run in a fresh directory holding stand-ins of every preset's releases, offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    for preset in PRESET_RELEASES:
+        placeholder_releases(tmp_path, preset)
+    return tmp_path

@@ -7,7 +7,13 @@ import pytest
 from saelab.config import REPO_ROOT, ConfigError, load_config, load_yaml
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
-PRESETS = ["tiny.yaml", "gpt2-small.yaml", "gemma-2-2b.yaml"]
+PRESETS = [
+    "tiny.yaml",
+    "gpt2-small.yaml",
+    "gemma-2-2b.yaml",
+    "gemma-2-9b-darkmatter.yaml",
+    "gemma-2-2b-trajectories.yaml",
+]
 
 
 def test_default_config_is_valid_and_gets_schema_defaults():
@@ -19,12 +25,12 @@ def test_default_config_is_valid_and_gets_schema_defaults():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_override_the_default(preset):
+def test_presets_override_the_default(preset, in_preset_store):
     cfg = load_config(DEFAULT, REPO_ROOT / "config" / preset)
     assert cfg.model != "gemma-3-270m" or preset == "tiny.yaml"
 
 
-def test_presets_match_the_originals():
+def test_presets_match_the_originals(in_preset_store):
     gpt2 = load_config(DEFAULT, REPO_ROOT / "config" / "gpt2-small.yaml")
     assert gpt2.model == "gpt2-small"
     assert "blocks.8.hook_resid_pre" in gpt2.caches["main"].hooks

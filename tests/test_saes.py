@@ -26,7 +26,7 @@ from saelab.saes import (
 from saelab.saes import batchtopk as batchtopk_module
 from saelab.saes.base import gather_decode, sparse_decode
 from saelab.saes.batchtopk import batch_topk, threshold_codes
-from saelab.saes.io import SAELoadError, load_pretrained, load_sae, save_sae
+from saelab.saes.io import SAELoadError, load_sae, save_sae
 from saelab.saes.topk import topk_per_row
 
 ALL_ARCHS = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"]
@@ -828,27 +828,9 @@ def test_load_sae_reads_a_foreign_sae_lens_sae(tmp_path, kind, rescale):
             assert (ours.encode(x).codes.l0() == 4).all()
 
 
-def test_load_pretrained_offline_without_a_copy_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SAELoadError) as err:
-        load_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre", tmp_path)
-    message = str(err.value)
-    assert "HF_HUB_OFFLINE" in message and "not cached" in message
-    assert "load_pretrained('gpt2-small-res-jb'" in message and "train an SAE" in message
-
-
 def test_load_sae_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(SAELoadError, match=r"expected cfg\.json and sae_weights\.safetensors"):
         load_sae(tmp_path)
-
-
-def test_load_pretrained_uses_a_cached_copy_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    sae = trained(make("topk"), steps=1)
-    save_sae(sae, tmp_path / "some-release" / "blocks.0.hook_resid_pre")
-    loaded = load_pretrained("some-release", "blocks.0.hook_resid_pre", tmp_path)
-    x = torch.randn(5, 8)
-    torch.testing.assert_close(loaded.reconstruct(x), sae.reconstruct(x))
 
 
 def test_unsupported_saelens_architecture_is_named(tmp_path):
@@ -963,3 +945,63 @@ def test_aux_loss_reads_the_dead_set_after_this_batch(arch, loss, case):
     for name, grad in grads.items():
         got = getattr(sae, name).grad
         torch.testing.assert_close(got.double(), grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"])
+def test_streamed_inference_encode_equals_the_dense_one(monkeypatch, arch):
+    """Wide SAEs stream blocks of encoder columns at inference; codes, reconstructions and
+    evaluate.encode_reconstruct are the same as from the whole [B, width] matrix."""
+    from saelab.evaluate import encode_reconstruct
+    from saelab.saes import base
+
+    sae = trained(make(arch, width=32, k=3, normalize_input=arch == "relu"), seed=4)
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(9)) * 2
+    with torch.no_grad():
+        dense = sae.encode(x)
+        recon = sae.reconstruct(x)
+    assert dense.pre_acts is not None and not sae.streams(20)
+    monkeypatch.setattr(base, "STREAM_ELEMENTS", 20 * 5)  # blocks of 5 latents (the last: 2)
+    assert sae.streams(20)
+    with torch.no_grad():
+        streamed = sae.encode(x)
+        assert streamed.pre_acts is None
+        assert bool((streamed.codes.rows[1:] >= streamed.codes.rows[:-1]).all())
+        assert entries(streamed.codes) == pytest.approx(entries(dense.codes), abs=1e-6)
+        assert len(entries(dense.codes)) > 0
+        torch.testing.assert_close(sae.reconstruct(x), recon, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encode_reconstruct(sae, x).output, recon, atol=1e-5, rtol=1e-5)
+    sae.train()  # training never streams: the aux loss needs the dense pre-activations
+    assert not sae.streams(20)
+
+
+def test_loading_adopts_the_saved_tensors_without_initialising(tmp_path, monkeypatch):
+    """A loaded SAE holds its weights once: no random init (a width-1M Gemma Scope SAE would
+    otherwise allocate 3 more 15 GB matrices), the loaded tensors become the parameters."""
+    from saelab.saes import io
+
+    sae = trained(make("topk"), steps=1)
+    save_sae(sae, tmp_path)
+    loaded: dict = {}
+    real_load_file = io.load_file
+
+    def spy(path):
+        loaded[str(path)] = real_load_file(path)
+        return loaded[str(path)]
+
+    real_uniform = torch.Tensor.uniform_
+
+    def no_init(self, *args, **kwargs):
+        if self.device.type != "meta":  # meta tensors hold no memory
+            raise AssertionError("loading drew initial weights")
+        return real_uniform(self, *args, **kwargs)
+
+    monkeypatch.setattr(io, "load_file", spy)
+    monkeypatch.setattr(torch.Tensor, "uniform_", no_init)
+    again = load_sae(tmp_path)
+    weights = loaded[str(tmp_path / "sae_weights.safetensors")]
+    for name in ("W_enc", "W_dec", "b_dec"):
+        assert getattr(again, name).data_ptr() == weights[name].data_ptr(), name
+    assert again.W_enc.requires_grad and again.W_enc.device.type == "cpu"
+    torch.testing.assert_close(
+        again.reconstruct(torch.ones(2, 8)), sae.reconstruct(torch.ones(2, 8))
+    )

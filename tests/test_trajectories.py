@@ -442,8 +442,6 @@ def test_config_checks(tmp_path):
         _config(tmp_path, {"prompts": prompts, "evolution_layers": [5]})
     with pytest.raises(ConfigError, match="distinct"):
         _config(tmp_path, {"prompts": prompts, "T": [3, 3]})
-    with pytest.raises(ConfigError, match="must hold"):
-        _config(tmp_path, {"prompts": prompts, "pretrained": {"release": "r", "sae_id": "fixed"}})
     # a resid_post family is allowed (the original's site); resid_pre is not
     cache = {
         "corpus": "python-docs",
@@ -462,22 +460,6 @@ def test_config_checks(tmp_path):
 
 
 # ------------------------------------------------------------------ end to end
-
-
-def test_pretrained_releases_skip_training_in_the_dag(tmp_path):
-    """With an SAE-Lens release nothing trains the sweep and the graphs read no feature
-    summaries (the micro_run test covers the default DAG)."""
-    from conftest import MICRO, snakemake
-
-    overlay = tmp_path / "pretrained.yaml"
-    release = {"release": "gpt2-small-resid-mid-v5-32k", "sae_id": "blocks.{layer}.hook_resid_mid"}
-    overlay.write_text(json.dumps({"trajectories": {"pretrained": release}}))
-    wanted = [
-        f"plots/trajectories/{p}/graph_T6.html" for p in ("flashlight", "induction", "factual")
-    ]
-    plan = snakemake(tmp_path, "-n", *wanted, "--configfile", str(MICRO), str(overlay)).stdout
-    assert "trajectory_evolution" in plan and "trajectory_graph" in plan
-    assert "train_saes_layers" not in plan and "feature_summary" not in plan
 
 
 @pytest.mark.slow

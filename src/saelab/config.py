@@ -9,7 +9,7 @@ error names the config key and what is allowed.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,14 @@ class SAERun:
     """Overrides of the shared ``training`` settings."""
     options: dict[str, Any] = field(default_factory=dict)
     """Every other key, passed to :class:`saelab.saes.SAEConfig` as is (k, group_sizes, loss, ...)."""
+    pretrained: dict[str, Any] | None = None
+    """A released SAE instead of a training recipe: ``{release, sae_id}`` plus what the release
+    resolved to (:class:`saelab.saes.pretrained.ReleaseInfo` fields); the rule
+    ``pretrained_sae`` writes it where a trained SAE would be."""
+
+    @property
+    def is_pretrained(self) -> bool:
+        return self.pretrained is not None
 
     @property
     def group_name(self) -> str:
@@ -205,6 +213,8 @@ def expand_sweep(
     the default name is the sweep name plus one ``l``/``w``/``k`` tag per swept axis.
     """
     key = f"sweeps.{sweep}"
+    if spec.get("pretrained") is not None:
+        return _expand_release_family(sweep, spec, n_layers)
     axes: dict[str, list[Any]] = {}
     for axis in SWEEP_AXES:
         if axis not in spec:
@@ -241,13 +251,154 @@ def expand_sweep(
     return runs, points
 
 
-_RUN_FIELDS = ("arch", "hook", "width", "cache", "target_hook", "group", "train")
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _expand_release_family(
+    sweep: str, spec: dict[str, Any], n_layers: int | None
+) -> tuple[dict[str, dict[str, Any]], list[SweepPoint]]:
+    """A ``sweeps`` family of released SAEs: ``pretrained.sae_id`` is a list of ids, or a template
+    over the fields of ``pretrained.points`` (e.g. Gemma Scope's released ``(width, l0)`` pairs)
+    or, without points, over the product of the ``layer``/``width``/``k`` axes.
+
+    A point's ``k`` (the dark-matter grid's L0 axis) is its ``k`` field, else its ``l0`` field;
+    its width and (unless given) layer come from the release when the config is parsed.
+    """
+    key = f"sweeps.{sweep}.pretrained"
+    pre = dict(spec["pretrained"])
+    if not isinstance(pre, dict) or not {"release", "sae_id"} <= set(pre):
+        raise ConfigError(f"{key}: needs release and sae_id (an id, a list of ids or a template)")
+    release, ids, listed = pre["release"], pre["sae_id"], pre.get("points")
+    axes_given = [axis for axis in SWEEP_AXES if axis in spec]
+    entries: list[tuple[dict[str, Any], str]] = []
+    if isinstance(ids, list):
+        if listed or axes_given:
+            raise ConfigError(
+                f"{key}.sae_id: a list of ids takes no points and no {list(SWEEP_AXES)} axes; "
+                "use a template over the points' fields instead"
+            )
+        entries = [({}, str(sae_id)) for sae_id in ids]
+    else:
+        if listed is not None:
+            if axes_given:
+                raise ConfigError(
+                    f"{key}.points: give the released points or the axes {axes_given}, not both"
+                )
+            coords_list = [dict(point) for point in listed]
+        else:
+            axes = {
+                axis: _layer_list(spec[axis], n_layers, f"sweeps.{sweep}.layer")
+                if axis == "layer"
+                else (list(spec[axis]) if isinstance(spec[axis], list) else [spec[axis]])
+                for axis in axes_given
+            }
+            coords_list = [
+                dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())
+            ]
+        for coords in coords_list:
+            fmt = {**coords, "l0": coords.get("l0", coords.get("k"))}
+            try:
+                entries.append((coords, str(ids).format(**fmt)))
+            except (KeyError, IndexError) as err:
+                raise ConfigError(
+                    f"{key}.sae_id: the template {ids!r} needs field {err}; the point has "
+                    f"{sorted(coords)}"
+                ) from None
+    if not entries:
+        raise ConfigError(f"{key}: the family is empty")
+    varying = [
+        name
+        for name in dict.fromkeys(k for coords, _ in entries for k in coords)
+        if len({str(coords.get(name)) for coords, _ in entries}) > 1 or name == "layer"
+    ]
+    from saelab.saes.pretrained import safe_name
+
+    base = {k: v for k, v in spec.items() if k not in (*SWEEP_AXES, "name", "pretrained")}
+    runs: dict[str, dict[str, Any]] = {}
+    points: list[SweepPoint] = []
+    for index, (coords, sae_id) in enumerate(entries):
+        if spec.get("name"):
+            name = spec["name"].format(**{**coords, "i": index})
+        elif coords:
+            tags = "".join(f"-{_AXIS_PREFIX.get(f, f + '_')}{coords[f]}" for f in varying)
+            name = sweep + (tags or f"-{index}")
+        else:
+            name = f"{sweep}-{safe_name(sae_id)}"
+        if name in runs:
+            raise ConfigError(f"sweeps.{sweep}.name: two points of the family are named {name!r}")
+        run = {**base, "pretrained": {"release": release, "sae_id": sae_id}}
+        fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
+        for field_name in ("hook", "target_hook"):  # restated templates, checked on resolving
+            if isinstance(run.get(field_name), str):
+                run[field_name] = run[field_name].format(**fmt)
+        if isinstance(coords.get("width"), int):
+            run["width"] = coords["width"]
+        runs[name] = run
+        k = _int_or_none(coords.get("k", coords.get("l0")))
+        points.append(SweepPoint(name, _int_or_none(coords.get("layer")), 0, k))
+    return runs, points
+
+
+_RUN_FIELDS = ("arch", "hook", "width", "cache", "target_hook", "group", "train", "pretrained")
+#: What a released SAE's config may say besides ``pretrained``: where its activations are
+#: cached, and restated facts of the release (checked against it).
+_PRETRAINED_KEYS = {"pretrained", "cache", "arch", "hook", "width", "target_hook", "k"}
 
 
 def _parse_run(name: str, spec: dict[str, Any]) -> SAERun:
     known = {key: spec[key] for key in _RUN_FIELDS if key in spec}
     options = {key: value for key, value in spec.items() if key not in _RUN_FIELDS}
     return SAERun(name=name, **known, options=options)
+
+
+def _resolve_pretrained(
+    name: str, spec: dict[str, Any], given: dict[str, Any], store: str
+) -> dict[str, Any]:
+    """The run spec of a released SAE with its hook, width and architecture from the release.
+
+    ``given`` is the spec as the config file wrote it (before the schema's defaults): a key
+    it restates must agree with the release, else the error names both values.
+    """
+    from saelab.saes.io import SAELoadError
+    from saelab.saes.pretrained import resolve_release
+
+    key = f"saes.{name}"
+    extra = sorted(set(given) - _PRETRAINED_KEYS)
+    if extra:
+        raise ConfigError(
+            f"{key}: a pretrained SAE takes no training recipe; remove {extra} (allowed beside "
+            f"pretrained: {sorted(_PRETRAINED_KEYS - {'pretrained'})})"
+        )
+    pre = spec["pretrained"]
+    if not isinstance(pre, dict) or not {"release", "sae_id"} <= set(pre):
+        raise ConfigError(f"{key}.pretrained: needs release and sae_id, got {pre!r}")
+    try:
+        info = resolve_release(str(pre["release"]), str(pre["sae_id"]), store)
+    except SAELoadError as err:
+        raise ConfigError(f"{key}.pretrained: {err}") from None
+    resolved = {
+        "arch": info.arch,
+        "hook": info.hook,
+        "width": info.d_sae,
+        "target_hook": info.hook_out if info.is_transcoder else None,
+        "k": info.k,
+    }
+    for field_name, value in resolved.items():
+        if field_name in given and given[field_name] != value:
+            raise ConfigError(
+                f"{key}.{field_name}: the config says {given[field_name]!r} but release "
+                f"{info.release!r} / {info.sae_id!r} has {value!r}; remove the key (it comes "
+                "from the release) or fix it"
+            )
+    run = {field_name: value for field_name, value in resolved.items() if value is not None}
+    run["cache"] = spec.get("cache", "main")
+    run["pretrained"] = {"release": info.release, "sae_id": info.sae_id, "info": asdict(info)}
+    return run
 
 
 @dataclass
@@ -277,6 +428,8 @@ class PipelineConfig:
     """The trajectory analysis section (saelab.trajectories)."""
     tracking: dict[str, Any] = field(default_factory=dict)
     """Optional run tracking (``tracking.wandb``; saelab.tracking)."""
+    pretrained_dir: str = "data/releases"
+    """Local store of released SAEs (saelab.saes.pretrained), relative to the working directory."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def train_settings(self, run: SAERun) -> dict[str, Any]:
@@ -288,10 +441,17 @@ class PipelineConfig:
         swept = {point.name for points in self.sweeps.values() for point in points}
         return {name: run for name, run in self.saes.items() if name not in swept}
 
+    @property
+    def pretrained_saes(self) -> dict[str, SAERun]:
+        """Released SAEs (named or in sweeps), written by the rule ``pretrained_sae``."""
+        return {name: run for name, run in self.saes.items() if run.is_pretrained}
+
     def sae_groups(self) -> dict[str, list[SAERun]]:
-        """Runs by training group, in config order."""
+        """Trained runs by training group, in config order (released SAEs are not trained)."""
         groups: dict[str, list[SAERun]] = {}
         for run in self.saes.values():
+            if run.is_pretrained:
+                continue
             groups.setdefault(run.group_name, []).append(run)
         return groups
 
@@ -354,15 +514,32 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         )
         for name, spec in config.get("caches", {}).items()
     }
+    store = str(config.get("pretrained_dir", "data/releases"))
     run_specs = dict(config.get("saes", {}))
+    for name, spec in run_specs.items():
+        if spec.get("pretrained") is not None:
+            given = _without_defaults(spec, "saes")
+            run_specs[name] = _resolve_pretrained(name, spec, given, store)
+        else:
+            _require_recipe(f"saes.{name}", spec)
     sweeps: dict[str, list[SweepPoint]] = {}
     for sweep, spec in config.get("sweeps", {}).items():
-        runs, sweeps[sweep] = expand_sweep(sweep, spec, n_layers)
+        if spec.get("pretrained") is not None:
+            given = _without_defaults(spec, "sweeps")
+            runs, points = expand_sweep(sweep, given, n_layers)
+            runs = {name: _resolve_pretrained(name, {**run, "cache": spec.get("cache", "main")},
+                                              run, store)
+                    for name, run in runs.items()}  # fmt: skip
+            sweeps[sweep] = [_release_point(point, runs[point.name]) for point in points]
+        else:
+            _require_recipe(f"sweeps.{sweep}", spec)
+            runs, sweeps[sweep] = expand_sweep(sweep, spec, n_layers)
         clash = sorted(set(runs) & set(run_specs))
         if clash:
             raise ConfigError(f"sweeps.{sweep}: generated SAE names {clash} are already taken")
         run_specs.update(runs)
     parsed = PipelineConfig(
+        pretrained_dir=store,
         model=config["model"],
         model_path=config.get("model_path"),
         device=config.get("device", "auto"),
@@ -383,6 +560,38 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
     )
     check_config(parsed)
     return parsed
+
+
+def _schema_defaults(section: str) -> dict[str, Any]:
+    """Defaults the schema fills into every entry of ``saes`` or ``sweeps``."""
+    props = load_yaml(SCHEMA_PATH)["properties"][section]["additionalProperties"]["properties"]
+    return {key: value["default"] for key, value in props.items() if "default" in value}
+
+
+def _without_defaults(spec: dict[str, Any], section: str) -> dict[str, Any]:
+    """``spec`` without the values the schema filled in (what the config file restates)."""
+    defaults = _schema_defaults(section)
+    return {k: v for k, v in spec.items() if not (k in defaults and defaults[k] == v)}
+
+
+def _require_recipe(key: str, spec: dict[str, Any]) -> None:
+    missing = [name for name in ("arch", "hook", "width") if name not in spec]
+    if missing:
+        raise ConfigError(
+            f"{key}: a trained SAE needs {missing} (or give pretrained: {{release, sae_id}})"
+        )
+
+
+def _release_point(point: SweepPoint, run: dict[str, Any]) -> SweepPoint:
+    """A release family's point with the width (and layer) of its resolved release."""
+    layer = point.layer
+    if layer is None:
+        try:
+            layer = parse_hook(run["hook"]).layer
+        except HookError:
+            layer = None
+    k = point.k if point.k is not None else run.get("k")
+    return replace(point, layer=layer, width=int(run["width"]), k=k)
 
 
 def check_config(cfg: PipelineConfig) -> None:

@@ -215,7 +215,7 @@ def encode_reconstruct(sae: SAE, x: Tensor, prefixes: bool = False) -> Reconstru
     prefix's reconstruction (first g groups + b_dec), de-normalised the same way.
     """
     xn, mean, std = sae._normalize(x)
-    codes = sae.select(sae.pre_activations(xn))
+    codes = sae.infer_codes(xn)
 
     def denormalize(out: Tensor) -> Tensor:
         return out * std + mean if mean is not None else out

@@ -10,6 +10,7 @@ from saelab.config import ConfigError, parse_config
 from saelab.models import resolve_model
 
 try:
+    # Resolves released SAEs too: offline, a missing one stops here, before any job.
     CFG = parse_config(config)
     MODEL = resolve_model(CFG.model, tiny=CFG.tiny, model_path=CFG.model_path)
 except ConfigError as err:
@@ -216,15 +217,33 @@ def frontier_grid_params():
     ]  # fmt: skip
 
 
+def trained_named_saes():
+    """Named SAEs that are trained here (released ones have no training log)."""
+    return [name for name, run in CFG.named_saes.items() if not run.is_pretrained]
+
+
 def all_sae_dirs(wildcards):
-    return {name: sae_dir_by_name(name) for name in CFG.named_saes}
+    return {name: sae_dir_by_name(name) for name in trained_named_saes()}
+
+
+def pretrained_params(wildcards):
+    """The release a pretrained SAE comes from (saelab.saes.pretrained.ReleaseInfo fields)."""
+    return CFG.saes[wildcards.sae].pretrained["info"]
+
+
+def pretrained_mem_mb(wildcards):
+    """SAE-Lens's loader holds the release's weights twice (npz or safetensors, then the SAE),
+    saelab's copy once more: 3 x (W_enc + W_dec) in fp32, plus 1 GB."""
+    info = CFG.saes[wildcards.sae].pretrained["info"]
+    weights = info["d_sae"] * (info["d_in"] + info["d_out"]) * 4
+    return 1000 + 3 * weights // 2**20
 
 
 def sae_figures():
     if not CFG.named_saes:
         return []
-    return [
-        "plots/saes/training_curves.png",
+    curves = ["plots/saes/training_curves.png"] if trained_named_saes() else []
+    return curves + [
         "plots/saes/l0_fvu_frontier.png",
         "plots/saes/matryoshka_prefix_fvu.png",
         "plots/saes/ce_recovered.png",

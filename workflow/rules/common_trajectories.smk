@@ -15,9 +15,7 @@ if TRAJ.prompts:
 
 
 def trajectory_sae_names():
-    """layer -> name of the layer's SAE in the sweep (empty for SAE-Lens releases)."""
-    if TRAJ.pretrained is not None:
-        return {}
+    """layer -> name of the layer's SAE in the sweep (trained or released)."""
     names = sweep_layers(CFG, TRAJ.sweep)
     return {layer: names[layer] for layer in TRAJ_LAYERS}
 
@@ -42,7 +40,6 @@ def trajectory_evolution_params(wildcards):
         "prompts": [vars(prompt) for prompt in TRAJ.prompts],
         "layers": TRAJ_LAYERS,
         "sae_names": trajectory_sae_names(),
-        "pretrained": TRAJ.pretrained,
         "top_k": TRAJ.top_k,
         "check_tolerance": TRAJ.check_tolerance,
         "logit_lens_top": TRAJ.logit_lens_top,

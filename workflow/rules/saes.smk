@@ -31,6 +31,32 @@ for _group, _runs in CFG.sae_groups().items():
             "../../scripts/train_sae.py"
 
 
+rule pretrained_sae:
+    """A released SAE (SAE-Lens release and id) written where a trained SAE would be, in the
+    same format, by SAE-Lens's own loader from the local store (downloading into it when the
+    hub is reachable; retried, as downloads fail transiently)."""
+    output:
+        sae=directory("results/{model}/{hook}/{sae}"),
+    log:
+        "logs/pretrained_sae/{model}/{hook}/{sae}.log",
+    benchmark:
+        "logs/benchmarks/pretrained_sae/{model}/{hook}/{sae}.tsv"
+    wildcard_constraints:
+        sae=one_of(CFG.pretrained_saes) if CFG.pretrained_saes else "(?!)",
+    retries: 2
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=pretrained_mem_mb,
+        runtime=60,
+    params:
+        release=pretrained_params,
+        store=CFG.pretrained_dir,
+    script:
+        "../../scripts/pretrained_sae.py"
+
+
 rule ce_recovered:
     """CE loss recovered and KL (zero and mean ablation) of every named SAE of a cache, sharing
     the model load, the clean pass and the ablation passes."""

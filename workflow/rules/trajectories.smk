@@ -1,8 +1,8 @@
 # SAE feature trajectories through attention (issue 6, methods §6): per prompt, the evolution
 # data (per-source-token attention decomposition, SAE latents at each step, logit lens), then
 # one trajectory graph (PNG + interactive HTML) per final-rank filter T, and the rank evolution
-# plot of the chosen layers. SAEs: the per-layer family `trajectories.sweep`, or an SAE-Lens
-# release (`trajectories.pretrained`).
+# plot of the chosen layers. SAEs: the per-layer family `trajectories.sweep`, trained here or
+# released (a `sweeps` family with `pretrained`, rule pretrained_sae).
 
 
 rule trajectory_evolution:

@@ -27,6 +27,10 @@ from saelab.config import dataclass_from_dict
 LOSS_VARIANTS = ("bussmann", "official", "saelens")
 #: Encoder initialisations (see SAEConfig.encoder_init).
 ENCODER_INITS = ("kaiming", "decoder_transpose")
+#: Largest dense block of pre-activations (tokens x latents, fp32 elements: 256 MB) that an
+#: inference encode holds. Wider ones stream the encoder's columns in blocks of latents
+#: (:meth:`SAE.infer_codes`): a width-1M SAE on 4096 tokens would otherwise hold 16 GB.
+STREAM_ELEMENTS = 2**26
 
 
 @dataclass
@@ -167,8 +171,9 @@ class SparseCodes(NamedTuple):
 
 class EncodeOutput(NamedTuple):
     codes: SparseCodes
-    pre_acts: Tensor
-    """ReLU'd pre-activations [B, width] (the aux loss picks dead latents from these)."""
+    pre_acts: Tensor | None
+    """ReLU'd pre-activations [B, width] (the aux loss picks dead latents from these); None
+    when an inference encode streamed them (see :data:`STREAM_ELEMENTS`)."""
 
 
 class ForwardOutput(NamedTuple):
@@ -407,9 +412,51 @@ class SAE(nn.Module):
     def select(self, acts: Tensor) -> SparseCodes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def select_block(self, acts: Tensor, lo: int) -> SparseCodes:
+        """Inference codes of latents ``lo .. lo + acts.shape[1]`` from their ReLU'd
+        pre-activations (latent indices relative to ``lo``), for rules that decide each entry
+        on its own (ReLU, thresholds); TopK overrides :meth:`infer_codes` instead."""
+        return self.select(acts)
+
+    def streams(self, n_rows: int) -> bool:
+        """Whether an inference encode of ``n_rows`` tokens streams blocks of latents."""
+        return not self.training and n_rows * self.cfg.width > STREAM_ELEMENTS
+
+    def _pre_activation_blocks(self, xn: Tensor):
+        """(first latent, ReLU'd pre-activations of a block of latents) of the normalised
+        ``xn``, block by block, each at most ``STREAM_ELEMENTS`` entries."""
+        x = xn - self.b_dec if self.cfg.decoder_bias_on_input else xn
+        block = max(1, STREAM_ELEMENTS // max(xn.shape[0], 1))
+        for lo in range(0, self.cfg.width, block):
+            hi = min(self.cfg.width, lo + block)
+            pre = x @ self.W_enc[:, lo:hi]
+            if self.cfg.encoder_bias:
+                pre += self.b_enc[lo:hi]
+            yield lo, pre.clamp_min_(0)
+
+    @torch.no_grad()
+    def infer_codes(self, xn: Tensor) -> SparseCodes:
+        """Inference codes of the normalised ``xn``: ``select(pre_activations(xn))``, computed
+        block of latents by block when the dense pre-activations would exceed
+        ``STREAM_ELEMENTS`` (same codes, bounded memory)."""
+        if not self.streams(xn.shape[0]):
+            return self.select(self.pre_activations(xn))
+        parts = []
+        for lo, acts in self._pre_activation_blocks(xn):
+            part = self.select_block(acts, lo)
+            parts.append(part._replace(latents=part.latents + lo))
+        rows = torch.cat([part.rows for part in parts])
+        rows, order = stable_sort(rows)  # row-major; latents ascend within a row
+        latents = torch.cat([part.latents for part in parts])[order]
+        values = torch.cat([part.values for part in parts])[order]
+        return SparseCodes(rows, latents, values, xn.shape[0], self.cfg.width)
+
     def encode(self, x: Tensor) -> EncodeOutput:
-        """Sparse codes of ``x`` [B, d_in] (normalised first if configured)."""
+        """Sparse codes of ``x`` [B, d_in] (normalised first if configured); in eval mode on a
+        wide SAE the pre-activations are streamed and ``pre_acts`` is None."""
         x, _, _ = self._normalize(x)
+        if self.streams(x.shape[0]):
+            return EncodeOutput(self.infer_codes(x), None)
         acts = self.pre_activations(x)
         return EncodeOutput(self.select(acts), acts)
 
@@ -452,7 +499,11 @@ class SAE(nn.Module):
         if x.ndim != 2 or x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"expected input [B, {self.cfg.d_in}], got {tuple(x.shape)}")
         xn, mean, std = self._normalize(x)
-        out = self.decode(self._encode_fast(xn)[0])
+        if self.streams(x.shape[0]) and not torch.is_grad_enabled():
+            codes = self.infer_codes(xn)
+        else:
+            codes = self._encode_fast(xn)[0]
+        out = self.decode(codes)
         return out * std + mean if mean is not None else out
 
     # ------------------------------------------------------------------ losses

@@ -22,3 +22,6 @@ class JumpReLUSAE(SAE):
 
     def select(self, acts: Tensor) -> SparseCodes:
         return threshold_codes(acts, self.threshold)
+
+    def select_block(self, acts: Tensor, lo: int) -> SparseCodes:
+        return threshold_codes(acts, self.threshold[lo : lo + acts.shape[1]])

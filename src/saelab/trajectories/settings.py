@@ -29,12 +29,10 @@ class TrajectoriesConfig:
     prompts: list[Prompt] = field(default_factory=list)
     """Prompts to analyse."""
     sweep: str = "layers"
-    """The ``sweeps`` family holding one SAE per layer (hooks at resid_mid, or resid_post)."""
+    """The ``sweeps`` family holding one SAE per layer (hooks at resid_mid, or resid_post):
+    trained here, or released per-layer SAEs (a family with ``pretrained``)."""
     layers: list[int] | str = "all"
-    """Layers to study (each needs an SAE), or ``all`` = every layer the sweep (or model) has."""
-    pretrained: dict[str, Any] | None = None
-    """SAE-Lens release instead of the sweep: ``{release, sae_id}``, ``sae_id`` a template
-    over ``{layer}``; needs the hub the first time (saelab.saes.io.load_pretrained)."""
+    """Layers to study (each needs an SAE), or ``all`` = every layer the sweep has."""
     top_k: int = 400
     """Cap on the firing latents recorded per step (only latents with value > 0 are ranked)."""
     T: list[int] = field(default_factory=lambda: [9, 15, 22])
@@ -109,16 +107,9 @@ def studied_layers(cfg, traj: TrajectoriesConfig, n_layers: int | None) -> list[
     """The layers of the analysis, checked against the SAEs available."""
     from saelab.config import ConfigError
 
-    if traj.pretrained is not None:
-        if traj.layers == "all":
-            if n_layers is None:
-                raise ConfigError("trajectories.layers: 'all' needs a model of known depth")
-            return list(range(n_layers))
-        available = set(range(n_layers)) if n_layers is not None else set(traj.layers)
-    else:
-        available = set(sweep_layers(cfg, traj.sweep))
-        if traj.layers == "all":
-            return sorted(available)
+    available = set(sweep_layers(cfg, traj.sweep))
+    if traj.layers == "all":
+        return sorted(available)
     missing = sorted(set(traj.layers) - available)
     if missing:
         raise ConfigError(
@@ -144,12 +135,6 @@ def check_trajectories(cfg, n_layers: int | None) -> TrajectoriesConfig:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ConfigError(f"trajectories.prompts: names repeat: {repeated}")
-    if traj.pretrained is not None:
-        missing = {"release", "sae_id"} - set(traj.pretrained)
-        if missing:
-            raise ConfigError(f"trajectories.pretrained: needs {sorted(missing)}")
-        if "{layer}" not in str(traj.pretrained["sae_id"]):
-            raise ConfigError("trajectories.pretrained.sae_id: must hold '{layer}'")
     layers = studied_layers(cfg, traj, n_layers)
     if len(layers) < 2:
         raise ConfigError(
