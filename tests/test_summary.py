@@ -91,6 +91,10 @@ def test_darkmatter_section_fit_intervals_and_downstream():
     assert "c = 0.080 [0.070, 0.090]" in text and "m = 0.800 [0.500, 1.100]" in text
     assert "80.0 [75.0, 85.0] / 30.0 [25.0, 35.0]" in text
     assert "token id held out" in text and "x best at 1 of 2 SAEs" in text
+    no_dof = {**scaling, "power_law": {**scaling["power_law"], "n_points": 3,
+                                       "c_ci": [None, None], "a_ci": [None, None],
+                                       "m_ci": [None, None]}}  # fmt: skip
+    assert "3 widths leave the 3-parameter fit no degrees of freedom" in darkmatter_section(no_dof)
     # every table row has an interval or says why not
     for row in [r for r in text.splitlines() if r.startswith("| ") and "quantity" not in r]:
         assert re.search(r"\[|no interval|interval", row), row

@@ -156,16 +156,19 @@ def darkmatter_section(
                      "one SAE per width; no interval"])  # fmt: skip
         law = scaling.get("power_law") or {}
         if law:
-            rows.append(
-                [
-                    "power law FVU = c + a·W^(−m)",
-                    f"c = {with_interval(law.get('c'), law.get('c_ci'))}, "
-                    f"a = {with_interval(law.get('a'), law.get('a_ci'))}, "
-                    f"m = {with_interval(law.get('m'), law.get('m_ci'))}",
-                    f"the fit's 95 % intervals ({law.get('ci_method') or 'covariance, t'}; "
-                    f"{law.get('n_points')} widths)",
-                ]
+            cis = {key: _finite_or_none(law.get(f"{key}_ci")) for key in "cam"}
+            note = (
+                f"the fit's 95 % intervals ({law.get('ci_method') or 'covariance, t'}; "
+                f"{law.get('n_points')} widths)"
+                if any(cis.values())
+                else f"no interval: {law.get('n_points')} widths leave the 3-parameter fit no "
+                "degrees of freedom"
             )
+            rows.append([
+                "power law FVU = c + a·W^(−m)",
+                ", ".join(f"{key} = {with_interval(law.get(key), cis[key])}" for key in "cam"),
+                note,
+            ])  # fmt: skip
         rows.append([f"nonlinear FVU (after adding x·W), k = {k}",
                      ", ".join(num(v) for v in scaling.get("curve_nonlinear_fvu", [])),
                      "one SAE per width; no interval"])  # fmt: skip
@@ -239,6 +242,13 @@ def darkmatter_section(
     if not rows:
         return ""
     return "\n".join(["## Dark matter", "", _table(["quantity", "this run", "interval"], rows)])
+
+
+def _finite_or_none(interval):
+    """An interval with two finite ends, or None (JSON stores NaN ends as null)."""
+    if not interval or any(_nan(v) for v in interval):
+        return None
+    return interval
 
 
 def _nan(value) -> bool:
