@@ -197,8 +197,10 @@ def test_report_holds_every_figure_with_a_caption(micro_run):
 #: Files whose bytes may differ between two identical runs: Snakemake's own state, every log
 #: and benchmark record (wall times), and the report (it is stamped with its date).
 NOT_COMPARED = (".snakemake", "logs", "report.html", "report.zip")
-#: Fields that hold wall-clock timings (JSON keys, CSV columns); dropped before hashing.
-TIMING_FIELDS = {"seconds", "train_seconds", "tokens_per_s"}
+#: Fields that hold wall-clock timings (JSON keys, CSV columns, also nested, e.g. in a zarr
+#: group's zarr.json): durations, speeds and the completion time stamped into the cache
+#: manifest and each SAE's config.json. Dropped before hashing.
+TIMING_FIELDS = {"seconds", "train_seconds", "tokens_per_s", "completed"}
 
 
 def _without_timings(value):
