@@ -454,23 +454,28 @@ def dense_path_step(sae, x, target=None):
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "jumprelu"])
-@pytest.mark.parametrize("variant", ["sae", "official", "transcoder", "normalized"])
+@pytest.mark.parametrize("variant", ["sae", "official", "transcoder", "centred", "normalized"])
 def test_sparse_encoder_gradients_equal_dense_autograd(arch, variant):
     kw = {"aux_k": 8, "dead_after_tokens": 1}
     if variant == "official":
         kw["loss"] = "official"  # b_enc used, aux normalised
-    if variant == "transcoder":
+    if variant in ("transcoder", "centred"):
         kw.update(d_out=5, target_hook_name="blocks.0.hook_mlp_out")
+    if variant == "centred":
+        kw.update(center_input=True)
     if variant == "normalized":
         kw.update(normalize_input=True, loss="saelens")
     sae = build_sae(make(arch, d_in=8, width=32, k=3, **kw)).train()
     randomize(sae)
+    if variant == "centred":
+        with torch.no_grad():
+            sae.input_center.normal_()
     sae.tokens_since_fired.fill_(5)
     sae.tokens_since_fired[:10] = 0  # 22 dead latents: the aux loss is on
     ref = copy.deepcopy(sae)
     torch.manual_seed(0)
     x = torch.randn(24, 8)
-    target = torch.randn(24, 5) if variant == "transcoder" else None
+    target = torch.randn(24, 5) if variant in ("transcoder", "centred") else None
     out, out_ref = sae(x, target), dense_path_step(ref, x, target)
     assert entries(out.codes) == pytest.approx(entries(out_ref.codes))
     assert arch == "jumprelu" or out.aux_loss.item() > 0
@@ -554,6 +559,27 @@ def test_annealed_k_selects_more_in_training_only(arch):
     if arch == "topk":
         sae.eval()  # inference always uses cfg.k (BatchTopK: its threshold)
         assert sae.encode(x).codes.l0().tolist() == [3] * 16
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_center_input_is_the_same_map_after_folding_into_b_enc(arch):
+    """A transcoder with an input centre c computes ReLU((x - c) W_enc + b_enc); folding gives
+    b_enc - c W_enc and c = 0 with identical outputs, and sparse gradients equal dense ones."""
+    kw = {"d_out": 5, "target_hook_name": "blocks.0.hook_mlp_out", "center_input": True}
+    sae = build_sae(make(arch, **kw)).eval()
+    randomize(sae)
+    with torch.no_grad():
+        sae.threshold.fill_(0.05)
+        sae.input_center.copy_(torch.randn(8) * 3)
+    x = torch.randn(12, 8) + 3
+    pre = torch.relu((x - sae.input_center) @ sae.W_enc + sae.b_enc)
+    torch.testing.assert_close(sae.pre_activations(x), pre)
+    before = sae.reconstruct(x)
+    sae.fold_input_center()
+    assert not sae.input_center.any()
+    torch.testing.assert_close(sae.reconstruct(x), before, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="an SAE centres its input with b_dec"):
+        make(arch, center_input=True)
 
 
 def aux_sae(loss="bussmann"):

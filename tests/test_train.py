@@ -109,6 +109,8 @@ GROUP = {
     },
     "relu": {"arch": "relu", "l1_coeff": 1e-3},
     "transcoder": {"arch": "batchtopk", "k": 4, "target_hook_name": TGT},
+    "transcoder_centred": {"arch": "batchtopk", "k": 4, "target_hook_name": TGT,
+                           "center_input": True, "encoder_init": "decoder_transpose"},
 }  # fmt: skip
 GROUP_STEPS, LOG_EVERY = 300, 50
 DEAD_TOKENS = 1000  # more than the ~400 held-out tokens: the count is topped up from training
@@ -305,6 +307,19 @@ def test_k_annealing_schedule_and_effect(cache, tmp_path):
     want = [cfg.annealed_k(i, 2, 64) or 2 for i in range(20)]
     assert l0 == want
     assert saes["b"].k_train is None
+
+
+def test_centred_transcoder_is_saved_folded(trained):
+    """The input centre (the source's geometric median) trains the encoder on centred inputs
+    and is folded into b_enc at the end: the saved transcoder has c = 0 and the same map."""
+    out = trained.out_dirs["transcoder_centred"]
+    sae = load_sae(out)
+    assert sae.cfg.center_input and not sae.input_center.any()
+    x = ActivationReader(trained.cache, SRC, BATCH, split="heldout").read_all()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae.reconstruct(x), trained.saes["transcoder_centred"].eval().reconstruct(x)
+        )
 
 
 def test_train_log_lines(trained):

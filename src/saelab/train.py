@@ -997,6 +997,10 @@ def train_saes(
             for trainee in trainees:
                 if trainee.sae.cfg.b_dec_init == "geometric_median":
                     _init_b_dec(trainee, acts)
+                if trainee.sae.cfg.center_input:
+                    source = acts[trainee.source].to(trainee.sae.W_enc.dtype)
+                    with torch.no_grad():
+                        trainee.sae.input_center.copy_(geometric_median(source))
         factor = lr_factor(step - 1, total, cfg.warmup_steps, cfg.decay_start)
         for trainee in trainees:
             sae_cfg = trainee.sae.cfg
@@ -1038,6 +1042,7 @@ def train_saes(
     bar.close()
     for trainee in trainees:
         trainee.sae.k_train = None
+        trainee.sae.fold_input_center()  # the saved map needs no input centre
     seconds = time.perf_counter() - t0
     trained_tokens = (total - start) * cfg.batch_size
     tokens_per_s = trained_tokens / max(seconds, 1e-9)

@@ -78,6 +78,12 @@ class SAEConfig:
     """Step from which the threshold is updated (dictionary_learning: 1000)."""
     b_dec_init: str = "zeros"
     """``zeros`` (Bart) or ``geometric_median`` of the first batch (dictionary_learning)."""
+    center_input: bool = False
+    """Transcoders: the encoder reads ``x - c``, with ``c`` (buffer ``input_center``) the
+    geometric median of the first training batch's inputs, folded into ``b_enc`` when training
+    ends (b_enc <- b_enc - c W_enc, c <- 0), so the saved map is a plain transcoder. An SAE
+    centres with ``b_dec`` instead. Gemma's residual stream carries a large constant offset;
+    uncentred, it dominates every encoder column's gradient and switches most latents off."""
     encoder_init: str = "kaiming"
     """``kaiming`` (Bart): W_enc kaiming-uniform, W_dec its transpose with rows scaled to unit
     norm (so the encoder's columns stay ~1/sqrt(3 width) small); ``decoder_transpose``
@@ -106,6 +112,11 @@ class SAEConfig:
             )
         if self.d_out is None:
             self.d_out = self.d_in
+        if self.center_input and (self.decoder_bias_on_input or not self.encoder_bias):
+            raise ValueError(
+                "center_input needs an encoder bias to fold into and no decoder bias on the "
+                "input (a transcoder's default); an SAE centres its input with b_dec"
+            )
         if self.normalize_input and self.is_transcoder:
             # seed 001 standardised the target with its own statistics, which are unknown at
             # inference (it de-normalised with the source's instead, a bug); refuse it here.
@@ -367,6 +378,8 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         # Tokens since each latent last fired: the dead counter of the aux loss.
         self.register_buffer("tokens_since_fired", torch.zeros(width, dtype=torch.long))
+        if cfg.center_input:
+            self.register_buffer("input_center", torch.zeros(d_in))
         #: k of training-mode selection while the trainer anneals it (None: cfg.k).
         self.k_train: int | None = None
 
@@ -396,8 +409,9 @@ class SAE(nn.Module):
     def pre_activations(self, x: Tensor) -> Tensor:
         """ReLU((x - b_dec) W_enc + b_enc), with the config's bias choices; x is normalised.
         Float32 whatever :attr:`compute_dtype` the GEMM ran in."""
-        if self.cfg.decoder_bias_on_input:
-            x = x - self.b_dec
+        offset = self._input_offset()
+        if offset is not None:
+            x = x - offset
         if self.compute_dtype == x.dtype == self.W_enc.dtype:
             pre = x @ self.W_enc
             if self.cfg.encoder_bias:
@@ -408,6 +422,22 @@ class SAE(nn.Module):
         if self.cfg.encoder_bias:
             pre = pre + self.b_enc
         return F.relu(pre)
+
+    def _input_offset(self) -> Tensor | None:
+        """What the encoder subtracts from its (normalised) input: b_dec, the input centre, or
+        nothing."""
+        if self.cfg.decoder_bias_on_input:
+            return self.b_dec
+        if self.cfg.center_input:
+            return self.input_center
+        return None
+
+    @torch.no_grad()
+    def fold_input_center(self) -> None:
+        """b_enc <- b_enc - c W_enc and c <- 0: the same map without the input centre."""
+        if self.cfg.center_input:
+            self.b_enc -= self.input_center @ self.W_enc
+            self.input_center.zero_()
 
     def select(self, acts: Tensor) -> SparseCodes:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -473,7 +503,7 @@ class SAE(nn.Module):
         if not self.sparse_backward:
             acts = self.pre_activations(xn)
             return self.select(acts), acts, None
-        b_dec = self.b_dec if self.cfg.decoder_bias_on_input else None
+        b_dec = self._input_offset()
         b_enc = self.b_enc if self.cfg.encoder_bias else None
         with torch.no_grad():
             x_cent = xn - b_dec if b_dec is not None else xn
