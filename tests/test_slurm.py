@@ -186,7 +186,8 @@ def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
 
         start = time.monotonic()
         args = ("--profile", str(PROFILE), "--config", "device=cpu", *CONFIGS, *FAST)
-        planned = planned_jobs(run(remote, env, *args, "-n", "--", TARGET).stdout)
+        # (--cores 64: the dry-run then shows each rule's threads, as SLURM jobs get them)
+        planned = planned_jobs(run(remote, env, *args, "-n", "--cores", "64", "--", TARGET).stdout)
         result = run(remote, env, *args, "--", TARGET)
         assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
         print(f"slurm run: {time.monotonic() - start:.0f} s")
