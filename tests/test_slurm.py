@@ -193,7 +193,8 @@ def require_root():
 def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
     require_root()
     local, remote = tmp_path / "local", tmp_path / "slurm"
-    # Threads as under SLURM (each job gets its rule's threads), so torch sums in the same order.
+    # (Inside a SLURM job Snakemake caps threads at the CPUs it sees, 2 here, whatever SLURM
+    # allocated; outputs are compared to float tolerance anyway, see assert_same_outputs.)
     snakemake(local, "--cores", "4", *CONFIGS, "--", TARGET)
     # The finished local run needs nothing under the profile (device=cuda there: GPU jobs).
     switched = snakemake(local, "-n", "--profile", str(PROFILE), *CONFIGS, "--", TARGET)
