@@ -133,6 +133,38 @@ def output_hashes(workdir: Path) -> dict[str, str]:
     return hashes
 
 
+def assert_same_outputs(local: Path, remote: Path) -> None:
+    """The same files; the stages before any training byte for byte; the trained outputs to
+    float tolerance. train_tiny_lm is not bit-reproducible even between two local runs with the
+    same threads (multi-threaded sums; measured: weights differ by ~2e-6), so the tiny LM, the
+    cache it writes and the SAEs trained on that cache are compared as numbers."""
+    import numpy as np
+    import zarr
+    from safetensors.numpy import load_file
+
+    ours, theirs = output_hashes(remote), output_hashes(local)
+    assert ours.keys() == theirs.keys(), set(ours) ^ set(theirs)
+    exact = [p for p in ours if p.startswith(("data/corpus/", "data/tokenizers/", "data/tokens/"))]
+    assert len(exact) > 5 and all(ours[p] == theirs[p] for p in exact), exact
+    for path in ours:
+        if path.endswith(".safetensors"):
+            a, b = load_file(local / path), load_file(remote / path)
+            scale = max(float(np.abs(v).max()) for v in a.values())
+            for key in a:
+                np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-3 * scale,
+                                           err_msg=f"{path}:{key}")  # fmt: skip
+    for cache in (local / "data" / "cache").glob("*/*.zarr"):
+        ref = zarr.open_group(cache, mode="r")
+        got = zarr.open_group(remote / cache.relative_to(local), mode="r")
+        for name in ref.array_keys():
+            x, y = ref[name][:], got[name][:]
+            if x.dtype.kind == "f":
+                np.testing.assert_allclose(y, x, rtol=0, atol=1e-4 * float(np.abs(x).max()),
+                                           err_msg=name)  # fmt: skip
+            else:
+                np.testing.assert_array_equal(y, x, err_msg=name)
+
+
 def sacct_jobs(env: dict) -> list[dict]:
     out = subprocess.run(
         ["sacct", "-X", "-a", "--parsable2", "--noheader", "--starttime", "2000-01-01",
@@ -161,7 +193,8 @@ def require_root():
 def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
     require_root()
     local, remote = tmp_path / "local", tmp_path / "slurm"
-    # Threads as under SLURM (each job gets its rule's threads), so torch sums in the same order.
+    # (Inside a SLURM job Snakemake caps threads at the CPUs it sees, 2 here, whatever SLURM
+    # allocated; outputs are compared to float tolerance anyway, see assert_same_outputs.)
     snakemake(local, "--cores", "4", *CONFIGS, "--", TARGET)
     # The finished local run needs nothing under the profile (device=cuda there: GPU jobs).
     switched = snakemake(local, "-n", "--profile", str(PROFILE), *CONFIGS, "--", TARGET)
@@ -186,7 +219,8 @@ def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
 
         start = time.monotonic()
         args = ("--profile", str(PROFILE), "--config", "device=cpu", *CONFIGS, *FAST)
-        planned = planned_jobs(run(remote, env, *args, "-n", "--", TARGET).stdout)
+        # (--cores 64: the dry-run then shows each rule's threads, as SLURM jobs get them)
+        planned = planned_jobs(run(remote, env, *args, "-n", "--cores", "64", "--", TARGET).stdout)
         result = run(remote, env, *args, "--", TARGET)
         assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
         print(f"slurm run: {time.monotonic() - start:.0f} s")
@@ -208,12 +242,7 @@ def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
             assert list((remote / "logs" / rule).rglob("*.log")), rule
             assert list((remote / "logs" / "benchmarks" / rule).rglob("*.tsv")), rule
 
-        # Outputs equal the local run's: every array, weight and text file byte for byte, every
-        # JSON record but for when and how fast the job ran.
-        ours, theirs = output_hashes(remote), output_hashes(local)
-        assert ours.keys() == theirs.keys()
-        differ = [path for path in ours if ours[path] != theirs[path]]
-        assert not differ, differ
+        assert_same_outputs(local, remote)
 
         # Nothing to do again, through the profile or locally (switching executors reruns nothing).
         again = run(remote, env, "--profile", str(PROFILE), "-n", *CONFIGS, "--", TARGET)
@@ -239,9 +268,10 @@ def test_status_without_accounting_uses_squeue(tmp_path):
         assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
         assert (workdir / target / "tokenizer.json").exists()
         assert len(list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))) == 2
-        # The squeue status sees each job finish soon after it does (with sacct failing, the
-        # plugin would wait on forever): the run takes little more than its two jobs.
+        # The squeue status sees each job finish soon after it does (with the sacct status the
+        # plugin would keep waiting: 17 minutes for a 9 s job): the run takes little more than
+        # its two jobs plus three Snakemake start-ups (the run's and the two job steps').
         work = sum(float(path.read_text().splitlines()[1].split()[0])
                    for path in (workdir / "logs" / "benchmarks").rglob("*.tsv"))  # fmt: skip
         print(f"squeue run: {elapsed:.0f} s, jobs {work:.0f} s")
-        assert elapsed < work + 150, (elapsed, work)
+        assert elapsed < work + 300, (elapsed, work)

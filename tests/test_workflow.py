@@ -91,10 +91,12 @@ def test_slurm_profile_asks_gpu_rules_for_a_gpu(tmp_path):
     logger = logging.getLogger("slurm-plugin")
 
     def placement(*args):
-        result = snakemake(tmp_path, "-n", "--profile", str(profile), "--configfile", str(MICRO),
-                           *args)  # fmt: skip
+        # --cores 64: the dry-run shows each rule's own threads, as SLURM jobs get them.
+        result = snakemake(tmp_path, "-n", "--cores", "64", "--profile", str(profile),
+                           "--configfile", str(MICRO), *args)  # fmt: skip
         jobs = planned_jobs(result.stdout)
         assert len(jobs) > 50, result.stdout[-2000:]
+        assert {job.threads for job in jobs} >= {1, 2, 4}
         return {
             job: (get_best_partition(partitions, job, logger), set_gres_string(job).strip(),
                   get_cpu_setting(job, bool(job.resources.get("gpu"))))
