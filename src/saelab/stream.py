@@ -173,6 +173,8 @@ class ActivationStream:
 
     # ---------------------------------------------------------------- state
     def _reset(self) -> None:
+        self.total_batches: int | None = None
+        self.emitted = 0
         self.epoch = 0
         self.next_group = 0
         self.rng = np.random.default_rng(self.seed)
@@ -195,18 +197,24 @@ class ActivationStream:
             "rows": self.rows.tolist(),
             "cursor": self.cursor,
             "emit_end": self.emit_end,
+            "emitted": self.emitted,
         }
 
     def seek(self, epoch: int, next_group: int, rng: dict, rows: list[int], cursor: int,
-             emit_end: int) -> None:  # fmt: skip
+             emit_end: int, emitted: int = 0) -> None:  # fmt: skip
         """Restore a :meth:`position`: the pool's activations are recomputed from the groups
         they came from (the same forwards as the first time)."""
         self.epoch, self.next_group = int(epoch), int(next_group)
         self.rng = np.random.default_rng(self.seed)
         self.rng.bit_generator.state = rng
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.cursor, self.emit_end = int(cursor), int(emit_end)
+        self.cursor, self.emit_end, self.emitted = int(cursor), int(emit_end), int(emitted)
         self.acts = self._recompute(self.rows)
+
+    def set_total(self, batches: int) -> None:
+        """Batches the run will take: the last refills forward only the tokens still needed
+        (and emit every whole batch of the pool) instead of topping the pool up to its size."""
+        self.total_batches = int(batches)
 
     def _recompute(self, rows: np.ndarray) -> list[torch.Tensor] | None:
         if len(rows) == 0:
@@ -260,7 +268,10 @@ class ActivationStream:
         rows = [self.rows[self.cursor :]]
         acts = [[a[self.cursor :]] for a in self.acts] if self.acts is not None else None
         n = len(rows[0])
-        while n < self.capacity:
+        target = self.capacity
+        if self.total_batches is not None:
+            target = min(target, (self.total_batches - self.emitted) * self.batch_size)
+        while n < max(target, self.batch_size):
             r, a = self._forward_group(self.next_group)
             self.next_group += 1
             if self.next_group == self.n_groups:
@@ -279,7 +290,10 @@ class ActivationStream:
         self.rows = np.concatenate(rows)[perm]
         take = torch.from_numpy(perm)
         self.acts = [torch.cat(parts)[take] for parts in acts]
-        self.emit_end = max(self.batch_size, n // 2 // self.batch_size * self.batch_size)
+        if target < self.capacity:  # the end of the run: every whole batch left
+            self.emit_end = n // self.batch_size * self.batch_size
+        else:
+            self.emit_end = max(self.batch_size, n // 2 // self.batch_size * self.batch_size)
         self.cursor = 0
 
     def probe_widths(self) -> dict[str, int]:
@@ -300,6 +314,7 @@ class ActivationStream:
             self._refill()
         span = slice(self.cursor, self.cursor + self.batch_size)
         self.cursor += self.batch_size
+        self.emitted += 1
         return tuple(a[span] for a in self.acts), self.rows[span]
 
     # ---------------------------------------------------------------- held-out

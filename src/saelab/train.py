@@ -970,6 +970,8 @@ def train_saes(
     if len(set(ckpt_dirs)) != len(ckpt_dirs):
         raise TrainError(f"two SAEs share a checkpoint directory: {sorted(map(str, ckpt_dirs))}")
     total = cfg.steps
+    if isinstance(stream, ActivationStream):
+        stream.set_total(total)
     start, payloads = _find_resume_step(trainees, fingerprint)
     if start:
         for trainee, payload in zip(trainees, payloads, strict=True):
