@@ -406,6 +406,12 @@ def test_micro_dag_with_releases_in_every_analysis(tmp_path):
 
     build_micro_releases(tmp_path)
     snakemake(tmp_path, "--cores", "2", "--configfile", str(MICRO), str(MICRO_OVERLAY))
+    check_release_outputs(tmp_path)
+
+
+def check_release_outputs(workdir: Path) -> None:
+    """What the micro DAG on releases must have produced in ``workdir``."""
+    tmp_path = workdir
     resjb = tmp_path / "results/tiny/blocks.1.hook_resid_pre/resjb"
     source = json.loads((resjb / "config.json").read_text())
     assert source["pretrained"] == {**source["pretrained"], "release": "local/tiny-res-jb",
