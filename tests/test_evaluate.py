@@ -555,7 +555,7 @@ def test_script_writes_metrics(tiny_model, cached, tmp_path):
     params = SimpleNamespace(
         # the schema's defaults, as the Snakefile passes them
         eval={**load_config(DEFAULT_CONFIG).evaluation, "n_tokens": 100, "ce_contexts": 0},
-        model={"name": "tiny", "model_path": None, "device": "cpu", "tiny": {}},
+        model={"name": "tiny", "model_path": None, "precision": "float32", "tiny": {}},
         saes=["id"],
         group="id",
         tracking={},
@@ -565,6 +565,7 @@ def test_script_writes_metrics(tiny_model, cached, tmp_path):
         input=SimpleNamespace(saes=[str(sae_dir)], cache=str(path), model_dir=str(model_dir)),
         output=SimpleNamespace(scores=str(ce_path)),
         params=params,
+        config={"device": "cpu"},  # read at run time, not a rule param
         log=[str(tmp_path / "ce.log")],
         threads=1,
     )
@@ -576,6 +577,7 @@ def test_script_writes_metrics(tiny_model, cached, tmp_path):
         ),
         output=SimpleNamespace(metrics=str(out)),
         params=params,
+        config={"device": "cpu"},
         log=[str(tmp_path / "eval.log")],
         threads=1,
         wildcards=SimpleNamespace(sae="id"),

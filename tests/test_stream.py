@@ -269,10 +269,11 @@ def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_di
             train=CFG,
             group="g",
             tracking={},
-            model={"name": "tiny", "model_path": None, "device": "cpu", "tiny": {}},
+            model={"name": "tiny", "model_path": None, "precision": "float32", "tiny": {}},
             cache={"batch_contexts": BATCH_CONTEXTS, "backend": "auto", "n_tokens": None},
         ),
         output=_Named({name: str(tmp_path / "script" / name) for name in SPECS}),
+        config={"device": "cpu"},  # read at run time, not a rule param
         log=[str(tmp_path / "train.log")],
         threads=1,
     )
