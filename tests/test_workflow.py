@@ -200,7 +200,9 @@ NOT_COMPARED = (".snakemake", "logs", "report.html", "report.zip")
 #: Fields that hold wall-clock timings (JSON keys, CSV columns, also nested, e.g. in a zarr
 #: group's zarr.json): durations, speeds and the completion time stamped into the cache
 #: manifest and each SAE's config.json. Dropped before hashing.
-TIMING_FIELDS = {"seconds", "train_seconds", "tokens_per_s", "completed"}
+#: ``cache_fingerprint`` (each SAE's config.json) hashes the cache manifest with that time in it,
+#: on purpose: checkpoints of an earlier build of a cache must not resume on a rebuilt one.
+TIMING_FIELDS = {"seconds", "train_seconds", "tokens_per_s", "completed", "cache_fingerprint"}
 
 
 def _without_timings(value):
