@@ -171,7 +171,7 @@ def test_report_holds_every_figure_with_a_caption(micro_run):
         snakemake(micro_run, "--configfile", str(MICRO), "--report", "report.html")
         html = (micro_run / "report.html").read_text()
         # the results table of the report: {"plots/...": {"name": ..., "data_uri": "data:..."}}
-        line = re.search(r"^\s*var results = (.*);\s*$", html, re.M)
+        line = re.search(r"^\s*var results = (\{.*\});\s*$", html, re.M)
         assert line, "no results table in report.html"
         results = json.loads(line.group(1))
         in_html = Counter(Path(path).name for path in results)
