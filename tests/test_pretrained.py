@@ -425,8 +425,11 @@ def check_release_outputs(workdir: Path) -> None:
     text = json.dumps(metrics)
     assert "ce_loss_score" in text
     # co-occurrence: the release gets pretend groups
-    summaries = list((tmp_path / "data/analysis/cooccurrence").rglob("*resjb*"))
-    assert summaries
+    summary = json.loads(
+        (tmp_path / "data/analysis/cooccurrence/tiny/summary_tau0_0.json").read_text()
+    )["saes"]
+    assert summary["resjb"]["pretend_groups"] and not summary["matryoshka"]["pretend_groups"]
+    assert summary["resjb"]["group_sizes"] == summary["matryoshka"]["group_sizes"]
     # dark matter on the release grid, trajectories on the per-layer releases
     assert (tmp_path / "plots/darkmatter").is_dir() and any(
         (tmp_path / "plots/darkmatter").iterdir()
