@@ -908,6 +908,17 @@ def _save_tiny(model: HookedTransformer, out_dir: Path, metrics: dict[str, Any])
         os.replace(staging, out_dir)
 
 
+def _deterministic(steps: Iterable[int]) -> Iterator[int]:
+    """``steps``, with torch's deterministic kernels while they run: with two or more threads
+    the CPU backward pass otherwise sums in a varying order (two runs drifted by ~1e-6)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield from steps
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def train_tiny_lm(
     tokens: np.ndarray,
     tiny: TinyConfig,
@@ -976,7 +987,7 @@ def train_tiny_lm(
     started = time.perf_counter()
     bar = tqdm(range(total_steps), desc="train tiny LM", unit="step")
     batch_iter = batches()
-    for step in bar:
+    for step in _deterministic(bar):
         batch = next(batch_iter)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, total_steps, warmup, tiny.lr)
