@@ -655,6 +655,11 @@ def evaluate_sae(
         "width": sae.cfg.width,
         "n_dead": sp.n_dead,
         "dead_fraction": sp.dead_fraction,
+        # Same kind of measure as training's metrics.json, on this evaluation's tokens.
+        "dead_definition": (
+            f"fraction of latents that fired on none of the {seen} tokens evaluated here "
+            "(eval mode)"
+        ),
         "alive_fraction": sp.alive_fraction,
         "freq_over_1_percent": sp.freq_over_1_percent,
         "freq_over_10_percent": sp.freq_over_10_percent,
