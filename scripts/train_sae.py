@@ -4,6 +4,7 @@
 from saelab.cache import cache_manifest
 from saelab.config import TinyConfig
 from saelab.models import configured_device, resolve_model
+from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads
 from saelab.stream import model_stream
 from saelab.tracking import tracker_for
@@ -19,10 +20,12 @@ with logged(snakemake.log[0]) as log:
             spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
         )
         hooks = spec_hooks(specs)
+        device = configured_device(snakemake.config)
+        forward = model_precision(spec, device, log)
         data = model_stream(
             info, snakemake.input.model_dir, snakemake.input.tokens, hooks, cfg,
             batch_contexts=cache["batch_contexts"], backend=cache["backend"],
-            device=configured_device(snakemake.config), cache_n_tokens=cache["n_tokens"],
+            device=device, cache_n_tokens=cache["n_tokens"], dtype=forward.dtype,
         )  # fmt: skip
         widths, where = data.probe_widths(), f"a stream of {snakemake.input.tokens}"
     else:

@@ -282,3 +282,18 @@ def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_di
     train_streamed(tmp_path / "direct")
     assert_same_saes(tmp_path / "script", tmp_path / "direct")
     assert "a stream of" in (tmp_path / "train.log").read_text()
+
+
+def test_a_bf16_forward_streams_float32_activations_close_to_fp32():
+    """``precision: bfloat16`` runs the stream's forward in bf16; the pool and the SAEs get
+    float32 activations that agree with the fp32 forward within bf16's precision."""
+    tokens, _ = corpus()
+    contexts = np.arange(4)
+    fp32 = ModelProvider(TLActivationSource(tiny_lm(), HOOKS), tokens)(contexts)
+    bf16 = ModelProvider(TLActivationSource(tiny_lm().to(torch.bfloat16), HOOKS), tokens)(
+        contexts
+    )
+    for hook in HOOKS:
+        assert bf16[hook].dtype == torch.float32
+        scale = float(fp32[hook].abs().max())
+        torch.testing.assert_close(bf16[hook], fp32[hook], rtol=0, atol=0.05 * scale)

@@ -62,7 +62,8 @@ class ModelProvider:
     def __call__(self, contexts: np.ndarray) -> dict[str, torch.Tensor]:
         batch = torch.from_numpy(self.tokens[contexts].astype(np.int64)).to(self.device)
         acts = self.source(batch)
-        return {hook: value.reshape(batch.numel(), -1) for hook, value in acts.items()}
+        # float32 whatever the forward's precision: the shuffle pool and the SAEs keep float32.
+        return {hook: value.reshape(batch.numel(), -1).float() for hook, value in acts.items()}
 
 
 class CacheProvider:
@@ -356,14 +357,18 @@ def model_stream(
     backend: str = "auto",
     device: str = "cpu",
     cache_n_tokens: int | None = None,
+    dtype=None,
 ) -> ActivationStream:
     """The stream of a ``source: stream`` training group: the model ``info`` (prepared in
     ``model_dir``) run over the tokenized corpus at ``tokens_path``, capturing ``hooks``, with
     the shuffle buffer, seed, batch size and held-out fraction of the TrainConfig ``cfg``.
 
     The group's cache (its first ``cache_n_tokens`` tokens, or the whole corpus) keeps its own
-    held-out split unseen too: the analyses read it as held-out data.
+    held-out split unseen too: the analyses read it as held-out data. ``dtype``: the model's
+    forward precision (``saelab.precision``; float32 when None); the SAEs see float32.
     """
+    import torch
+
     from saelab.cache import activation_source
     from saelab.data import load_tokens
 
@@ -374,9 +379,11 @@ def model_stream(
     if cache_n_tokens is not None and cache_n_tokens // ctx < n_contexts:
         n_cache = cache_n_tokens // ctx
         exclude.append((heldout_split(n_cache, cfg.heldout_fraction), n_cache))
-    source = activation_source(info, model_dir, hooks, device, backend)
+    dtype = torch.float32 if dtype is None else dtype
+    source = activation_source(info, model_dir, hooks, device, backend, dtype)
     identity = {
         "model": info.model_id,
+        "forward_dtype": str(dtype).removeprefix("torch."),
         "backend": source.backend,
         "corpus": store.attrs.get("corpus"),
         "corpus_fingerprint": store.corpus.fingerprint,
