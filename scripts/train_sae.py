@@ -14,13 +14,13 @@ with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     cfg = TrainConfig.from_dict(dict(snakemake.params.train))
     specs = snakemake.params.saes
+    device = configured_device(snakemake.config)  # where the job runs, not a rule param
     if cfg.source == "stream":
         spec, cache = snakemake.params.model, snakemake.params.cache
         info = resolve_model(
             spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
         )
         hooks = spec_hooks(specs)
-        device = configured_device(snakemake.config)
         forward = model_precision(spec, device, log)
         data = model_stream(
             info, snakemake.input.model_dir, snakemake.input.tokens, hooks, cfg,
@@ -31,7 +31,8 @@ with logged(snakemake.log[0]) as log:
     else:
         data = snakemake.input.cache
         widths, where = cache_manifest(data)["widths"], data
-    saes = build_saes(specs, widths)
+    # Built (seeded) on the CPU, then moved: the same initial weights on every device.
+    saes = {name: sae.to(device) for name, sae in build_saes(specs, widths).items()}
     outputs = dict(snakemake.output.items())
     missing = sorted(set(saes) - set(outputs))
     if missing:

@@ -48,6 +48,7 @@ def test_micro_training_logs_its_history_offline(tmp_path, monkeypatch):
             tracking=tracking,
         ),
         output=_Named(a=str(tmp_path / "out" / "a"), b=str(tmp_path / "out" / "b")),
+        config={"device": "cpu"},  # read at run time, not a rule param
         log=[str(tmp_path / "train.log")],
         threads=1,
     )

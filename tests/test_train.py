@@ -603,6 +603,7 @@ def test_train_script_builds_saes_from_the_cache_widths(cache, tmp_path):
             tracking={},
         ),
         output=_Named(sae=str(tmp_path / "out" / "sae"), tc=str(tmp_path / "out" / "tc")),
+        config={"device": "cpu"},  # read at run time, not a rule param
         log=[str(tmp_path / "train.log")],
         threads=1,
     )
