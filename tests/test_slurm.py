@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,9 @@ def local_cluster(state: Path, accounting: bool = True):
     """Start the one-node cluster in ``state``; yield the environment that reaches it; stop it."""
     env = {
         **os.environ,
+        # The virtual environment first (as after `. .venv/bin/activate`): sbatch exports this
+        # environment and each job step runs `python -m snakemake` from PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "HF_HUB_OFFLINE": "1",
         "SAELAB_SLURM_DIR": str(state),
         "SAELAB_SLURM_PORT": str(free_port_base()),
@@ -100,8 +104,7 @@ def run(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-_SNAKEMAKE = [shutil.which("python") or "python", "-m", "snakemake", "-s",
-              str(REPO_ROOT / "Snakefile")]  # fmt: skip
+_SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile")]
 
 
 # Keys of JSON records that say when and how fast a job ran, not what it computed.
@@ -134,35 +137,14 @@ def output_hashes(workdir: Path) -> dict[str, str]:
 
 
 def assert_same_outputs(local: Path, remote: Path) -> None:
-    """The same files; the stages before any training byte for byte; the trained outputs to
-    float tolerance. train_tiny_lm is not bit-reproducible even between two local runs with the
-    same threads (multi-threaded sums; measured: weights differ by ~2e-6), so the tiny LM, the
-    cache it writes and the SAEs trained on that cache are compared as numbers."""
-    import numpy as np
-    import zarr
-    from safetensors.numpy import load_file
-
+    """Hash-equal outputs: the same files, the same bytes (JSON records without RUN_KEYS).
+    Both runs give torch two threads per job (inside a SLURM job Snakemake caps threads at the
+    CPUs it sees, 2 here), and the tiny LM trains with deterministic kernels."""
     ours, theirs = output_hashes(remote), output_hashes(local)
     assert ours.keys() == theirs.keys(), set(ours) ^ set(theirs)
-    exact = [p for p in ours if p.startswith(("data/corpus/", "data/tokenizers/", "data/tokens/"))]
-    assert len(exact) > 5 and all(ours[p] == theirs[p] for p in exact), exact
-    for path in ours:
-        if path.endswith(".safetensors"):
-            a, b = load_file(local / path), load_file(remote / path)
-            scale = max(float(np.abs(v).max()) for v in a.values())
-            for key in a:
-                np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-3 * scale,
-                                           err_msg=f"{path}:{key}")  # fmt: skip
-    for cache in (local / "data" / "cache").glob("*/*.zarr"):
-        ref = zarr.open_group(cache, mode="r")
-        got = zarr.open_group(remote / cache.relative_to(local), mode="r")
-        for name in ref.array_keys():
-            x, y = ref[name][:], got[name][:]
-            if x.dtype.kind == "f":
-                np.testing.assert_allclose(y, x, rtol=0, atol=1e-4 * float(np.abs(x).max()),
-                                           err_msg=name)  # fmt: skip
-            else:
-                np.testing.assert_array_equal(y, x, err_msg=name)
+    assert len(ours) > 20, len(ours)
+    differ = sorted(path for path in ours if ours[path] != theirs[path])
+    assert not differ, f"{len(differ)} of {len(ours)} outputs differ: {differ[:20]}"
 
 
 def sacct_jobs(env: dict) -> list[dict]:
@@ -193,9 +175,9 @@ def require_root():
 def test_micro_dag_through_sbatch_equals_a_local_run(tmp_path):
     require_root()
     local, remote = tmp_path / "local", tmp_path / "slurm"
-    # (Inside a SLURM job Snakemake caps threads at the CPUs it sees, 2 here, whatever SLURM
-    # allocated; outputs are compared to float tolerance anyway, see assert_same_outputs.)
-    snakemake(local, "--cores", "4", *CONFIGS, "--", TARGET)
+    # --cores 2: inside a SLURM job Snakemake caps threads at the CPUs it sees, 2 here, whatever
+    # SLURM allocated, and float sums depend on the thread count.
+    snakemake(local, "--cores", "2", *CONFIGS, "--", TARGET)
     # The finished local run needs nothing under the profile (device=cuda there: GPU jobs).
     switched = snakemake(local, "-n", "--profile", str(PROFILE), *CONFIGS, "--", TARGET)
     assert "Nothing to be done" in switched.stdout + switched.stderr, switched.stdout[-3000:]

@@ -1,4 +1,5 @@
 # Helpers of summary.smk: what results/summary.md reads and the command that makes it.
+from pathlib import Path
 
 
 def summary_inputs(wildcards):
@@ -19,7 +20,16 @@ def summary_inputs(wildcards):
 
 
 def summary_command():
-    """The command that makes this summary: the same config files as this run."""
+    """The command that makes this summary: the same config files as this run, named relative
+    to the repository when they are in it (so the page does not depend on the working
+    directory)."""
     extra = getattr(workflow, "overwrite_configfiles", None) or []
-    files = "".join(f" --configfile {os.path.relpath(f)}" for f in extra)
+    repo = Path(workflow.basedir).resolve()
+    names = []
+    for configfile in extra:
+        path = Path(configfile).resolve()
+        names.append(
+            str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+        )
+    files = "".join(f" --configfile {name}" for name in names)
     return f"snakemake --cores all results/summary.md{files}"
