@@ -108,7 +108,11 @@ _SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefil
 
 
 # Keys of JSON records that say when and how fast a job ran, not what it computed.
-RUN_KEYS = re.compile(r"created|time|seconds|per_s\b|elapsed|duration|hostname")
+# ``completed`` stamps when a cache or an SAE was finished; ``cache_fingerprint`` hashes the
+# cache manifest with that stamp in it, on purpose (a checkpoint never resumes on a rebuilt cache).
+RUN_KEYS = re.compile(
+    r"created|time|seconds|per_s\b|elapsed|duration|hostname|completed|cache_fingerprint"
+)
 
 
 def without_run_keys(value):
