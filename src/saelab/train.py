@@ -817,14 +817,18 @@ def _count_firing(
 # ---------------------------------------------------------------------------------------------
 
 
-def _init_b_dec(trainee: _Trainee, acts: dict[str, torch.Tensor]) -> None:
-    """b_dec <- geometric median of the first batch's targets (normalised if configured)."""
+def _init_from_first_batch(trainee: _Trainee, acts: dict[str, torch.Tensor]) -> None:
+    """b_dec <- geometric median of the first batch's targets (normalised if configured), when
+    ``b_dec_init`` asks for it; the input centre <- that of its sources, with ``center_input``."""
     sae = trainee.sae
-    target = acts[trainee.target].to(sae.W_enc.dtype)
-    if sae.cfg.normalize_input:
-        target = sae._normalize(target)[0]
     with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(target).to(sae.b_dec.dtype))
+        if sae.cfg.b_dec_init == "geometric_median":
+            target = acts[trainee.target].to(sae.W_enc.dtype)
+            if sae.cfg.normalize_input:
+                target = sae._normalize(target)[0]
+            sae.b_dec.copy_(geometric_median(target).to(sae.b_dec.dtype))
+        if sae.cfg.center_input:
+            sae.input_center.copy_(geometric_median(acts[trainee.source].to(sae.W_enc.dtype)))
 
 
 def _write_outputs(
@@ -997,12 +1001,7 @@ def train_saes(
         acts = {h: t.to(device, non_blocking=True) for h, t in zip(hooks, batch, strict=True)}
         if step == 1:
             for trainee in trainees:
-                if trainee.sae.cfg.b_dec_init == "geometric_median":
-                    _init_b_dec(trainee, acts)
-                if trainee.sae.cfg.center_input:
-                    source = acts[trainee.source].to(trainee.sae.W_enc.dtype)
-                    with torch.no_grad():
-                        trainee.sae.input_center.copy_(geometric_median(source))
+                _init_from_first_batch(trainee, acts)
         factor = lr_factor(step - 1, total, cfg.warmup_steps, cfg.decay_start)
         for trainee in trainees:
             sae_cfg = trainee.sae.cfg
