@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from saelab import data
+from saelab.data import contexts, python_docs
 from saelab.config import CorpusConfig
 from saelab.data import (
     CorpusError,
@@ -97,7 +97,7 @@ def encode(tok, texts: list[str]) -> list[list[int]]:
 @pytest.fixture
 def no_shuffle(monkeypatch):
     """Keep documents in the given order, for hand-written expectations."""
-    monkeypatch.setattr(data, "shuffle_documents", lambda docs, seed, buffer_size: iter(docs))
+    monkeypatch.setattr(contexts, "shuffle_documents", lambda docs, seed, buffer_size: iter(docs))
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_python_docs_is_large_deduplicated_prose(docs):
     total = sum(map(len, docs))
     assert len(docs) > 1000
     assert total > 1_000_000
-    assert all(len(doc) >= data.MIN_DOC_CHARS for doc in docs)
+    assert all(len(doc) >= python_docs.MIN_DOC_CHARS for doc in docs)
     assert len(set(docs)) == len(docs)
     # mostly English words: at least 90% of documents have >= 15 words, >= 70% plain words
     plain = re.compile(r"^[(\"'*]?[A-Za-z]+[)\"'*]?[,.;:!?]?[)\"']?$")
@@ -140,7 +140,7 @@ def test_python_docs_deterministic_and_independent_of_listing_order(docs, monkey
             dirnames.reverse()  # in place, so the pruning in data still applies
             yield dirpath, dirnames, filenames[::-1]
 
-    monkeypatch.setattr(data.os, "walk", reversed_walk)
+    monkeypatch.setattr(python_docs.os, "walk", reversed_walk)
     again = python_docs_documents(cache=False)
     assert again == docs
 
@@ -157,7 +157,7 @@ def test_clean_drops_code_and_keeps_paragraphs():
             x = compute(y)
             return x + 1
         """
-    cleaned, share = data._clean_docstring(text)
+    cleaned, share = python_docs._clean_docstring(text)
     assert cleaned == (
         "Summary line of the function.\n\nMore explanation that wraps over two lines."
     )
@@ -433,7 +433,7 @@ def test_deterministic_and_seed_sensitive(docs, bpe):
     assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
     assert not np.array_equal(a.tokens, c.tokens) and a.fingerprint != c.fingerprint
     # the fingerprint covers the packing settings, not only the bytes
-    assert data.corpus_fingerprint(a.tokens, L, "per_document", 1) != a.fingerprint
+    assert contexts.corpus_fingerprint(a.tokens, L, "per_document", 1) != a.fingerprint
     # a generator of the same documents (no more than the buffer) gives the same contexts
     d = tokenize_documents(iter(docs), bpe, L, 100, "per_context", 1, progress=False)
     assert np.array_equal(a.tokens, d.tokens)
