@@ -14,14 +14,15 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from saelab.data import contexts, python_docs
 from saelab.config import CorpusConfig
 from saelab.data import (
     CorpusError,
     TokenizedCorpus,
     TokensNotFoundError,
+    contexts,
     iter_documents,
     load_tokens,
+    python_docs,
     python_docs_documents,
     read_documents,
     save_tokens,

@@ -24,9 +24,9 @@ from saelab.saes import (
     resolve_group_sizes,
 )
 from saelab.saes import batchtopk as batchtopk_module
-from saelab.saes.base import gather_decode, sparse_decode
 from saelab.saes.batchtopk import batch_topk, threshold_codes
 from saelab.saes.io import SAELoadError, load_sae, save_sae
+from saelab.saes.sparse import gather_decode, sparse_decode
 from saelab.saes.topk import topk_per_row
 
 ALL_ARCHS = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"]

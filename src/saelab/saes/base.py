@@ -12,172 +12,18 @@ than a dense O(B·width·d) matmul; this is what makes CPU training fast.
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saelab.config import dataclass_from_dict
+from saelab.saes.config import SAEConfig
+from saelab.saes.sparse import SparseCodes, SparsePreActs, sparse_decode, stable_sort
 
-#: Matryoshka / reconstruction loss variants found in the originals (see docs/methods.md).
-LOSS_VARIANTS = ("bussmann", "official", "saelens")
-#: Encoder initialisations (see SAEConfig.encoder_init).
-ENCODER_INITS = ("kaiming", "decoder_transpose")
-#: Largest dense block of pre-activations (tokens x latents, fp32 elements: 256 MB) that an
 #: inference encode holds. Wider ones stream the encoder's columns in blocks of latents
 #: (:meth:`SAE.infer_codes`): a width-1M SAE on 4096 tokens would otherwise hold 16 GB.
 STREAM_ELEMENTS = 2**26
-
-
-@dataclass
-class SAEConfig:
-    """Everything needed to rebuild an SAE or transcoder (saved as part of ``cfg.json``)."""
-
-    arch: str
-    """Registered architecture: ``topk``, ``batchtopk``, ``matryoshka``, ``relu``, ``jumprelu``."""
-    d_in: int
-    """Width of the input hook's vectors (read from the cache, never assumed)."""
-    width: int
-    """Number of latents."""
-    k: int = 32
-    """Active latents per token (TopK), or on average per token (BatchTopK, Matryoshka)."""
-    d_out: int | None = None
-    """Width of the reconstruction target; ``None`` means ``d_in`` (an SAE, not a transcoder)."""
-    hook_name: str = ""
-    """Hook read as input, e.g. ``blocks.6.hook_resid_pre``."""
-    target_hook_name: str | None = None
-    """Transcoders: the hook reconstructed, e.g. ``blocks.6.hook_mlp_out``."""
-    group_sizes: list[int] | None = None
-    """Matryoshka: sizes of the nested groups, individual (not cumulative); they sum to width."""
-    loss: str = "bussmann"
-    """Loss variant (``bussmann``, ``official``, ``saelens``); see :mod:`saelab.saes.matryoshka`."""
-    use_encoder_bias: bool | None = None
-    """Add ``b_enc`` before the ReLU. ``None``: the variant's choice (bussmann: no)."""
-    subtract_decoder_bias: bool | None = None
-    """Encode ``x - b_dec``. ``None``: yes for SAEs, no for transcoders (b_dec lives in the
-    target space)."""
-    normalize_input: bool = False
-    """Per-token standardisation (x - mean) / (std + 1e-5), undone as out * std + mean (SAE-Lens
-    ``layer_norm``)."""
-    l1_coeff: float = 0.0
-    """L1 penalty on the codes (the standard ReLU SAE's sparsity; 0 for TopK-style SAEs)."""
-    aux_k: int = 512
-    """Dead latents used by the aux-k loss per token (capped at the number of dead latents)."""
-    aux_penalty: float = 1 / 32
-    """Weight of the aux-k loss."""
-    dead_after_tokens: int = 20 * 4096
-    """A latent that has not fired for this many training tokens is dead (Bart: 20 batches of
-    4096; dictionary_learning: 10M)."""
-    threshold_ema: float = 0.01
-    """BatchTopK inference threshold: theta <- (1 - ema) theta + ema * min selected activation."""
-    threshold_start_step: int = 0
-    """Step from which the threshold is updated (dictionary_learning: 1000)."""
-    b_dec_init: str = "zeros"
-    """``zeros`` (Bart) or ``geometric_median`` of the first batch (dictionary_learning)."""
-    center_input: bool = False
-    """Transcoders: the encoder reads ``x - c``, with ``c`` (buffer ``input_center``) the
-    geometric median of the first training batch's inputs, folded into ``b_enc`` when training
-    ends (b_enc <- b_enc - c W_enc, c <- 0), so the saved map is a plain transcoder. An SAE
-    centres with ``b_dec`` instead. Gemma's residual stream carries a large constant offset;
-    uncentred, it dominates every encoder column's gradient and switches most latents off."""
-    encoder_init: str = "kaiming"
-    """``kaiming`` (Bart): W_enc kaiming-uniform, W_dec its transpose with rows scaled to unit
-    norm (so the encoder's columns stay ~1/sqrt(3 width) small); ``decoder_transpose``
-    (dictionary_learning, SAE-Lens): unit-norm decoder rows and W_enc = W_dec^T exactly. A
-    transcoder's decoder is drawn on its own either way (its own space); with
-    ``decoder_transpose`` its encoder is W_dec^T when d_in = d_out, else unit-norm columns."""
-    seed: int = 0
-    dtype: str = "float32"
-    model_name: str = ""
-    """Model the SAE was trained on (metadata for SAE-Lens)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form metadata kept in ``cfg.json`` (e.g. the training run's name)."""
-
-    def __post_init__(self):
-        if self.loss not in LOSS_VARIANTS:
-            raise ValueError(f"loss {self.loss!r} is not allowed; use one of {LOSS_VARIANTS}")
-        if self.k < 1 or self.k > self.width:
-            raise ValueError(f"k = {self.k} must be in 1..width ({self.width})")
-        if self.b_dec_init not in ("zeros", "geometric_median"):
-            raise ValueError(
-                f"b_dec_init {self.b_dec_init!r} is not allowed; use zeros or geometric_median"
-            )
-        if self.encoder_init not in ENCODER_INITS:
-            raise ValueError(
-                f"encoder_init {self.encoder_init!r} is not allowed; use one of {ENCODER_INITS}"
-            )
-        if self.d_out is None:
-            self.d_out = self.d_in
-        if self.center_input and (self.decoder_bias_on_input or not self.encoder_bias):
-            raise ValueError(
-                "center_input needs an encoder bias to fold into and no decoder bias on the "
-                "input (a transcoder's default); an SAE centres its input with b_dec"
-            )
-        if self.normalize_input and self.is_transcoder:
-            # seed 001 standardised the target with its own statistics, which are unknown at
-            # inference (it de-normalised with the source's instead, a bug); refuse it here.
-            raise ValueError(
-                "normalize_input is not allowed for transcoders: the target's per-token "
-                "statistics are unknown at inference"
-            )
-
-    @property
-    def is_transcoder(self) -> bool:
-        return self.target_hook_name is not None or self.d_out != self.d_in
-
-    @property
-    def encoder_bias(self) -> bool:
-        if self.use_encoder_bias is not None:
-            return self.use_encoder_bias
-        return self.loss != "bussmann" or self.is_transcoder
-
-    @property
-    def decoder_bias_on_input(self) -> bool:
-        if self.subtract_decoder_bias is not None:
-            return self.subtract_decoder_bias
-        return not self.is_transcoder
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
-        return dataclass_from_dict(cls, data, "SAE config")
-
-
-class SparseCodes(NamedTuple):
-    """The active entries of a batch of codes: ``f[rows[i], latents[i]] = values[i]``."""
-
-    rows: Tensor
-    """Token index within the batch, sorted ascending (int64 [nnz])."""
-    latents: Tensor
-    """Latent index (int64 [nnz])."""
-    values: Tensor
-    """Activation, > 0 (float [nnz]); carries gradients."""
-    n_rows: int
-    width: int
-
-    def dense(self) -> Tensor:
-        out = self.values.new_zeros(self.n_rows, self.width)
-        return out.index_put((self.rows, self.latents), self.values)
-
-    def l0(self) -> Tensor:
-        """Active latents per token [n_rows]."""
-        return torch.bincount(self.rows, minlength=self.n_rows)
-
-    @classmethod
-    def from_dense(cls, dense: Tensor) -> SparseCodes:
-        rows, latents = dense.nonzero(as_tuple=True)  # row-major, so rows are sorted
-        return cls(rows, latents, dense[rows, latents], dense.shape[0], dense.shape[1])
-
-    def select(self, mask: Tensor) -> SparseCodes:
-        return SparseCodes(
-            self.rows[mask], self.latents[mask], self.values[mask], self.n_rows, self.width
-        )
 
 
 class EncodeOutput(NamedTuple):
@@ -204,136 +50,6 @@ class ForwardOutput(NamedTuple):
     only the full one: the loss needs the prefixes' errors, not the prefixes)."""
 
 
-def _bag_offsets(bags: Tensor, n_bags: int) -> Tensor:
-    """Start of each bag in ``bags`` (sorted ascending), for ``embedding_bag``."""
-    counts = torch.bincount(bags, minlength=n_bags)
-    return torch.cumsum(counts, 0) - counts
-
-
-def stable_sort(keys: Tensor) -> tuple[Tensor, Tensor]:
-    """``torch.sort(keys, stable=True)`` for non-negative integer keys, but fast on CPU.
-
-    torch's parallel CPU sort of 131k int64 keys took 0.1-0.4 s on a busy 2-core machine;
-    numpy's single-threaded radix sort of the same keys as uint16 takes under a millisecond.
-    """
-    if keys.numel() == 0:
-        return keys, keys.clone()
-    top = int(keys.max())
-    if keys.device.type == "cpu" and top < 2**16:
-        order = torch.from_numpy(np.argsort(keys.numpy().astype(np.uint16), kind="stable"))
-        return keys[order], order
-    if top < 2**31:
-        values, order = torch.sort(keys.to(torch.int32), stable=True)
-        return values.long(), order
-    return torch.sort(keys, stable=True)
-
-
-def _scatter_rows(table: Tensor, bags: Tensor, latents: Tensor, weights: Tensor, width: int):
-    """``S^T @ table`` [width, d] for the sparse S with ``S[bags[i], latents[i]] = weights[i]``:
-    a stable sort by latent, then one ``embedding_bag`` over ``table``'s rows."""
-    latents_sorted, order = stable_sort(latents)
-    return F.embedding_bag(
-        bags[order],
-        table,
-        _bag_offsets(latents_sorted, width),
-        mode="sum",
-        per_sample_weights=weights[order],
-    )
-
-
-def _sampled_dots(a: Tensor, b: Tensor, bags: Tensor, latents: Tensor) -> Tensor:
-    """``(a @ b.T)[bags[i], latents[i]]`` for every i (bags sorted): an SDDMM, O(nnz·d)."""
-    if bags.numel() == 0:
-        return a.new_zeros(0)
-    crow = torch.cat([_bag_offsets(bags, a.shape[0]), bags.new_tensor([bags.numel()])])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        pattern = torch.sparse_csr_tensor(
-            crow, latents, a.new_zeros(bags.numel()), (a.shape[0], b.shape[0]),
-            check_invariants=False,
-        )  # fmt: skip
-    return torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values()
-
-
-class _GatherDecode(torch.autograd.Function):
-    """``out[g] = sum_{i: bags[i] = g} values[i] * W[latents[i]]`` with sparse gradients.
-
-    Forward is one ``embedding_bag``; backward computes d(values) as sampled dot products and
-    d(W) as a scatter of the output gradient's rows, both O(nnz·d), never a dense [B, width].
-    """
-
-    @staticmethod
-    def forward(ctx, values, W, bags, latents, n_bags):
-        out = F.embedding_bag(
-            latents, W, _bag_offsets(bags, n_bags), mode="sum", per_sample_weights=values
-        )
-        ctx.save_for_backward(values, W, bags, latents)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        values, W, bags, latents = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        grad_values = grad_W = None
-        if ctx.needs_input_grad[0]:
-            grad_values = _sampled_dots(grad_out, W, bags, latents)
-        if ctx.needs_input_grad[1]:
-            grad_W = _scatter_rows(grad_out, bags, latents, values, W.shape[0])
-        return grad_values, grad_W, None, None, None
-
-
-def gather_decode(values: Tensor, W: Tensor, bags: Tensor, latents: Tensor, n_bags: int):
-    """Sum of ``values[i] * W[latents[i]]`` per bag (``bags`` sorted ascending) [n_bags, d]."""
-    if values.numel() * 8 > n_bags * W.shape[0]:
-        # Dense enough (e.g. a ReLU SAE) that a matmul is cheaper than gathers.
-        dense = values.new_zeros(n_bags, W.shape[0]).index_put((bags, latents), values)
-        return dense @ W
-    return _GatherDecode.apply(values, W, bags, latents, n_bags)
-
-
-def sparse_decode(codes: SparseCodes, W_dec: Tensor) -> Tensor:
-    """``codes.dense() @ W_dec`` as a gather: ``embedding_bag`` with per-entry weights."""
-    return gather_decode(codes.values, W_dec, codes.rows, codes.latents, codes.n_rows)
-
-
-class _SparsePreActs(torch.autograd.Function):
-    """Selected pre-activations ``(x - b_dec) @ W_enc[:, l] + b_enc[l]`` at (row, l), already
-    computed densely without autograd, given their gradients sparsely.
-
-    Backward costs O(nnz·d) instead of the two dense [B, width] x [.] matmuls autograd would
-    run through the full pre-activation matrix (whose gradient is zero off the selection).
-    """
-
-    @staticmethod
-    def forward(ctx, values, x, b_dec, W_enc, b_enc, rows, latents):
-        x_cent = x - b_dec if b_dec is not None else x
-        ctx.save_for_backward(x_cent, W_enc, rows, latents)
-        ctx.has_b_dec, ctx.has_b_enc = b_dec is not None, b_enc is not None
-        return values.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        x_cent, W_enc, rows, latents = ctx.saved_tensors
-        need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[1:5]
-        width = W_enc.shape[1]
-        grad_x = grad_b_dec = grad_W = grad_b_enc = None
-        if need_W:
-            grad_W = _scatter_rows(x_cent, rows, latents, grad, width).t().contiguous()
-        col_sum = None
-        if need_b_enc or (need_b_dec and not need_x):
-            col_sum = torch.zeros(width, dtype=grad.dtype, device=grad.device)
-            col_sum.index_add_(0, latents, grad)
-        if need_b_enc:
-            grad_b_enc = col_sum
-        if need_x:
-            grad_x = gather_decode(grad, W_enc.t().contiguous(), rows, latents, x_cent.shape[0])
-            if need_b_dec:
-                grad_b_dec = -grad_x.sum(0)
-        elif need_b_dec:
-            grad_b_dec = -(W_enc @ col_sum)
-        return None, grad_x, grad_b_dec, grad_W, grad_b_enc, None, None
-
-
 class SAE(nn.Module):
     """Base class: parameters, normalisation, decoding, decoder-norm upkeep, aux loss.
 
@@ -342,7 +58,7 @@ class SAE(nn.Module):
     """
 
     arch = "base"
-    #: Train through :class:`_SparsePreActs` (sparse encoder gradients). Off for the ReLU SAE,
+    #: Train through :class:`SparsePreActs` (sparse encoder gradients). Off for the ReLU SAE,
     #: whose codes are dense enough that autograd's dense matmuls are cheaper.
     sparse_backward = True
     #: dtype of the encoder GEMM (saelab.precision): bfloat16 casts x and W_enc for the product
@@ -513,7 +229,7 @@ class SAE(nn.Module):
         def attach(codes: SparseCodes) -> SparseCodes:
             values = codes.values.to(dtype)
             if torch.is_grad_enabled():
-                values = _SparsePreActs.apply(
+                values = SparsePreActs.apply(
                     values, xn, b_dec, self.W_enc, b_enc, codes.rows, codes.latents
                 )
             return codes._replace(values=values)

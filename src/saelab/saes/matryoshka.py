@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from saelab.groups import resolve_group_sizes
-from saelab.saes.base import SAEConfig, SparseCodes, gather_decode, stable_sort
 from saelab.saes.batchtopk import BatchTopKSAE
+from saelab.saes.config import SAEConfig
+from saelab.saes.sparse import SparseCodes, gather_decode, stable_sort
 
 
 class MatryoshkaSAE(BatchTopKSAE):
