@@ -209,7 +209,7 @@ def check_disk(budget: Budget, data_dir: str | Path = "data") -> None:
     """Raise :class:`BudgetError` when the bytes still to write exceed the free space."""
     if budget.to_write <= budget.free:
         return
-    largest = max(budget.caches, key=budget.caches.get) if budget.caches else None
+    largest = max(budget.caches, key=lambda name: budget.caches[name]) if budget.caches else None
     hint = (
         f" The largest is caches.{largest} ({budget.caches[largest] / GB:.3g} GB): lower "
         f"caches.{largest}.n_tokens (or its hooks, or dtype: float16), or set training.source: "

@@ -93,7 +93,7 @@ def to_jsonable(value: Any) -> Any:
     """Plain JSON types: arrays, tensors and numpy scalars to lists and numbers, NamedTuples to
     dicts, paths to strings, NaN and inf to None."""
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
-        return to_jsonable(value._asdict())
+        return to_jsonable(value._asdict())  # pyright: ignore[reportAttributeAccessIssue]
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

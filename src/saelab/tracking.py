@@ -161,7 +161,7 @@ def _read_offline(run_dir: str | os.PathLike, kind: str) -> Iterator[dict[str, A
     if not files:
         raise TrackingError(f"no run-*.wandb file in {run_dir}")
     for payload in _records(files[0]):
-        record = pb.Record()
+        record = pb.Record()  # pyright: ignore[reportAttributeAccessIssue] (generated)
         record.ParseFromString(payload)
         if record.WhichOneof("record_type") == kind:
             items = record.history.item if kind == "history" else record.summary.update

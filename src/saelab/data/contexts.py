@@ -53,8 +53,9 @@ def shuffle_documents(docs: Iterable[str], seed: int, buffer_size: int = 10_000)
     """
     rng = np.random.default_rng(seed)
     if isinstance(docs, Sequence) and not isinstance(docs, str):
-        for index in rng.permutation(len(docs)):
-            yield docs[index]
+        listed: Sequence[str] = docs
+        for index in rng.permutation(len(listed)):
+            yield listed[index]
         return
     buffer: list[str] = []
     for doc in docs:

@@ -76,12 +76,18 @@ def save_tokens(corpus: TokenizedCorpus, path: str | os.PathLike, attrs: dict[st
         group = zarr.open_group(str(tmp), mode="w")
         chunks = (max(1, min(n_contexts, _CHUNK_TOKENS // context_len)), context_len)
         # zarr's default zstd, then a crc32c of every stored chunk (load_tokens names a bad one).
-        codecs = {"compressors": [ZstdCodec(level=0), *checksum_codecs()]}
+        compressors = [ZstdCodec(level=0), *checksum_codecs()]
         group.create_array(
-            "tokens", data=np.asarray(tokens, dtype=np.int32), chunks=chunks, **codecs
+            "tokens",
+            data=np.asarray(tokens, dtype=np.int32),
+            chunks=chunks,
+            compressors=compressors,
         )
         group.create_array(
-            "special_mask", data=np.asarray(special_mask, bool), chunks=chunks, **codecs
+            "special_mask",
+            data=np.asarray(special_mask, bool),
+            chunks=chunks,
+            compressors=compressors,
         )
         group.attrs.update(full_attrs)
     except BaseException:

@@ -12,7 +12,7 @@ than a dense O(B·width·d) matmul; this is what makes CPU training fast.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -65,12 +65,15 @@ class SAE(nn.Module):
     #: only, as autocast does; parameters, gradients and Adam state stay in their own dtype
     #: (float32 masters), and the selected codes' values are float32. Set per instance.
     compute_dtype: torch.dtype = torch.float32
+    # Buffers (registered in __init__), declared for type checkers.
+    tokens_since_fired: Tensor
+    input_center: Tensor
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
         generator = torch.Generator().manual_seed(cfg.seed)
-        d_in, d_out, width = cfg.d_in, cfg.d_out, cfg.width
+        d_in, d_out, width = cfg.d_in, cast(int, cfg.d_out), cfg.width  # set by SAEConfig
         W_enc = torch.empty(d_in, width)
         # kaiming-uniform as in nn.Linear / the originals, drawn from the SAE's own seed
         bound = 1 / math.sqrt(width)
@@ -250,7 +253,7 @@ class SAE(nn.Module):
         else:
             codes = self._encode_fast(xn)[0]
         out = self.decode(codes)
-        return out * std + mean if mean is not None else out
+        return out * std + mean if mean is not None and std is not None else out
 
     # ------------------------------------------------------------------ losses
     def forward(self, x: Tensor, target: Tensor | None = None) -> ForwardOutput:
@@ -294,7 +297,7 @@ class SAE(nn.Module):
         sparsity = self.cfg.l1_coeff * codes.values.abs().sum() / codes.n_rows
         with torch.no_grad():
             fvu = (target_n - output).pow(2).mean() / target_n.var().clamp_min(1e-8)
-        if t_mean is not None:
+        if t_mean is not None and t_std is not None:
             output = output * t_std + t_mean
         return ForwardOutput(
             output, codes, recon + aux + sparsity, recon, aux, sparsity, fvu, prefix_outputs

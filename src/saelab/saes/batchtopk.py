@@ -81,6 +81,8 @@ def threshold_codes(acts: Tensor, threshold: Tensor) -> SparseCodes:
 
 class BatchTopKSAE(SAE):
     arch = "batchtopk"
+    threshold: Tensor  # buffer: θ of inference-mode selection
+    train_steps: Tensor  # buffer: training steps seen (θ starts after threshold_start_step)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

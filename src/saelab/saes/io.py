@@ -21,7 +21,7 @@ import os
 from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -201,7 +201,7 @@ def _on_weights(
         sae = build_sae(cfg)
     state = dict(state or {})
     if "threshold" not in state and "threshold" in weights and hasattr(sae, "threshold"):
-        state["threshold"] = weights["threshold"].reshape(sae.threshold.shape)
+        state["threshold"] = weights["threshold"].reshape(cast(torch.Tensor, sae.threshold).shape)
     tensors: dict[str, torch.Tensor] = {}
     params = dict(sae.named_parameters())
     for name, value in sae.state_dict(keep_vars=True).items():

@@ -15,6 +15,7 @@ from saelab.saes.batchtopk import threshold_codes
 
 class JumpReLUSAE(SAE):
     arch = "jumprelu"
+    threshold: Tensor  # buffer: one threshold per latent
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

@@ -95,21 +95,20 @@ class _PrefixErrors(torch.autograd.Function):
         n_groups = contributions.shape[1]
         e = target - b_dec
         sse = [torch.dot(e.reshape(-1), e.reshape(-1))]
-        if all_prefixes:
-            prefixes = torch.empty_like(contributions)
+        prefixes = torch.empty_like(contributions) if all_prefixes else None
         for g in range(n_groups):
             e.sub_(contributions[:, g])
             sse.append(torch.dot(e.reshape(-1), e.reshape(-1)))
-            if all_prefixes:
+            if prefixes is not None:
                 torch.sub(target, e, out=prefixes[:, g])
-        if not all_prefixes:
+        if prefixes is None:
             prefixes = (target - e)[:, None]
         ctx.all_prefixes = all_prefixes
         ctx.save_for_backward(contributions, e)
         return torch.stack(sse), prefixes
 
     @staticmethod
-    def backward(ctx, grad_sse, grad_prefixes):
+    def backward(ctx, grad_sse, grad_prefixes):  # pyright: ignore[reportIncompatibleMethodOverride]
         contributions, e = ctx.saved_tensors
         n_groups = contributions.shape[1]
         need_target, need_b_dec = ctx.needs_input_grad[1:3]
@@ -120,6 +119,7 @@ class _PrefixErrors(torch.autograd.Function):
         # grad_c[:, g] = -(d loss / d e_g' summed over g' > g); built from the last group down,
         # each from the next: one fused op per group
         grad_c = torch.empty_like(contributions)
+        weights: list[float] = []
         if grad_sse is not None:
             weights = (2 * grad_sse).tolist()
             e = e.clone()  # e_G, walked back to e_g

@@ -119,7 +119,7 @@ def store_downloads(store: str | os.PathLike):
     first when missing and the hub is reachable; offline, a missing optional file reads as
     absent, as a missing one on the hub would)."""
     import sae_lens.loading.pretrained_sae_loaders as loaders
-    from huggingface_hub.utils import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError
 
     real = loaders.hf_hub_download
 

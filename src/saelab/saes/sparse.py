@@ -114,7 +114,7 @@ class _GatherDecode(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):  # pyright: ignore[reportIncompatibleMethodOverride]
         values, W, bags, latents = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_values = grad_W = None
@@ -155,7 +155,7 @@ class SparsePreActs(torch.autograd.Function):
         return values.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # pyright: ignore[reportIncompatibleMethodOverride]
         x_cent, W_enc, rows, latents = ctx.saved_tensors
         need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[1:5]
         width = W_enc.shape[1]
