@@ -42,6 +42,7 @@ lint: install
 	$(VENV)/bin/ruff check src scripts tests benchmarks
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --pythonpath $(PY)
 
 # Benchmarks compare saelab with a peer or a bound in the same run; only a quiet machine decides.
 bench: bench-cache bench-train bench-lm bench-cooccurrence bench-stream
