@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from saelab.config import REPO_ROOT, ConfigError, load_config, load_yaml
+from saelab.checks import load_config
+from saelab.config import REPO_ROOT, ConfigError, load_yaml
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 PRESETS = [

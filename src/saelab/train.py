@@ -43,9 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, cache_manifest
-from saelab.config import dataclass_from_dict
 from saelab.precision import Precision, PrecisionError, check_precision, resolve_precision
-from saelab.runtime import atomic_dir
+from saelab.runtime import atomic_dir, dataclass_from_dict
 from saelab.saes import SAE, SAEConfig, build_sae
 from saelab.saes.io import SAELoadError, saelens_cfg, save_sae
 from saelab.stream import ActivationStream

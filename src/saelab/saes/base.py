@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saelab.config import dataclass_from_dict
+from saelab.runtime import dataclass_from_dict
 
 #: Matryoshka / reconstruction loss variants found in the originals (see docs/methods.md).
 LOSS_VARIANTS = ("bussmann", "official", "saelens")

@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from saelab.config import ConfigError, PipelineConfig
 from saelab.hooks import HookError, parse_hook
+from saelab.runtime import dataclass_from_dict
 
 #: Sites an SAE of the analysis may read: resid_mid is the correct one (the attention output
 #: has just been added); resid_post reproduces the original, which had no resid_mid SAEs.
@@ -56,8 +58,6 @@ class TrajectoriesConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrajectoriesConfig:
-        from saelab.config import ConfigError, dataclass_from_dict
-
         data = dict(data)
         prompts = []
         for i, prompt in enumerate(data.pop("prompts", [])):
@@ -76,8 +76,6 @@ class TrajectoriesConfig:
 def sweep_layers(cfg, sweep: str) -> dict[int, str]:
     """layer -> SAE name of a ``sweeps`` family, checking it is one SAE per layer at a
     supported site."""
-    from saelab.config import ConfigError
-
     if sweep not in cfg.sweeps:
         raise ConfigError(
             f"trajectories.sweep: {sweep!r} is not a sweeps family; defined: {sorted(cfg.sweeps)}"
@@ -105,8 +103,6 @@ def sweep_layers(cfg, sweep: str) -> dict[int, str]:
 
 def studied_layers(cfg, traj: TrajectoriesConfig, n_layers: int | None) -> list[int]:
     """The layers of the analysis, checked against the SAEs available."""
-    from saelab.config import ConfigError
-
     available = set(sweep_layers(cfg, traj.sweep))
     if traj.layers == "all":
         return sorted(available)
@@ -121,8 +117,6 @@ def studied_layers(cfg, traj: TrajectoriesConfig, n_layers: int | None) -> list[
 
 def check_trajectories(cfg, n_layers: int | None) -> TrajectoriesConfig:
     """Every semantic check of the section; returns its typed view."""
-    from saelab.config import ConfigError
-
     traj = TrajectoriesConfig.from_dict(cfg.trajectories)
     names = traj.prompt_names
     for prompt in traj.prompts:
@@ -158,3 +152,21 @@ def check_trajectories(cfg, n_layers: int | None) -> TrajectoriesConfig:
 def evolution_plot_layers(traj: TrajectoriesConfig, layers: list[int]) -> list[int]:
     """The layers drawn by the evolution plot: configured, or the middle studied layer."""
     return list(traj.evolution_layers) if traj.evolution_layers else [layers[len(layers) // 2]]
+
+
+@dataclass(frozen=True)
+class TrajectoryChoices:
+    """The checked section and the layers it studies (none without prompts)."""
+
+    settings: TrajectoriesConfig
+    layers: list[int]
+
+
+def resolve_trajectories(cfg: PipelineConfig, n_layers: int | None) -> TrajectoryChoices:
+    """The section checked once (:func:`check_trajectories`, only when it has prompts: without
+    them there is nothing to analyse, so no SAEs are needed) and its studied layers."""
+    traj = TrajectoriesConfig.from_dict(cfg.trajectories)
+    if not traj.prompts:
+        return TrajectoryChoices(traj, [])
+    traj = check_trajectories(cfg, n_layers)
+    return TrajectoryChoices(traj, studied_layers(cfg, traj, n_layers))
