@@ -30,6 +30,8 @@ from saelab.cooccurrence.settings import check_cooccurrence
 from saelab.darkmatter.settings import check_darkmatter
 from saelab.models import ModelError, ModelInfo, resolve_model
 from saelab.saes.settings import resolve_pretrained
+from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+from saelab.sections_darkmatter import DarkmatterSection
 from saelab.sweeps import expand_cache_hooks, expand_runs
 from saelab.trajectories.settings import resolve_trajectories
 
@@ -56,7 +58,6 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
     }
     run_specs, sweeps = expand_runs(config, n_layers, resolve_pretrained)
     parsed = PipelineConfig(
-        pretrained_dir=str(config.get("pretrained_dir", "data/releases")),
         model=config["model"],
         model_path=config.get("model_path"),
         device=config.get("device", "auto"),
@@ -65,14 +66,17 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         caches=caches,
         tiny=tiny,
         saes={name: parse_run(name, spec) for name, spec in run_specs.items()},
-        training=dict(config.get("training", {})),
-        evaluation=dict(config.get("evaluation", {})),
-        toy=dict(config.get("toy", {})),
         sweeps=sweeps,
-        cooccurrence=dict(config.get("cooccurrence", {})),
-        darkmatter=dict(config.get("darkmatter", {})),
+        training=TrainingSection.from_dict(config["training"], "training", ConfigError),
+        evaluation=EvaluationSection.from_dict(config["evaluation"], "evaluation", ConfigError),
+        toy=dict(config.get("toy", {})),
+        cooccurrence=CooccurrenceSection.from_dict(
+            config["cooccurrence"], "cooccurrence", ConfigError
+        ),
+        darkmatter=DarkmatterSection.from_dict(config["darkmatter"], "darkmatter", ConfigError),
         trajectories=dict(config.get("trajectories", {})),
         tracking=dict(config.get("tracking") or {}),
+        pretrained_dir=str(config.get("pretrained_dir", "data/releases")),
         raw=config,
     )
     check_config(parsed, info)

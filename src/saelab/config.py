@@ -20,6 +20,8 @@ import yaml
 from saelab.groups import resolve_group_sizes
 from saelab.hooks import HookError, parse_hook
 from saelab.runtime import dataclass_from_dict
+from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+from saelab.sections_darkmatter import DarkmatterSection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
@@ -172,32 +174,35 @@ def parse_run(name: str, spec: dict[str, Any]) -> SAERun:
 
 @dataclass
 class PipelineConfig:
-    """The whole validated config."""
+    """The whole validated config, built by :func:`saelab.checks.parse_config` (every default
+    comes from the schema, none from here)."""
 
     model: str
+    model_path: str | None
+    device: str
+    precision: str
+    """``auto`` | ``float32`` | ``bfloat16`` (saelab.precision decides what ``auto`` means)."""
     corpora: dict[str, CorpusConfig]
     caches: dict[str, CacheConfig]
     tiny: TinyConfig
-    model_path: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    """``auto`` | ``float32`` | ``bfloat16`` (saelab.precision decides what ``auto`` means)."""
-    saes: dict[str, SAERun] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    """Shared TrainConfig settings (saelab.train)."""
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    toy: dict[str, Any] = field(default_factory=dict)
-    sweeps: dict[str, list[SweepPoint]] = field(default_factory=dict)
+    saes: dict[str, SAERun]
+    """Every SAE run: the ``saes`` section and the runs of every ``sweeps`` family."""
+    sweeps: dict[str, list[SweepPoint]]
     """Generated SAE families (``sweeps`` section); their runs are also in ``saes``."""
-    cooccurrence: dict[str, Any] = field(default_factory=dict)
+    training: TrainingSection
+    """Shared TrainConfig settings (saelab.train); a run's ``train`` overrides them."""
+    evaluation: EvaluationSection
+    toy: dict[str, Any]
+    """The toy-hierarchy experiment (saelab.toy; free-form in the schema)."""
+    cooccurrence: CooccurrenceSection
     """The co-occurrence analysis section (saelab.cooccurrence)."""
-    darkmatter: dict[str, Any] = field(default_factory=dict)
+    darkmatter: DarkmatterSection
     """The dark-matter analysis section (saelab.darkmatter)."""
-    trajectories: dict[str, Any] = field(default_factory=dict)
-    """The trajectory analysis section (saelab.trajectories)."""
-    tracking: dict[str, Any] = field(default_factory=dict)
+    trajectories: dict[str, Any]
+    """The trajectory analysis section (typed by saelab.trajectories.settings)."""
+    tracking: dict[str, Any]
     """Optional run tracking (``tracking.wandb``; saelab.tracking)."""
-    pretrained_dir: str = "data/releases"
+    pretrained_dir: str
     """Local store of released SAEs (saelab.saes.pretrained), relative to the working directory."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     analyses: dict[str, Any] = field(default_factory=dict, repr=False)
