@@ -10,6 +10,7 @@ sweeps (:mod:`saelab.sweeps`), runs :func:`check_core` and each analysis's own c
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +273,15 @@ def validate_schema(config: dict[str, Any]) -> None:
 @functools.cache
 def _schema() -> dict[str, Any]:
     return load_yaml(SCHEMA_PATH)
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every key of the top-level object ``section`` (e.g. ``training``):
+    the one place of defaults, for library code that takes a section's keys as arguments."""
+    props = _schema()["properties"][section]["properties"]
+    return {
+        key: copy.deepcopy(value["default"]) for key, value in props.items() if "default" in value
+    }
 
 
 def schema_defaults(section: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ def check_cooccurrence(cfg: PipelineConfig) -> None:
     """Every semantic check of the ``cooccurrence`` section (the SAEs it compares, their widths
     and architectures, thresholds, bounds). Raises :class:`ConfigError`."""
     section = cfg.cooccurrence
-    names = list(section.get("saes", []))
+    names = list(section.saes)
     if not names:
         return
     key = "cooccurrence"
@@ -29,32 +29,34 @@ def check_cooccurrence(cfg: PipelineConfig) -> None:
             f"{key}.saes: at least one must be a matryoshka SAE (its group sizes define the "
             f"groups); got architectures {[run.arch for run in runs]}"
         )
-    if section.get("encoding") == "train_batchtopk":
+    if section.encoding == "train_batchtopk":
         flat = [run.name for run in runs if run.arch not in ("batchtopk", "matryoshka")]
         if flat:
             raise ConfigError(
                 f"{key}.encoding: train_batchtopk needs BatchTopK-style SAEs; {flat} are not"
             )
     width = runs[0].width
-    low, high = section.get("component_size", [150, 200])
+    low, high = section.component_size
     if low > high or low > width:
         raise ConfigError(
             f"{key}.component_size: [{low}, {high}] needs min <= max and min <= the width {width}"
         )
-    rep = section.get("representative", {})
-    if rep.get("sae") is not None and rep["sae"] not in names:
-        raise ConfigError(f"{key}.representative.sae: {rep['sae']!r} is not one of {names}")
-    thresholds = [float(t) for t in section.get("thresholds", [0.0])]
-    if rep.get("threshold") is not None and float(rep["threshold"]) not in thresholds:
+    rep = section.representative
+    if rep.sae is not None and rep.sae not in names:
+        raise ConfigError(f"{key}.representative.sae: {rep.sae!r} is not one of {names}")
+    thresholds = [float(t) for t in section.thresholds]
+    if rep.threshold is not None and float(rep.threshold) not in thresholds:
         raise ConfigError(
-            f"{key}.representative.threshold: {rep['threshold']} is not one of {thresholds}"
+            f"{key}.representative.threshold: {rep.threshold} is not one of {thresholds}"
         )
     if len(set(thresholds)) != len(thresholds):
         raise ConfigError(f"{key}.thresholds: values repeat: {thresholds}")
-    subgraph = rep.get("subgraph", "auto")
+    subgraph = rep.subgraph
     if isinstance(subgraph, str) and subgraph != "auto":
         raise ConfigError(f"{key}.representative.subgraph: {subgraph!r}; use an id or 'auto'")
-    for sub, field_name in (("representative", "size_range"), ("pca", "all_in_size_range")):
-        bounds = section.get(sub, {}).get(field_name)
+    for sub, field_name, bounds in (
+        ("representative", "size_range", rep.size_range),
+        ("pca", "all_in_size_range", section.pca.all_in_size_range),
+    ):
         if bounds is not None and bounds[0] > bounds[1]:
             raise ConfigError(f"{key}.{sub}.{field_name}: {bounds} needs min <= max")

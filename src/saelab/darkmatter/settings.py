@@ -9,10 +9,10 @@ components' predictor hooks. The rule files read the result (``CFG.analyses["dar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from saelab.config import ConfigError, PipelineConfig, SweepPoint
 from saelab.darkmatter.scaling import ScalingError, curve_points, pick_sae
+from saelab.sections_darkmatter import DarkmatterSection
 
 #: Sections whose ``sae`` key picks the grid SAE they analyse (default: the fixed SAE).
 SAE_SECTIONS = ("components", "train_on_error")
@@ -57,7 +57,7 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
     """Every semantic check of the ``darkmatter`` section; its resolved choices, or None when
     the analysis is off (the default sweep name, not defined). Raises :class:`ConfigError`."""
     dm = cfg.darkmatter
-    sweep = dm.get("sweep", "darkmatter")
+    sweep = dm.sweep
     if sweep not in cfg.sweeps:
         if sweep == "darkmatter":  # the default name, not defined: the analysis is off
             return None
@@ -65,7 +65,7 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
             f"darkmatter.sweep: {sweep!r} is not a `sweeps` family; defined: {sorted(cfg.sweeps)}"
         )
     points = cfg.sweeps[sweep]
-    window = dm.get("window", [1, 128])
+    window = dm.window
     if len(window) != 2 or window[0] >= window[1]:
         raise ConfigError(f"darkmatter.window: {window} must be [start, stop) with start < stop")
     for point in points:
@@ -76,7 +76,7 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
                 "SAEs that reconstruct their own input"
             )
     try:
-        curve = curve_points(points, dm.get("fixed_k"))
+        curve = curve_points(points, dm.fixed_k)
     except ScalingError as err:
         raise ConfigError(f"darkmatter.fixed_k: {err}") from err
     if len({point.width for point in curve}) < 3:
@@ -85,18 +85,17 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
             f"{curve[0].k}; the sweep has {[point.width for point in curve]}"
         )
     names = [point.name for point in points]
-    for key, value in (("probe_sae", dm.get("probe_sae")),
-                       ("noise.sae", dm.get("noise", {}).get("sae"))):  # fmt: skip
+    for key, value in (("probe_sae", dm.probe_sae), ("noise.sae", dm.noise.sae)):
         if value is not None and value not in names:
             raise ConfigError(f"darkmatter.{key}: {value!r} is not in sweeps.{sweep}: {names}")
-    baselines = dm.get("baselines_sweep")
+    baselines = dm.baselines_sweep
     if baselines is not None and baselines not in cfg.sweeps:
         raise ConfigError(
             f"darkmatter.baselines_sweep: {baselines!r} is not a `sweeps` family; "
             f"defined: {sorted(cfg.sweeps)}"
         )
     width_sweep = [point.name for point in curve]
-    fixed_width, k_sweep = _k_sweep(points, dm.get("fixed_width"))
+    fixed_width, k_sweep = _k_sweep(points, dm.fixed_width)
     both = [name for name in k_sweep if name in width_sweep]
     if not both:
         raise ConfigError("no grid SAE has both darkmatter.fixed_width and darkmatter.fixed_k")
@@ -109,8 +108,8 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
         fixed_width=fixed_width,
         k_sweep=k_sweep,
         fixed_sae=both[0],
-        probe_sae=pick_sae(points, dm.get("probe_sae"), "widest", dm.get("fixed_k")),
-        noise_sae=pick_sae(points, dm.get("noise", {}).get("sae"), "narrowest_largest_k"),
+        probe_sae=pick_sae(points, dm.probe_sae, "widest", dm.fixed_k),
+        noise_sae=pick_sae(points, dm.noise.sae, "narrowest_largest_k"),
         pursuit_saes=_pursuit_saes(dm, names, width_sweep, k_sweep),
         section_saes=section_saes,
         component_hooks=hooks,
@@ -135,8 +134,8 @@ def union(*lists: list[str]) -> list[str]:
     return list(dict.fromkeys(name for names in lists for name in names))
 
 
-def _section_sae(dm: dict[str, Any], section: str, names: list[str], fixed_sae: str) -> str:
-    name = dm.get(section, {}).get("sae") or fixed_sae
+def _section_sae(dm: DarkmatterSection, section: str, names: list[str], fixed_sae: str) -> str:
+    name = getattr(dm, section).sae or fixed_sae
     if name not in names:
         raise ConfigError(
             f"darkmatter.{section}.sae: {name!r} is not in the grid; its SAEs: {names}"
@@ -145,9 +144,9 @@ def _section_sae(dm: dict[str, Any], section: str, names: list[str], fixed_sae: 
 
 
 def _pursuit_saes(
-    dm: dict[str, Any], names: list[str], width_sweep: list[str], k_sweep: list[str]
+    dm: DarkmatterSection, names: list[str], width_sweep: list[str], k_sweep: list[str]
 ) -> list[str]:
-    choice = dm.get("pursuit", {}).get("saes", "sweeps")
+    choice = dm.pursuit.saes
     if choice == "width_sweep":
         return width_sweep
     if choice == "sweeps":
@@ -156,13 +155,12 @@ def _pursuit_saes(
 
 
 def _component_hooks(
-    cfg: PipelineConfig, dm: dict[str, Any], name: str
+    cfg: PipelineConfig, dm: DarkmatterSection, name: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     from saelab.darkmatter.components import component_hooks
 
     run = cfg.saes[name]
-    predictors = dm.get("components", {}).get("predictors", {})
     try:
-        return component_hooks(predictors, run.hook, cfg.caches[run.cache].hooks)
+        return component_hooks(dm.components.predictors, run.hook, cfg.caches[run.cache].hooks)
     except ValueError as err:
         raise ConfigError(f"darkmatter.components.predictors: {err}") from None
