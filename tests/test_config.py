@@ -196,3 +196,16 @@ def test_typed_sections_name_unknown_and_missing_keys():
     del data["lr"]
     with pytest.raises(ConfigError, match=r"training: missing key\(s\) \['lr'\]"):
         TrainingSection.from_dict(data, "training", ConfigError)
+
+
+def test_trajectories_settings_are_the_schema():
+    import dataclasses
+
+    from saelab.trajectories.settings import TrajectoriesConfig
+
+    props = load_yaml(REPO_ROOT / "config" / "schema.yaml")["properties"]["trajectories"]
+    fields = dataclasses.fields(TrajectoriesConfig)
+    assert {f.name for f in fields} == set(props["properties"])
+    assert _field_docstrings(TrajectoriesConfig) == {f.name for f in fields}
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    assert all(f.default_factory is dataclasses.MISSING for f in fields)

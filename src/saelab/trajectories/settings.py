@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from saelab.config import ConfigError, PipelineConfig
@@ -24,35 +24,36 @@ class Prompt:
     """The prompt; BOS is prepended, and every prefix length >= 2 is analysed."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrajectoriesConfig:
-    """The ``trajectories`` section (defaults in ``config/schema.yaml``)."""
+    """The ``trajectories`` section, one field per schema key (every default in
+    ``config/schema.yaml``, none here: build it from the validated section)."""
 
-    prompts: list[Prompt] = field(default_factory=list)
+    prompts: list[Prompt]
     """Prompts to analyse."""
-    sweep: str = "layers"
+    sweep: str
     """The ``sweeps`` family holding one SAE per layer (hooks at resid_mid, or resid_post):
     trained here, or released per-layer SAEs (a family with ``pretrained``)."""
-    layers: list[int] | str = "all"
+    layers: list[int] | str
     """Layers to study (each needs an SAE), or ``all`` = every layer the sweep has."""
-    top_k: int = 400
+    top_k: int
     """Cap on the firing latents recorded per step (only latents with value > 0 are ranked)."""
-    T: list[int] = field(default_factory=lambda: [9, 15, 22])
+    T: list[int]
     """Final-rank filters of the newcomer rule; one graph per value."""
-    check_tolerance: float = 1e-4
+    check_tolerance: float
     """Largest relative error of the full decomposition against hook_resid_mid."""
-    logit_lens_top: int = 5
+    logit_lens_top: int
     """Next-token predictions recorded per layer by the logit lens."""
-    logit_lens_lengths: str = "full"
+    logit_lens_lengths: str
     """``full``: logit lens for the full prompt only; ``all``: for every prefix length (one
     262k-vocabulary unembedding per length and layer on gemma-3)."""
-    evolution_layers: list[int] | None = None
+    evolution_layers: list[int] | None
     """Layers drawn by ``trajectory_evolution_plot`` (default: the middle studied layer)."""
-    evolution_plot_top: int | None = 40
+    evolution_plot_top: int | None
     """Ranks shown by the evolution plot (the original showed a top 40); null = every firing latent."""
-    description_tokens: int = 5
+    description_tokens: int
     """Top tokens named in each latent's hover description."""
-    neuronpedia: dict[str, Any] = field(default_factory=dict)
+    neuronpedia: dict[str, Any]
     """``{enabled: false, model, source}``: online-only Neuronpedia descriptions; ``source`` is
     a template over ``{layer}``; an API key comes from ``NEURONPEDIA_API_KEY`` if set."""
 
