@@ -176,6 +176,11 @@ def test_typed_sections_read_as_the_validated_dicts():
     for section in _section_classes():
         typed = getattr(cfg, section)
         assert dict(typed) == raw[section] and typed == raw[section], section
+        assert list(typed) == list(raw[section]), section  # key order too (scripts dump them)
+    # micro gives noise.n_tokens and noise.grid, the schema fills the rest after them
+    assert list(cfg.darkmatter["noise"])[:2] == ["n_tokens", "grid"]
+    assert list(cfg.darkmatter["noise"]) == list(raw["darkmatter"]["noise"])
+    assert list(dict(cfg.cooccurrence)["features"]) == list(raw["cooccurrence"]["features"])
     assert cfg.darkmatter.noise.grid == [0.0, 1.0, 2.0]  # micro's value, typed access
     assert cfg.darkmatter["noise"]["units"] == "activation_std"  # schema default, mapping access
     assert type(cfg.darkmatter["noise"]) is dict and type(dict(cfg.darkmatter)["pursuit"]) is dict

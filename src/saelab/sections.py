@@ -39,7 +39,9 @@ class Section(Mapping[str, Any]):
                    if name in cls.NESTED and value is not None else value)
             for name, value in data.items()
         }  # fmt: skip
-        return dataclass_from_dict(cls, values, key, error)
+        section = dataclass_from_dict(cls, values, key, error)
+        object.__setattr__(section, "_order", tuple(data))  # the mapping view keeps it
+        return section
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._names():
@@ -52,9 +54,11 @@ class Section(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._names())
 
-    @classmethod
-    def _names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+    def _names(self) -> tuple[str, ...]:
+        """The keys in the order of the dict the section was built from (the config file's
+        keys, then the schema's defaults), so the mapping view is that dict, order included."""
+        order = getattr(self, "_order", None)
+        return order if order is not None else tuple(f.name for f in fields(self))
 
 
 def _plain(value: Any) -> Any:
