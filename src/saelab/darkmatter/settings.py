@@ -101,6 +101,11 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
         raise ConfigError("no grid SAE has both darkmatter.fixed_width and darkmatter.fixed_k")
     section_saes = {section: _section_sae(dm, section, names, both[0]) for section in SAE_SECTIONS}
     hooks, skipped = _component_hooks(cfg, dm, section_saes["components"])
+    try:
+        probe = pick_sae(points, dm.probe_sae, "widest", dm.fixed_k)
+        noise = pick_sae(points, dm.noise.sae, "narrowest_largest_k")
+    except ScalingError as err:
+        raise ConfigError(f"darkmatter: {err}") from err
     return DarkmatterChoices(
         sweep=sweep,
         points=list(points),
@@ -108,8 +113,8 @@ def check_darkmatter(cfg: PipelineConfig) -> DarkmatterChoices | None:
         fixed_width=fixed_width,
         k_sweep=k_sweep,
         fixed_sae=both[0],
-        probe_sae=pick_sae(points, dm.probe_sae, "widest", dm.fixed_k),
-        noise_sae=pick_sae(points, dm.noise.sae, "narrowest_largest_k"),
+        probe_sae=probe,
+        noise_sae=noise,
         pursuit_saes=_pursuit_saes(dm, names, width_sweep, k_sweep),
         section_saes=section_saes,
         component_hooks=hooks,
