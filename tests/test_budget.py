@@ -15,7 +15,7 @@ from conftest import MICRO, snakemake
 from saelab import budget
 from saelab.budget import BudgetError, cache_bytes, check_disk, model_shape, plan
 from saelab.cache import build_cache
-from saelab.config import load_config
+from saelab.checks import load_config
 from saelab.models import resolve_model
 
 

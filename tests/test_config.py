@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from saelab.config import REPO_ROOT, ConfigError, load_config, load_yaml
+from saelab.checks import load_config
+from saelab.config import REPO_ROOT, ConfigError, load_yaml
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 PRESETS = [
@@ -106,3 +107,110 @@ def test_sweeps_expand_to_one_named_run_per_point():
     assert cfg.caches["layers"].hooks == [f"blocks.{i}.hook_resid_mid" for i in range(18)]
     # Sweep SAEs are not among the named runs that the SAE figures evaluate.
     assert set(cfg.named_saes) == set(load_yaml(DEFAULT)["saes"])
+
+
+# ------------------------------------------------------------------ typed sections
+def _section_classes():
+    from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+    from saelab.sections_darkmatter import DarkmatterSection
+
+    return {
+        "training": TrainingSection,
+        "evaluation": EvaluationSection,
+        "cooccurrence": CooccurrenceSection,
+        "darkmatter": DarkmatterSection,
+    }
+
+
+def _field_docstrings(cls) -> set[str]:
+    """Fields of ``cls`` followed by a string literal in its source (an attribute docstring)."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id
+        for node, after in itertools.pairwise(body)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
+    }
+
+
+@pytest.mark.parametrize("section", ["training", "evaluation", "cooccurrence", "darkmatter"])
+def test_typed_sections_are_the_schema(section):
+    """One field per schema key (nested objects as nested sections), each documented, none
+    with a default of its own: the schema stays the one place of keys and defaults."""
+    import dataclasses
+
+    schema = load_yaml(REPO_ROOT / "config" / "schema.yaml")["properties"]
+
+    def check(cls, props, key):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) == set(props), key
+        assert _field_docstrings(cls) == set(fields), key
+        for name, field in fields.items():
+            assert field.default is dataclasses.MISSING, f"{key}.{name} has a default"
+            assert field.default_factory is dataclasses.MISSING, f"{key}.{name} has a default"
+            if "properties" in props[name]:
+                assert name in cls.NESTED, f"{key}.{name}"
+                check(cls.NESTED[name], props[name]["properties"], f"{key}.{name}")
+        assert set(cls.NESTED) <= set(fields)
+
+    check(_section_classes()[section], schema[section]["properties"], section)
+
+
+def test_typed_sections_read_as_the_validated_dicts():
+    """Attribute access is typed and frozen; the mapping view is the schema-validated data."""
+    import dataclasses
+
+    from saelab.config import deep_merge, validate_schema
+
+    micro = REPO_ROOT / "tests" / "config" / "micro.yaml"
+    raw = deep_merge({}, load_yaml(micro))
+    validate_schema(raw)
+    cfg = load_config(micro)
+    for section in _section_classes():
+        typed = getattr(cfg, section)
+        assert dict(typed) == raw[section] and typed == raw[section], section
+        assert list(typed) == list(raw[section]), section  # key order too (scripts dump them)
+    # micro gives noise.n_tokens and noise.grid, the schema fills the rest after them
+    assert list(cfg.darkmatter["noise"])[:2] == ["n_tokens", "grid"]
+    assert list(cfg.darkmatter["noise"]) == list(raw["darkmatter"]["noise"])
+    assert list(dict(cfg.cooccurrence)["features"]) == list(raw["cooccurrence"]["features"])
+    assert cfg.darkmatter.noise.grid == [0.0, 1.0, 2.0]  # micro's value, typed access
+    assert cfg.darkmatter["noise"]["units"] == "activation_std"  # schema default, mapping access
+    assert type(cfg.darkmatter["noise"]) is dict and type(dict(cfg.darkmatter)["pursuit"]) is dict
+    assert cfg.cooccurrence.features.top_n == 5 and cfg.training.batch_size == 512
+    assert cfg.train_settings(cfg.saes["matryoshka"])["source"] == "cache"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.darkmatter.noise.seed = 1
+    with pytest.raises(KeyError):
+        cfg.evaluation["nope"]
+
+
+def test_typed_sections_name_unknown_and_missing_keys():
+    from saelab.sections import TrainingSection
+
+    data = dict(load_config(REPO_ROOT / "tests" / "config" / "micro.yaml").training)
+    with pytest.raises(ConfigError, match=r"unknown training key\(s\) \['nope'\]"):
+        TrainingSection.from_dict({**data, "nope": 1}, "training", ConfigError)
+    del data["lr"]
+    with pytest.raises(ConfigError, match=r"training: missing key\(s\) \['lr'\]"):
+        TrainingSection.from_dict(data, "training", ConfigError)
+
+
+def test_trajectories_settings_are_the_schema():
+    import dataclasses
+
+    from saelab.trajectories.settings import TrajectoriesConfig
+
+    props = load_yaml(REPO_ROOT / "config" / "schema.yaml")["properties"]["trajectories"]
+    fields = dataclasses.fields(TrajectoriesConfig)
+    assert {f.name for f in fields} == set(props["properties"])
+    assert _field_docstrings(TrajectoriesConfig) == {f.name for f in fields}
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    assert all(f.default_factory is dataclasses.MISSING for f in fields)

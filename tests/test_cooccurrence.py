@@ -485,14 +485,16 @@ def test_feature_pages_render_in_headless_chromium(cache, tmp_path):
     ],
 )
 def test_config_errors_name_the_key(section, message):
-    from saelab.config import REPO_ROOT, ConfigError, load_config
+    from saelab.checks import load_config
+    from saelab.config import REPO_ROOT, ConfigError
 
     with pytest.raises(ConfigError, match=message):
         load_config(REPO_ROOT / "config" / "config.yaml", overrides={"cooccurrence": section})
 
 
 def test_default_config_section_is_valid():
-    from saelab.config import REPO_ROOT, load_config
+    from saelab.checks import load_config
+    from saelab.config import REPO_ROOT
 
     cfg = load_config(REPO_ROOT / "config" / "config.yaml")
     assert cfg.cooccurrence["saes"] == ["matryoshka", "batchtopk"]

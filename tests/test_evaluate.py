@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from saelab.cache import TLActivationSource, build_cache
-from saelab.config import REPO_ROOT, load_config
+from saelab.checks import load_config
+from saelab.config import REPO_ROOT
 from saelab.evaluate import (
     FVU_DEFINITIONS,
     FVUAccumulator,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from saelab.budget import GB, model_shape
-from saelab.config import REPO_ROOT, load_config
+from saelab.checks import load_config
+from saelab.config import REPO_ROOT
 from saelab.models import resolve_model
 from saelab.train import TrainConfig
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from test_train import BATCH, SRC, _Named, make_cache
 
-from saelab.config import load_config
+from saelab.checks import load_config
 from saelab.tracking import (
     TrackingError,
     log_evaluation,

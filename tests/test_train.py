@@ -262,7 +262,7 @@ def test_dead_window_follows_a_short_run(cache, tmp_path):
     assert TrainConfig(**cfg, dead_window_fraction=0.1).dead_window(81920) == 4 * BATCH
     assert TrainConfig(**cfg, dead_window_fraction=0.1).dead_window(BATCH) == BATCH
     assert TrainConfig(**cfg, dead_window_fraction=0.001).dead_window(81920) == BATCH
-    assert TrainConfig(**cfg).dead_window(81920) == 81920
+    assert TrainConfig(**cfg, dead_window_fraction=None).dead_window(81920) == 81920
     with pytest.raises(TrainError, match=r"dead_window_fraction 1\.5"):
         TrainConfig(**cfg, dead_window_fraction=1.5)
     spec = {"s": {"arch": "batchtopk", "width": 256, "k": 2, "hook_name": SRC,

@@ -15,7 +15,8 @@ import pytest
 import torch
 from hf_models import HF_CASES, perturb_norms, save_hf
 
-from saelab.config import ConfigError, load_config
+from saelab.checks import load_config
+from saelab.config import ConfigError
 from saelab.features import FeatureSummary
 from saelab.models import load_model, prepare_model, resolve_model
 from saelab.plots.trajectories import (
@@ -426,6 +427,24 @@ def _config(tmp_path, trajectories=None, sweeps=None, caches=None):
     path = tmp_path / "override.yaml"
     path.write_text(json.dumps(override))
     return load_config(REPO / "tests" / "config" / "micro.yaml", path)
+
+
+def test_config_is_checked_once_and_resolved_with_its_layers(tmp_path, monkeypatch):
+    """check_trajectories runs once per config parse; the rule files read its result."""
+    import saelab.trajectories.settings as settings
+
+    calls = []
+    check = settings.check_trajectories
+    monkeypatch.setattr(
+        settings, "check_trajectories", lambda *args: calls.append(args) or check(*args)
+    )
+    cfg = _config(tmp_path, {"prompts": [{"name": "a", "text": "hello"}], "layers": [0, 1]})
+    assert len(calls) == 1
+    choices = cfg.analyses["trajectories"]
+    assert choices.layers == [0, 1] and choices.settings.prompt_names == ["a"]
+    calls.clear()
+    cfg = _config(tmp_path, {"prompts": []})
+    assert not calls and cfg.analyses["trajectories"].layers == []
 
 
 def test_config_checks(tmp_path):

@@ -165,3 +165,17 @@ def savez_atomic(path: str | os.PathLike, arrays: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def dataclass_from_dict(
+    cls, data: Mapping[str, Any], what: str, error: type[Exception] = ValueError
+):
+    """``cls(**data)``, refusing keys ``cls`` has no field for; the error names them and the
+    allowed ones."""
+    from dataclasses import fields
+
+    allowed = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise error(f"unknown {what} key(s) {unknown}; allowed: {allowed}")
+    return cls(**data)

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from saelab.config import dataclass_from_dict
+from saelab.runtime import dataclass_from_dict
 from saelab.saes import SAE, SAEConfig, build_sae
 
 log = logging.getLogger(__name__)

@@ -43,9 +43,9 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, cache_manifest
-from saelab.config import dataclass_from_dict
+from saelab.config import section_defaults
 from saelab.precision import Precision, PrecisionError, check_precision, resolve_precision
-from saelab.runtime import atomic_dir
+from saelab.runtime import atomic_dir, dataclass_from_dict
 from saelab.saes import SAE, SAEConfig, build_sae
 from saelab.saes.io import SAELoadError, saelens_cfg, save_sae
 from saelab.stream import ActivationStream
@@ -80,62 +80,69 @@ class TrainError(ValueError):
     """SAEs, cache and config that do not fit together, with what to change."""
 
 
+#: Defaults of TrainConfig: the ``training`` section of config/schema.yaml, their one place.
+_DEFAULTS = section_defaults("training")
+
+
 @dataclass
 class TrainConfig:
-    """How a group of SAEs is trained (the SAEs' own hyper-parameters live in SAEConfig)."""
+    """How a group of SAEs is trained (the SAEs' own hyper-parameters live in SAEConfig).
+
+    Defaults are the schema's ``training`` section, so ``TrainConfig(n_tokens=...)`` trains as
+    the DAG's default config does (``lr=None`` is the width-scaled rate, on request)."""
 
     n_tokens: int
     """Training tokens per SAE; steps = n_tokens // batch_size (epochs repeat as needed)."""
-    batch_size: int = 4096
+    batch_size: int = _DEFAULTS["batch_size"]
     """Tokens per optimiser step (Bart and the official code: 4096 / 2048)."""
-    lr: float | None = None
+    lr: float | None = _DEFAULTS["lr"]
     """Adam learning rate; ``None``: dictionary_learning's 2e-4 / sqrt(width / 2**14), per SAE."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = tuple(_DEFAULTS["betas"])
     """Adam betas: (0.9, 0.999) official; Bart used (0.9, 0.99)."""
-    warmup_steps: int = 0
+    warmup_steps: int = _DEFAULTS["warmup_steps"]
     """Linear warmup from 0 (as dictionary_learning: the first step has lr 0); Bart 0,
     official 1000."""
-    decay_start: float | None = None
+    decay_start: float | None = _DEFAULTS["decay_start"]
     """Fraction of training after which lr decays linearly to 0 at the last step; ``None``:
     no decay (Bart). The official code takes a step number; this is steps * decay_start."""
-    clip_grad_norm: float = 1.0
+    clip_grad_norm: float = _DEFAULTS["clip_grad_norm"]
     """Maximum global gradient norm per SAE (official 1.0; Bart 1e5, i.e. none)."""
-    checkpoint_every: int = 1000
+    checkpoint_every: int = _DEFAULTS["checkpoint_every"]
     """Steps between checkpoints (0: only the final one, written before evaluation)."""
-    log_every: int = 100
+    log_every: int = _DEFAULTS["log_every"]
     """Steps between lines of ``train_log.jsonl`` (means over the window) and bar updates;
     also how often a non-finite loss is looked for (no per-step device sync)."""
-    seed: int = 0
+    seed: int = _DEFAULTS["seed"]
     """Seed of the reader's shuffle and of torch's RNG (SAE init uses SAEConfig.seed)."""
-    heldout_fraction: float = 0.05
+    heldout_fraction: float = _DEFAULTS["heldout_fraction"]
     """Last fraction of the cache's contexts, never trained on, used for the final evaluation."""
-    exclude_special: bool = True
+    exclude_special: bool = _DEFAULTS["exclude_special"]
     """Leave BOS/EOS/PAD tokens out of training and evaluation."""
-    buffer_chunks: int = 8
+    buffer_chunks: int = _DEFAULTS["buffer_chunks"]
     """Cache chunks shuffled together (memory: buffer_chunks x chunk rows x hook widths)."""
-    eval_tokens: int | None = None
+    eval_tokens: int | None = _DEFAULTS["eval_tokens"]
     """Cap on held-out tokens evaluated at the end (``None``: the whole held-out split)."""
-    dead_window_fraction: float | None = None
+    dead_window_fraction: float | None = _DEFAULTS["dead_window_fraction"]
     """The dead window follows the run: an SAE's ``dead_after_tokens`` is lowered to this
     fraction of the run's tokens when that is shorter (at least one batch), so AuxK engages in
     short runs too. ``None``: every SAE keeps its own ``dead_after_tokens``."""
-    k_anneal_fraction: float | None = None
+    k_anneal_fraction: float | None = _DEFAULTS["k_anneal_fraction"]
     """k-annealing: over this first fraction of the steps the training-mode k of TopK-style
     SAEs falls linearly from ``k_anneal_start`` x k to k, so more latents fire (and learn)
     early. ``None``: k from the first step."""
-    k_anneal_start: float = 4.0
+    k_anneal_start: float = _DEFAULTS["k_anneal_start"]
     """Start of the k-annealing, as a multiple of each SAE's k (capped at its width)."""
-    dead_tokens: int = 32768
+    dead_tokens: int = _DEFAULTS["dead_tokens"]
     """Tokens on which ``dead_fraction`` (never fired, eval mode) is measured after training:
     the held-out split first, topped up from the training split when it is smaller, so a rare
     latent is not counted dead for want of tokens."""
     precision: str = "auto"
     """dtype of the encoder GEMM: ``auto`` | ``float32`` | ``bfloat16`` (saelab.precision;
     weights and Adam state stay float32). Recorded, resolved, in config.json and metrics.json."""
-    source: str = "cache"
+    source: str = _DEFAULTS["source"]
     """``cache``: batches from the zarr cache; ``stream``: straight from the model's forward
     (:mod:`saelab.stream`), no cache written."""
-    shuffle_contexts: int = 64
+    shuffle_contexts: int = _DEFAULTS["shuffle_contexts"]
     """``source: stream`` only: contexts in the shuffle buffer that mixes tokens across contexts
     (memory: shuffle_contexts x context_len x hook widths x 4 bytes, up to twice that)."""
 

@@ -6,7 +6,8 @@ import sys
 # saelab is importable here even when it is not pip-installed in Snakemake's environment.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-from saelab.config import ConfigError, parse_config
+from saelab.checks import parse_config
+from saelab.config import ConfigError
 from saelab.models import resolve_model
 
 try:

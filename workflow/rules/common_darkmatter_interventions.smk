@@ -1,62 +1,37 @@
 # Helpers of the dark-matter intervention (darkmatter_interventions.smk) rules: config lookups, paths, params, targets.
-
+from saelab.darkmatter.settings import union
 
 # ------------------------------------------------------------------ which SAEs
+# Checked and resolved once, when the config was parsed (saelab.darkmatter.settings); None
+# when the analysis is off, and then no function below is called.
+DMC = CFG.analyses["darkmatter"]
+
+
 def dmi_width_sweep():
     """Names of the width sweep at fixed_k (widths ascending): the original's L0 ~ 60 curve."""
-    return darkmatter_curve_names()
-
-
-def dmi_fixed_width():
-    points = darkmatter_points()
-    width = DM.get("fixed_width")
-    return width if width is not None else min(point.width for point in points)
+    return DMC.width_sweep
 
 
 def dmi_k_sweep():
     """Names of the k sweep at fixed_width (k ascending): the original's 16k SAEs at every L0."""
-    width = dmi_fixed_width()
-    chosen = sorted(
-        (p for p in darkmatter_points() if p.width == width), key=lambda p: (p.k or 0)
-    )
-    if not chosen:
-        raise WorkflowError(
-            f"darkmatter.fixed_width: no SAE of the grid has width {width}; widths: "
-            f"{sorted({p.width for p in darkmatter_points()})}"
-        )
-    return [p.name for p in chosen]
+    return DMC.k_sweep
 
 
 def dmi_union(*lists):
-    return list(dict.fromkeys(name for names in lists for name in names))
+    return union(*lists)
 
 
 def dmi_fixed_sae():
     """The grid SAE at (fixed_width, fixed_k): the components and train-on-error SAE."""
-    names = [n for n in dmi_k_sweep() if n in dmi_width_sweep()]
-    if not names:
-        raise WorkflowError(
-            "no grid SAE has both darkmatter.fixed_width and darkmatter.fixed_k"
-        )
-    return names[0]
+    return DMC.fixed_sae
 
 
 def dmi_sae(section):
-    name = DM[section].get("sae") or dmi_fixed_sae()
-    if name not in darkmatter_sae_names():
-        raise WorkflowError(
-            f"darkmatter.{section}.sae: {name!r} is not in the grid; its SAEs: {darkmatter_sae_names()}"
-        )
-    return name
+    return DMC.section_saes[section]
 
 
 def dmi_pursuit_saes():
-    choice = DM["pursuit"]["saes"]
-    if choice == "width_sweep":
-        return dmi_width_sweep()
-    if choice == "sweeps":
-        return dmi_union(dmi_width_sweep(), dmi_k_sweep())
-    return darkmatter_sae_names()
+    return DMC.pursuit_saes
 
 
 # ------------------------------------------------------------------ paths
@@ -99,15 +74,7 @@ def dmi_downstream_params(wildcards):
 
 def dmi_component_hooks():
     """(label -> hook, label -> reason skipped) of the Fig 10b predictors."""
-    from saelab.darkmatter.components import component_hooks
-
-    run = CFG.saes[dmi_sae("components")]
-    try:
-        return component_hooks(
-            DM["components"]["predictors"], run.hook, CFG.caches[run.cache].hooks
-        )
-    except ValueError as err:
-        raise WorkflowError(f"darkmatter.components.predictors: {err}") from None
+    return DMC.component_hooks, DMC.skipped_components
 
 
 def dmi_component_sae_params(wildcards):

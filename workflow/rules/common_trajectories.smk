@@ -1,17 +1,9 @@
 # Helpers of the trajectory (trajectories.smk) rules: config lookups, paths, params, targets.
-from saelab.trajectories.settings import (
-    TrajectoriesConfig,
-    check_trajectories,
-    evolution_plot_layers,
-    studied_layers,
-    sweep_layers,
-)
+from saelab.trajectories.settings import evolution_plot_layers, sweep_layers
 
-TRAJ = TrajectoriesConfig.from_dict(CFG.trajectories)
-TRAJ_LAYERS = []
-if TRAJ.prompts:
-    TRAJ = check_trajectories(CFG, MODEL.n_layers)
-    TRAJ_LAYERS = studied_layers(CFG, TRAJ, MODEL.n_layers)
+# Checked once, when the config was parsed (saelab.checks).
+TRAJ = CFG.analyses["trajectories"].settings
+TRAJ_LAYERS = CFG.analyses["trajectories"].layers
 
 
 def trajectory_sae_names():

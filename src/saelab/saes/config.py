@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from saelab.config import dataclass_from_dict
+from saelab.runtime import dataclass_from_dict
 
 #: Matryoshka / reconstruction loss variants found in the originals (see docs/methods.md).
 LOSS_VARIANTS = ("bussmann", "official", "saelens")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -242,8 +241,3 @@ def write_release_sae(info: ReleaseInfo, store: str | os.PathLike, out_dir: str 
                   "sae": sae.cfg.to_dict()}  # fmt: skip
         (Path(tmp) / SOURCE_NAME).write_text(json.dumps(source, indent=2) + "\n")
     return sae
-
-
-def safe_name(text: str) -> str:
-    """``text`` as a name of letters, digits, '-' and '_' (for SAE names made from ids)."""
-    return re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")

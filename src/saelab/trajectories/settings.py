@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from saelab.config import ConfigError, PipelineConfig
 from saelab.hooks import HookError, parse_hook
+from saelab.runtime import dataclass_from_dict
 
 #: Sites an SAE of the analysis may read: resid_mid is the correct one (the attention output
 #: has just been added); resid_post reproduces the original, which had no resid_mid SAEs.
@@ -22,42 +24,41 @@ class Prompt:
     """The prompt; BOS is prepended, and every prefix length >= 2 is analysed."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrajectoriesConfig:
-    """The ``trajectories`` section (defaults in ``config/schema.yaml``)."""
+    """The ``trajectories`` section, one field per schema key (every default in
+    ``config/schema.yaml``, none here: build it from the validated section)."""
 
-    prompts: list[Prompt] = field(default_factory=list)
+    prompts: list[Prompt]
     """Prompts to analyse."""
-    sweep: str = "layers"
+    sweep: str
     """The ``sweeps`` family holding one SAE per layer (hooks at resid_mid, or resid_post):
     trained here, or released per-layer SAEs (a family with ``pretrained``)."""
-    layers: list[int] | str = "all"
+    layers: list[int] | str
     """Layers to study (each needs an SAE), or ``all`` = every layer the sweep has."""
-    top_k: int = 400
+    top_k: int
     """Cap on the firing latents recorded per step (only latents with value > 0 are ranked)."""
-    T: list[int] = field(default_factory=lambda: [9, 15, 22])
+    T: list[int]
     """Final-rank filters of the newcomer rule; one graph per value."""
-    check_tolerance: float = 1e-4
+    check_tolerance: float
     """Largest relative error of the full decomposition against hook_resid_mid."""
-    logit_lens_top: int = 5
+    logit_lens_top: int
     """Next-token predictions recorded per layer by the logit lens."""
-    logit_lens_lengths: str = "full"
+    logit_lens_lengths: str
     """``full``: logit lens for the full prompt only; ``all``: for every prefix length (one
     262k-vocabulary unembedding per length and layer on gemma-3)."""
-    evolution_layers: list[int] | None = None
+    evolution_layers: list[int] | None
     """Layers drawn by ``trajectory_evolution_plot`` (default: the middle studied layer)."""
-    evolution_plot_top: int | None = 40
+    evolution_plot_top: int | None
     """Ranks shown by the evolution plot (the original showed a top 40); null = every firing latent."""
-    description_tokens: int = 5
+    description_tokens: int
     """Top tokens named in each latent's hover description."""
-    neuronpedia: dict[str, Any] = field(default_factory=dict)
+    neuronpedia: dict[str, Any]
     """``{enabled: false, model, source}``: online-only Neuronpedia descriptions; ``source`` is
     a template over ``{layer}``; an API key comes from ``NEURONPEDIA_API_KEY`` if set."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrajectoriesConfig:
-        from saelab.config import ConfigError, dataclass_from_dict
-
         data = dict(data)
         prompts = []
         for i, prompt in enumerate(data.pop("prompts", [])):
@@ -76,8 +77,6 @@ class TrajectoriesConfig:
 def sweep_layers(cfg, sweep: str) -> dict[int, str]:
     """layer -> SAE name of a ``sweeps`` family, checking it is one SAE per layer at a
     supported site."""
-    from saelab.config import ConfigError
-
     if sweep not in cfg.sweeps:
         raise ConfigError(
             f"trajectories.sweep: {sweep!r} is not a sweeps family; defined: {sorted(cfg.sweeps)}"
@@ -105,8 +104,6 @@ def sweep_layers(cfg, sweep: str) -> dict[int, str]:
 
 def studied_layers(cfg, traj: TrajectoriesConfig, n_layers: int | None) -> list[int]:
     """The layers of the analysis, checked against the SAEs available."""
-    from saelab.config import ConfigError
-
     available = set(sweep_layers(cfg, traj.sweep))
     if traj.layers == "all":
         return sorted(available)
@@ -121,8 +118,6 @@ def studied_layers(cfg, traj: TrajectoriesConfig, n_layers: int | None) -> list[
 
 def check_trajectories(cfg, n_layers: int | None) -> TrajectoriesConfig:
     """Every semantic check of the section; returns its typed view."""
-    from saelab.config import ConfigError
-
     traj = TrajectoriesConfig.from_dict(cfg.trajectories)
     names = traj.prompt_names
     for prompt in traj.prompts:
@@ -158,3 +153,21 @@ def check_trajectories(cfg, n_layers: int | None) -> TrajectoriesConfig:
 def evolution_plot_layers(traj: TrajectoriesConfig, layers: list[int]) -> list[int]:
     """The layers drawn by the evolution plot: configured, or the middle studied layer."""
     return list(traj.evolution_layers) if traj.evolution_layers else [layers[len(layers) // 2]]
+
+
+@dataclass(frozen=True)
+class TrajectoryChoices:
+    """The checked section and the layers it studies (none without prompts)."""
+
+    settings: TrajectoriesConfig
+    layers: list[int]
+
+
+def resolve_trajectories(cfg: PipelineConfig, n_layers: int | None) -> TrajectoryChoices:
+    """The section checked once (:func:`check_trajectories`, only when it has prompts: without
+    them there is nothing to analyse, so no SAEs are needed) and its studied layers."""
+    traj = TrajectoriesConfig.from_dict(cfg.trajectories)
+    if not traj.prompts:
+        return TrajectoryChoices(traj, [])
+    traj = check_trajectories(cfg, n_layers)
+    return TrajectoryChoices(traj, studied_layers(cfg, traj, n_layers))
