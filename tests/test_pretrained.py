@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from saelab.ce import ce_recovered
 from saelab.config import ConfigError, load_config
-from saelab.evaluate import ce_recovered
 from saelab.saes import SAEConfig, build_sae
 from saelab.saes.io import load_sae, save_sae
 from saelab.saes.pretrained import (
