@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from saelab.cache import ActivationReader, cache_manifest
-from saelab.darkmatter.norms import token_losses
 from saelab.models import configured_device, load_prepared
+from saelab.models.splice import token_losses
 from saelab.precision import model_precision
 from saelab.runtime import logged, savez_atomic, set_torch_threads
 

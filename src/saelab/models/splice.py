@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from saelab.hooks import HookError, parse_hook
 
@@ -145,3 +146,22 @@ def masked_ce_sums(
         losses = F.cross_entropy(logits, tokens[bb, pp + 1], reduction="none").double()
         totals.index_add_(0, bb.cpu(), losses.cpu())
     return totals.numpy(), loss_mask.sum(dim=1).double().cpu().numpy()
+
+
+def token_losses(model, tokens, batch_size: int = 4) -> np.ndarray:
+    """Next-token loss of the clean model at each position [n_contexts, ctx] of ``tokens``
+    (position p predicts token p + 1, as the dark-matter original's ``model_losses``); the last
+    position has none (NaN)."""
+    out = np.full(tuple(tokens.shape), np.nan, dtype=np.float32)
+    with torch.inference_mode():
+        for b in tqdm(range(0, len(tokens), batch_size), desc="token loss", mininterval=1.0):
+            batch = tokens[b : b + batch_size]
+            if model.cfg.dtype == torch.float32:
+                loss = model(batch, return_type="loss", loss_per_token=True)
+            else:  # a bf16 forward: the log-softmax over the vocabulary in float32
+                logits = model(batch, return_type="logits")[:, :-1].float()
+                loss = torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), batch[:, 1:], reduction="none"
+                )
+            out[b : b + len(batch), :-1] = loss.float().cpu().numpy()
+    return out
