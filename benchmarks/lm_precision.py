@@ -3,10 +3,10 @@
 gemma-3-270m (TransformerLens, as the rules load it with ``load_model(..., dtype=...)``) runs the
 work of each LM-heavy rule on the same held-out python-docs contexts in both dtypes:
 
-  token-loss      ``saelab.darkmatter.norms.token_losses``: a forward with the 262k-vocab logits
+  token-loss      ``saelab.models.splice.token_losses``: a forward with the 262k-vocab logits
                   and a float32 log-softmax (rule darkmatter_token_loss; the clean pass of
                   ce_recovered and darkmatter_downstream_ce is the same forward)
-  ce-recovered    ``saelab.evaluate.ce_recovered`` of one BatchTopK SAE at ``--hook`` (clean,
+  ce-recovered    ``saelab.ce.ce_recovered`` of one BatchTopK SAE at ``--hook`` (clean,
                   zero- and mean-ablation and spliced passes: rule ce_recovered)
   traj-forward    ``run_with_cache`` through every layer on one context (the forward of rule
                   trajectory_evolution, which itself stays float32: see the README)
@@ -42,8 +42,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from saelab.darkmatter.norms import token_losses  # noqa: E402
-from saelab.evaluate import ce_recovered  # noqa: E402
+from saelab.ce import ce_recovered  # noqa: E402
+from saelab.models.splice import token_losses  # noqa: E402
 from saelab.precision import probe_host, resolve_precision  # noqa: E402
 from saelab.saes import SAEConfig, build_sae  # noqa: E402
 

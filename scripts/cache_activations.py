@@ -1,9 +1,9 @@
 """Rule cache_activations: one forward pass per batch writes every configured hook to zarr."""
 
 from saelab.cache import activation_source, build_cache
-from saelab.config import CacheConfig, TinyConfig
+from saelab.config import CacheConfig
 from saelab.data import load_tokens
-from saelab.models import configured_device, resolve_model
+from saelab.models import configured_device, prepared_model_info
 from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads
 
@@ -11,9 +11,7 @@ with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     spec = snakemake.params.model
     cache = CacheConfig(**snakemake.params.cache)
-    info = resolve_model(
-        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-    )
+    info = prepared_model_info(snakemake.input.model_dir)
     device = configured_device(snakemake.config)
     corpus, corpus_attrs = load_tokens(snakemake.input.tokens)
     tokens, special = corpus.tokens, corpus.special_mask

@@ -1,12 +1,12 @@
 """Rule ce_recovered: CE loss recovered and KL of every named SAE, in one job.
 
-The model loads once and every costly pass is shared (saelab.evaluate.ce_recovered): one clean
+The model loads once and every costly pass is shared (saelab.ce.ce_recovered): one clean
 pass per batch, zero- and mean-ablation passes per spliced hook, one spliced pass per SAE.
 """
 
-from saelab.config import TinyConfig
-from saelab.evaluate import ce_recovered, heldout_contexts, write_metrics
-from saelab.models import configured_device, load_model, resolve_model
+from saelab.ce import ce_recovered
+from saelab.evaluate import heldout_contexts, write_metrics
+from saelab.models import configured_device, load_prepared
 from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
@@ -23,11 +23,8 @@ with logged(snakemake.log[0]) as log:
             name: load_sae(path, device=device)
             for name, path in zip(names, snakemake.input.saes, strict=True)
         }
-        info = resolve_model(
-            spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-        )
         precision = model_precision(spec, device, log)
-        model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
+        model = load_prepared(snakemake.input.model_dir, device=device, dtype=precision.dtype)
         first = saes[names[0]]
         tokens, special = heldout_contexts(
             snakemake.input.cache, first.cfg.hook_name, opts["ce_contexts"], opts["ce_context_len"]

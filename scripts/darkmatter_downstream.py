@@ -6,11 +6,10 @@ import time
 import torch
 
 from saelab.cache import open_cache
-from saelab.config import TinyConfig
 from saelab.darkmatter.downstream import downstream_record
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.regression import load_regression
-from saelab.models import configured_device, load_model, resolve_model
+from saelab.models import configured_device, load_prepared
 from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 
@@ -19,11 +18,8 @@ with logged(snakemake.log[0]) as log:
     opts = snakemake.params.downstream
     spec = opts["model"]
     device = configured_device(snakemake.config)
-    info = resolve_model(
-        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-    )
     precision = model_precision(spec, device, log)
-    model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
+    model = load_prepared(snakemake.input.model_dir, device=device, dtype=precision.dtype)
     cache = open_cache(snakemake.input.cache)
     names = list(dict.fromkeys([*opts["width_sweep"], *opts["k_sweep"]]))
     records = {}

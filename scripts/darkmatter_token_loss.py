@@ -4,9 +4,8 @@ import numpy as np
 import torch
 
 from saelab.cache import ActivationReader, cache_manifest
-from saelab.config import TinyConfig
-from saelab.darkmatter.norms import token_losses
-from saelab.models import configured_device, load_model, resolve_model
+from saelab.models import configured_device, load_prepared
+from saelab.models.splice import token_losses
 from saelab.precision import model_precision
 from saelab.runtime import logged, savez_atomic, set_torch_threads
 
@@ -24,11 +23,8 @@ with logged(snakemake.log[0]) as log:
     last = min(reader.row_range[1] // ctx, first + opts["max_contexts"])
     tokens = np.asarray(reader.group["tokens"][first * ctx : last * ctx], dtype=np.int64)
     tokens = torch.from_numpy(tokens.reshape(-1, ctx)).to(device)
-    info = resolve_model(
-        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-    )
     precision = model_precision(spec, device, log)
-    model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
+    model = load_prepared(snakemake.input.model_dir, device=device, dtype=precision.dtype)
     log.info("per-token loss of %d contexts of %d tokens", *tokens.shape)
     losses = token_losses(model, tokens)
     rows = np.arange(first * ctx, last * ctx, dtype=np.int64)

@@ -2,8 +2,7 @@
 (``source: stream``) straight from the model's forward over the tokenized corpus."""
 
 from saelab.cache import cache_manifest
-from saelab.config import TinyConfig
-from saelab.models import configured_device, resolve_model
+from saelab.models import configured_device, prepared_model_info
 from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads
 from saelab.stream import model_stream
@@ -17,9 +16,7 @@ with logged(snakemake.log[0]) as log:
     device = configured_device(snakemake.config)  # where the job runs, not a rule param
     if cfg.source == "stream":
         spec, cache = snakemake.params.model, snakemake.params.cache
-        info = resolve_model(
-            spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-        )
+        info = prepared_model_info(snakemake.input.model_dir)
         hooks = spec_hooks(specs)
         forward = model_precision(spec, device, log)
         data = model_stream(

@@ -1,7 +1,6 @@
 """Rule trajectory_evolution: the evolution data of every prompt (saelab.trajectories.evolution)."""
 
-from saelab.config import TinyConfig
-from saelab.models import configured_device, load_model, resolve_model
+from saelab.models import configured_device, load_prepared
 from saelab.precision import model_precision
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
@@ -16,13 +15,10 @@ with logged(snakemake.log[0]) as log:
     saes = {layer: load_sae(snakemake.input[f"sae_l{layer}"]) for layer in layers}
     names = {int(layer): name for layer, name in opts["sae_names"].items()}
     saes = {layer: sae.to(device).eval() for layer, sae in saes.items()}
-    info = resolve_model(
-        spec["name"], tiny=TinyConfig(**spec["tiny"]), model_path=spec["model_path"]
-    )
     # float32 whatever the config's precision: every decomposition is checked against the
     # model's hook_resid_mid to check_tolerance (1e-4 relative), which bf16 cannot meet
     precision = model_precision({**spec, "precision": "float32"}, device, log)
-    model = load_model(info, snakemake.input.model_dir, device=device, dtype=precision.dtype)
+    model = load_prepared(snakemake.input.model_dir, device=device, dtype=precision.dtype)
     if len(snakemake.output.evolution) != len(opts["prompts"]):
         raise ValueError("one evolution output per prompt expected")
     for prompt, out in zip(opts["prompts"], snakemake.output.evolution, strict=True):

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from saelab.cache import TLActivationSource, build_cache
+from saelab.ce import ce_recovered
 from saelab.checks import load_config
 from saelab.config import REPO_ROOT
 from saelab.evaluate import (
     FVU_DEFINITIONS,
     FVUAccumulator,
     SparseCodes,
-    ce_recovered,
     dead_per_group,
     encode_reconstruct,
     evaluate_sae,
@@ -395,7 +395,7 @@ def test_ce_intervals_are_scipy_paired_percentile_bootstrap_over_contexts(tiny_m
 
 def test_ce_kl_formula_matches_log_softmax_and_kl_div():
     """_CleanPass's two-read CE and KL against torch's log_softmax and kl_div (SAE-Lens's _kl)."""
-    from saelab.evaluate import _CleanPass
+    from saelab.ce import _CleanPass
 
     gen = torch.Generator().manual_seed(0)
     clean = torch.randn(2, 9, 5000, generator=gen) * 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -28,13 +29,16 @@ from saelab.models import (
     evaluate_loss,
     load_hf_model,
     load_model,
+    load_prepared,
     load_tokenizer,
     prepare_model,
+    prepared_model_info,
     read_manifest,
     resolve_model,
     tiny_model_config,
     train_bpe_tokenizer,
     train_tiny_lm,
+    write_manifest,
 )
 
 #: Python's own documentation: offline text that every Python install has.
@@ -79,6 +83,12 @@ def test_hub_model_from_local_dir_matches_hf(case, small_tokenizer_dir, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, expected, atol=1e-5, rtol=1e-5)
     assert model.tokenizer is not None
+    # The prepared directory alone (its manifest) gives the same model info and model.
+    prepared = prepared_model_info(model_dir)
+    assert replace(prepared, model_path=None) == replace(info, model_path=None)
+    assert Path(prepared.model_path) == hf_dir.resolve()
+    with torch.no_grad():
+        torch.testing.assert_close(load_prepared(model_dir)(tokens), logits, atol=0, rtol=0)
 
 
 def test_hub_name_offline_says_what_to_do(tmp_path, monkeypatch):
@@ -230,6 +240,24 @@ def test_tiny_save_load_roundtrip(trained_tiny):
     assert model.to_tokens("import os")[0, 0].item() == model.tokenizer.bos_token_id == 0
     _, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post")
     assert cache["blocks.0.hook_resid_post"].shape == (2, 64, 64)
+
+
+def test_load_prepared_reads_the_manifest(trained_tiny, tmp_path):
+    """A prepared directory names its model: load_prepared needs no config, and gives the model
+    that load_model gives from the config's name; an unprepared directory is refused."""
+    model_dir, tokens, _, _ = trained_tiny
+    write_manifest(resolve_model("tiny", tiny=TINY), model_dir)
+    info = prepared_model_info(model_dir)
+    assert info == resolve_model("tiny", tiny=TINY)  # n_layers, n_ctx from tiny/cfg.json
+    batch = torch.from_numpy(tokens[:2])
+    expected = load_model(resolve_model("tiny", tiny=TINY), model_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(load_prepared(model_dir)(batch), expected(batch), atol=0, rtol=0)
+    with pytest.raises(ModelError, match=r"not a prepared model directory.*manifest\.json"):
+        prepared_model_info(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text('{"model_id": "x", "source": "ftp", "tl_name": null}')
+    with pytest.raises(ModelError, match=r"source 'ftp'.*allowed"):
+        prepared_model_info(tmp_path)
 
 
 def test_tiny_training_is_deterministic(tmp_path):

@@ -360,8 +360,8 @@ def test_bf16_cache_activations_agree_with_fp32(small_tokenizer_dir, tmp_path, m
 
 
 def test_bf16_ce_and_token_loss_agree_with_fp32(tiny_model):
-    from saelab.darkmatter.norms import token_losses
-    from saelab.evaluate import ce_recovered
+    from saelab.ce import ce_recovered
+    from saelab.models.splice import token_losses
 
     bf16 = _tl_pair(tiny_model)
     tokens = torch.randint(0, 60, (4, 16), generator=torch.Generator().manual_seed(0))

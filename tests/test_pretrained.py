@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from saelab.ce import ce_recovered
 from saelab.checks import load_config
 from saelab.config import ConfigError
-from saelab.evaluate import ce_recovered
 from saelab.saes import SAEConfig, build_sae
 from saelab.saes.io import load_sae, save_sae
 from saelab.saes.pretrained import (

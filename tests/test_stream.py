@@ -251,7 +251,7 @@ def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_di
     from test_train import _Named
 
     from saelab.data import TokenizedCorpus, corpus_fingerprint, save_tokens
-    from saelab.models import _save_tiny
+    from saelab.models.tiny import _save_tiny
 
     model_dir = tmp_path / "models" / "tiny"
     model_dir.mkdir(parents=True)

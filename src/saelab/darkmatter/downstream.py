@@ -31,10 +31,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from saelab.hooks import parse_hook
+from saelab.models.splice import final_resid_with, masked_ce_sums
 
 #: Splice variants, in plotting order.
 VARIANTS = ("sae", "sae_linear", "sae_nonlinear")
@@ -127,39 +126,6 @@ def reconstruction_percentages(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[
     }
 
 
-def _entry(model, hook: str) -> tuple[int | None, str]:
-    """(layer to start at from the hook's activation, or None to run from the tokens; hook)."""
-    site = parse_hook(hook, model.cfg.n_layers)
-    if site.site == "hook_resid_pre":
-        return site.layer, hook
-    if site.site == "hook_resid_post":
-        return site.layer + 1, hook
-    return None, hook
-
-
-def _final_logits(model, resid: Tensor) -> Tensor:
-    """ln_final, unembedding and (if the model has one) the output soft-cap, as ``forward``."""
-    logits = model.unembed(model.ln_final(resid[:, None, :]))[:, 0]
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
-
-
-@torch.no_grad()
-def _loss_sums(model, final_resid: Tensor, tokens: Tensor, loss_mask: Tensor, chunk: int = 128):
-    """Per-context summed next-token CE over ``loss_mask`` [B, ctx − 1] from the last block's
-    output, and the number of predictions of each context (float64 [B] both)."""
-    b, p = torch.nonzero(loss_mask, as_tuple=True)
-    totals = torch.zeros(loss_mask.shape[0], dtype=torch.float64)
-    for lo in range(0, len(b), chunk):
-        bb, pp = b[lo : lo + chunk], p[lo : lo + chunk]
-        logits = _final_logits(model, final_resid[bb, pp]).float()
-        losses = F.cross_entropy(logits, tokens[bb, pp + 1], reduction="none").double()
-        totals.index_add_(0, bb.cpu(), losses.cpu())
-    return totals.numpy(), loss_mask.sum(dim=1).double().cpu().numpy()
-
-
 def spliced_ce(model, contexts: DownstreamContexts, *args, **kwargs) -> dict[str, float]:
     """Mean CE over ``contexts.loss_mask`` (the arguments of :func:`spliced_ce_per_context`)."""
     sums = spliced_ce_per_context(model, contexts, *args, **kwargs)
@@ -179,8 +145,6 @@ def spliced_ce_per_context(
     [n]), with the hook's activation replaced at the window by each of ``replacements``
     ([n_window, d], in ``info_index`` order), and (with ``clean``) with the clean activations
     as ``clean``."""
-    start, hook = _entry(model, hook)
-    n_layers = model.cfg.n_layers
     device = model.cfg.device
     names = (*(["clean"] if clean else []), *replacements)
     sums: dict[str, list[list[np.ndarray]]] = {name: [[], []] for name in names}
@@ -196,21 +160,8 @@ def spliced_ce_per_context(
             act = clean.clone()
             if name != "clean":
                 act[window] = replacements[name][first:last].to(device, act.dtype)
-            if start is not None:
-                final = (
-                    model(act, start_at_layer=start, stop_at_layer=n_layers)
-                    if start < n_layers
-                    else act
-                )
-            else:
-
-                def replace(value, hook, act=act):
-                    return act.reshape(value.shape).to(value.dtype)
-
-                final = model.run_with_hooks(
-                    tokens, stop_at_layer=n_layers, fwd_hooks=[(hook, replace)]
-                )
-            loss, count = _loss_sums(model, final, tokens, loss_mask)
+            final = final_resid_with(model, tokens, hook, act)
+            loss, count = masked_ce_sums(model, final, tokens, loss_mask)
             sums[name][0].append(loss)
             sums[name][1].append(count)
     return {name: (np.concatenate(t), np.concatenate(n)) for name, (t, n) in sums.items()}

@@ -183,24 +183,3 @@ def losses_for_rows(loss_rows: np.ndarray, losses: np.ndarray, rows: np.ndarray)
         hit = sorted_rows[pos] == rows
         out[hit] = losses[order][pos[hit]]
     return out
-
-
-def token_losses(model, tokens, batch_size: int = 4) -> np.ndarray:
-    """Next-token loss at each position [n_contexts, ctx] (position p predicts token p + 1, as
-    the original's ``model_losses``); the last position has none (NaN)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    out = np.full(tuple(tokens.shape), np.nan, dtype=np.float32)
-    with torch.inference_mode():
-        for b in tqdm(range(0, len(tokens), batch_size), desc="token loss", mininterval=1.0):
-            batch = tokens[b : b + batch_size]
-            if model.cfg.dtype == torch.float32:
-                loss = model(batch, return_type="loss", loss_per_token=True)
-            else:  # a bf16 forward: the log-softmax over the vocabulary in float32
-                logits = model(batch, return_type="logits")[:, :-1].float()
-                loss = torch.nn.functional.cross_entropy(
-                    logits.transpose(1, 2), batch[:, 1:], reduction="none"
-                )
-            out[b : b + len(batch), :-1] = loss.float().cpu().numpy()
-    return out

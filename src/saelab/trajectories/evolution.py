@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelab.models.splice import final_logits
 from saelab.trajectories.decompose import (
     check_decomposable,
     check_reproduces_resid_mid,
@@ -85,18 +86,11 @@ def logit_lens(
     and the unembedding: the same as patching the last layer's resid_post with each vector
     (the original's ``analyze_layer_contributions_to_prediction``), at the cost of one
     unembedding per vector instead of a forward pass."""
-    cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
-    # W_U and b_U directly: TransformerLens's Unembed makes W_U contiguous on every call, which
-    # costs more than the matmul for a 262k vocabulary.
-    W_U, b_U = model.unembed.W_U, model.unembed.b_U
     results = []
     for start in range(0, len(residuals), chunk):
-        x = residuals[start : start + chunk]
-        if hasattr(model, "ln_final"):  # models without a final norm have none
-            x = model.ln_final(x[:, None, :])[:, 0, :]
-        logits = (x @ W_U + b_U).float()
-        if cap > 0:
-            logits = cap * torch.tanh(logits / cap)
+        # direct: TransformerLens's Unembed makes W_U contiguous on every call, which costs
+        # more than the matmul for a 262k vocabulary.
+        logits = final_logits(model, residuals[start : start + chunk], direct=True).float()
         probs = torch.softmax(logits, dim=-1)
         top = probs.topk(n_top, dim=-1)
         for ids, values in zip(top.indices.tolist(), top.values.tolist(), strict=True):
