@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saelab.config import dataclass_from_dict
+from saelab.metrics import fvu_element_global
 
 #: Matryoshka / reconstruction loss variants found in the originals (see docs/methods.md).
 LOSS_VARIANTS = ("bussmann", "official", "saelens")
@@ -198,7 +199,7 @@ class ForwardOutput(NamedTuple):
     aux_loss: Tensor
     sparsity_loss: Tensor
     fvu: Tensor
-    """Element-global FVU of this batch (a cheap progress number; see saelab.evaluate)."""
+    """Element-global FVU of this batch (a cheap progress number; see saelab.metrics)."""
     prefix_outputs: list[Tensor] | None = None
     """Matryoshka: reconstructions of every nested prefix, smallest first (in training mode
     only the full one: the loss needs the prefixes' errors, not the prefixes)."""
@@ -577,7 +578,7 @@ class SAE(nn.Module):
             aux = recon * 0
         sparsity = self.cfg.l1_coeff * codes.values.abs().sum() / codes.n_rows
         with torch.no_grad():
-            fvu = (target_n - output).pow(2).mean() / target_n.var().clamp_min(1e-8)
+            fvu = fvu_element_global(target_n, output, floor=1e-8)
         if t_mean is not None:
             output = output * t_std + t_mean
         return ForwardOutput(
