@@ -17,4 +17,6 @@ with logged(snakemake.log[0]) as log:
             log.info("training %s: %d steps of %d tokens", sorted(saes), cfg.steps, cfg.batch_size)
             results = train_saes(cache, saes, cfg, {label: out / label for label in saes})
             for label, result in results.items():
-                log.info("%s: held-out FVU %.4f", label, result.metrics["heldout"]["fvu"])
+                log.info(
+                    "%s: held-out FVU %.4f", label, result.metrics["heldout"]["fvu_element_global"]
+                )

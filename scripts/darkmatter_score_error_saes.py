@@ -7,9 +7,9 @@ import torch
 
 from saelab.cache import open_cache
 from saelab.darkmatter.info import load_sae_info
-from saelab.darkmatter.regression import load_regression
+from saelab.darkmatter.regression import ErrorParts, load_regression
 from saelab.darkmatter.scoring import explanation_mask, make_scorer, score_activations
-from saelab.darkmatter.train_on_error import ERROR_TARGETS, dense_activations, error_parts
+from saelab.darkmatter.train_on_error import ERROR_TARGETS, dense_activations
 from saelab.models import load_tokenizer
 from saelab.runtime import logged, set_torch_threads, write_json_atomic
 from saelab.saes.io import load_sae
@@ -36,14 +36,14 @@ with logged(snakemake.log[0]) as log:
         explanation_tokens=opts["explanation_tokens"], **opts["llm"],
     )  # fmt: skip
     W_vec = torch.from_numpy(load_regression(snakemake.input.reg).W_vec)
-    parts = error_parts(torch.from_numpy(info.x), torch.from_numpy(info.x_hat), W_vec)
+    parts = ErrorParts.of(torch.from_numpy(info.x), torch.from_numpy(info.x_hat), W_vec)
     explain = explanation_mask(info.rows, ctx)
     result = {"scorer": opts["scorer"], "sae": Path(snakemake.input.info).parent.name,
               "n_tokens": len(info.x), "targets": {}}  # fmt: skip
     for name in ERROR_TARGETS:
         error_sae = load_sae(Path(snakemake.input.saes) / name)
         scored = score_activations(
-            scorer, dense_activations(error_sae, parts[name]), explain,
+            scorer, dense_activations(error_sae, getattr(parts, name)), explain,
             n_latents=opts["n_latents"], min_activations=opts["min_activations"],
             n_quantiles=opts["n_quantiles"], examples_per_quantile=opts["examples_per_quantile"],
             n_negatives=opts["n_negatives"], seed=opts["seed"],

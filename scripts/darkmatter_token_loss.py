@@ -18,17 +18,13 @@ with logged(snakemake.log[0]) as log:
     hook = cache_manifest(cache)["hooks"][0]
     # The same split and context order as sae_info's window.
     reader = ActivationReader(cache, hook, 1, split=opts["window"]["split"], shuffle=False)
-    ctx = reader.manifest["context_len"]
-    first = reader.row_range[0] // ctx
-    last = min(reader.row_range[1] // ctx, first + opts["max_contexts"])
-    tokens = np.asarray(reader.group["tokens"][first * ctx : last * ctx], dtype=np.int64)
-    tokens = torch.from_numpy(tokens.reshape(-1, ctx)).to(device)
+    contexts = reader.contexts(opts["max_contexts"])
+    tokens = torch.from_numpy(contexts.tokens).to(device)
     precision = model_precision(spec, device, log)
     model = load_prepared(snakemake.input.model_dir, device=device, dtype=precision.dtype)
     log.info("per-token loss of %d contexts of %d tokens", *tokens.shape)
     losses = token_losses(model, tokens)
-    rows = np.arange(first * ctx, last * ctx, dtype=np.int64)
     savez_atomic(
         snakemake.output.npz,
-        {"rows": rows, "loss": losses.reshape(-1), "precision": np.array(precision.dtype_name)},
+        {"rows": contexts.rows, "loss": losses.reshape(-1), "precision": np.array(precision.dtype_name)},
     )

@@ -13,6 +13,7 @@ from saelab.evaluate import (
     heldout_reader,
     write_metrics,
 )
+from saelab.metrics import fvu_key
 from saelab.models import configured_device, load_tokenizer
 from saelab.runtime import logged, set_torch_threads
 from saelab.saes.io import load_sae
@@ -46,7 +47,9 @@ with logged(snakemake.log[0]) as log:
             seed001=opts["seed001"],
         )
     )
-    log.info("FVU (%s) %.4f, L0 %.1f", opts["fvu"], metrics["fvu"], metrics["l0"]["mean"])
+    log.info(
+        "FVU (%s) %.4f, L0 %.1f", opts["fvu"], metrics[fvu_key(opts["fvu"])], metrics["l0"]["mean"]
+    )
 
     ce_scores = json.loads(Path(snakemake.input.ce).read_text())["saes"]
     metrics["ce_recovered"] = ce_scores.get(name)

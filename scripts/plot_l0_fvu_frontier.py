@@ -4,6 +4,7 @@ grid (its regression.json: dim-centred FVU and L0 over the analysis window)."""
 import json
 from pathlib import Path
 
+from saelab.metrics import fvu_key
 from saelab.plots.common import save_figure
 from saelab.plots.saes import plot_l0_fvu_frontier
 from saelab.runtime import logged
@@ -15,7 +16,7 @@ with logged(snakemake.log[0]) as log:
         e = json.loads(Path(path).read_text())
         ce = e.get("ce_recovered") or {}
         points.append({"name": e["sae"], "arch": e["arch"], "l0": e["l0"]["mean"],
-                       "fvu": e["fvu_all"][fvu_name], "hook": ce.get("hook_name")})  # fmt: skip
+                       "fvu": e[fvu_key(fvu_name)], "hook": ce.get("hook_name")})  # fmt: skip
     grid = []
     for point, path in zip(snakemake.params.grid, snakemake.input.grid, strict=True):
         regression = json.loads(Path(path).read_text())

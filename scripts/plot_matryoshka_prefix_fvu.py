@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from saelab.metrics import fvu_key
 from saelab.plots.common import save_figure
 from saelab.plots.saes import plot_matryoshka_prefix_fvu
 from saelab.runtime import logged
@@ -16,6 +17,6 @@ with logged(snakemake.log[0]):
             rows = evaluation["matryoshka"]["prefix_fvu"]
             prefixes[evaluation["sae"]] = {
                 "sizes": [row["n_latents"] for row in rows],
-                "fvu": [row[fvu_name] for row in rows],
+                "fvu": [row[fvu_key(fvu_name)] for row in rows],
             }
     save_figure(plot_matryoshka_prefix_fvu(prefixes), snakemake.output.figure)

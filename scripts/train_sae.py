@@ -48,7 +48,7 @@ with logged(snakemake.log[0]) as log:
                 name,
                 result.steps,
                 result.tokens_per_s,
-                heldout["fvu"],
-                heldout["fvu_centered"],
+                heldout["fvu_element_global"],
+                heldout["fvu_dim_centred"],
                 heldout["l0"],
             )

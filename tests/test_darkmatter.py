@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from saelab.cache.reader import window_rows
 from saelab.checks import load_config
 from saelab.config import ConfigError
 from saelab.darkmatter.info import (
@@ -18,7 +19,6 @@ from saelab.darkmatter.info import (
     WindowConfig,
     compute_sae_info,
     load_sae_info,
-    window_rows,
     write_sae_info,
 )
 from saelab.darkmatter.noise import NoiseConfig, correlation_table, simulate, table_csv
@@ -31,12 +31,10 @@ from saelab.darkmatter.norms import (
 )
 from saelab.darkmatter.per_token import ErrorNorms, cross_width_predictability
 from saelab.darkmatter.regression import (
+    ErrorParts,
     fit_regression,
-    fvu,
-    linear_error,
     load_regression,
     lstsq,
-    nonlinear_error,
     r2_mean_over_dims,
     shuffled_split,
     write_regression,
@@ -52,7 +50,7 @@ from saelab.darkmatter.scaling import (
     pursuit_power_law,
     scaling_summary,
 )
-from saelab.evaluate import fvu_dim_centred
+from saelab.metrics import fvu_dim_centred_np
 
 torch.set_num_threads(1)
 
@@ -118,24 +116,21 @@ def test_linear_plus_nonlinear_error_is_the_error_and_fvus_add_up():
     x = rng.normal(size=(500, 5))
     info = make_info(x, 0.5 * x + rng.normal(size=x.shape))
     reg = fit_regression(info, seed=3)
-    lin, nonlin = linear_error(info, reg), nonlinear_error(info, reg)
-    assert np.allclose(lin + nonlin, info.error, atol=1e-5)
+    error, lin, nonlin = ErrorParts.of_info(info, reg)
+    assert error is info.error and np.allclose(lin + nonlin, info.error, atol=1e-5)
+    # x W computed in float64 from the stored W_vec, the same from the npz's arrays or W_vec
+    assert np.array_equal(
+        lin, (info.x.astype(np.float64) @ reg.W_vec.astype(np.float64)).astype(np.float32)
+    )
+    assert np.array_equal(ErrorParts.of_info(info, {"W_vec": reg.W_vec}).linear, lin)
+    assert np.array_equal(ErrorParts.of_info(info, reg.W_vec).nonlinear, nonlin)
     m = reg.metrics
     assert math.isclose(m["linear_error_fvu"] + m["nonlinear_error_fvu"], m["fvu"], rel_tol=1e-9)
     # FVU(x, x̂ + x W) is the nonlinear error's share of the variance
-    assert math.isclose(m["nonlinear_error_fvu"], fvu(info.x, info.x_hat + lin), rel_tol=1e-6)
+    assert math.isclose(
+        m["nonlinear_error_fvu"], fvu_dim_centred_np(info.x, info.x_hat + lin), rel_tol=1e-6
+    )
     assert 0 < m["nonlinear_error_fvu"] < m["fvu"]
-
-
-def test_fvu_is_saelab_evaluates_dim_centred_fvu():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(200, 4)) * [1, 2, 3, 4] + [5, 0, -5, 1]
-    recon = x + rng.normal(size=x.shape) * 0.5
-    expected = float(fvu_dim_centred(torch.from_numpy(x), torch.from_numpy(recon)))
-    assert math.isclose(fvu(x, recon), expected, rel_tol=1e-10)
-    # hand-computed: per-dimension centring, not one global mean
-    tiny = np.array([[0.0, 10.0], [2.0, 14.0]])
-    assert math.isclose(fvu(tiny, tiny + 1), 4 / (2 + 8))
 
 
 def test_r2_mean_over_dims_and_the_split():
@@ -171,15 +166,14 @@ def test_window_rows_keep_positions_and_drop_special_tokens():
     special = np.zeros(12, bool)
     special[[0, 4, 8]] = True  # BOS of every context
     special[6] = True  # a mid-context special token
-    cfg = WindowConfig(window=[0, 3], n_tokens=100)
-    assert window_rows(special, (4, 12), ctx, cfg).tolist() == [5, 9, 10]
-    assert window_rows(special, (0, 12), ctx, WindowConfig([1, 99], n_tokens=4)).tolist() == [
-        1, 2, 3, 5,
-    ]  # fmt: skip
+    assert window_rows(special, (4, 12), ctx, [0, 3], 100).tolist() == [5, 9, 10]
+    assert window_rows(special, (0, 12), ctx, [1, 99], 4).tolist() == [1, 2, 3, 5]
     with pytest.raises(SAEInfoError, match="window"):
         WindowConfig(window=[3, 3])
-    with pytest.raises(SAEInfoError, match="no position"):
-        window_rows(special, (0, 12), ctx, WindowConfig(window=[5, 9]))
+    with pytest.raises(ValueError, match="no position"):
+        window_rows(special, (0, 12), ctx, [5, 9])
+    with pytest.raises(ValueError, match="holds no tokens"):
+        window_rows(special, (4, 5), ctx, [0, 1])  # only a BOS
 
 
 def _toy_cache(path, n_contexts=8, ctx=8, d=6, seed=0):

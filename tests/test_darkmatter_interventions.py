@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from saelab.darkmatter.components import component_hooks, error_targets, predictability_table
+from saelab.darkmatter.components import component_hooks, predictability_table
 from saelab.darkmatter.downstream import (
     DownstreamContexts,
     downstream_record,
@@ -27,6 +27,7 @@ from saelab.darkmatter.downstream import (
     spliced_ce,
 )
 from saelab.darkmatter.pursuit import _pursuit_batch, gradient_pursuit, pursuit_metrics
+from saelab.darkmatter.regression import ErrorParts
 from saelab.darkmatter.scoring import (
     LLMScorer,
     ScorerUnavailableError,
@@ -43,7 +44,6 @@ from saelab.darkmatter.train_on_error import (
     ErrorSAEConfig,
     batch_fvu,
     dense_activations,
-    error_parts,
     train_error_sae,
 )
 from saelab.plots.darkmatter_interventions import (
@@ -148,10 +148,11 @@ def test_reconstruction_percentages_of_an_exactly_linear_error():
     A = torch.randn(8, 8, generator=gen) * 0.3
     x_hat = x @ A
     W = torch.eye(8) - A  # x W = x − x̂ exactly
-    variants = splice_variants(x, x_hat, W)
+    parts = ErrorParts.of(x, x_hat, W)
+    variants = splice_variants(x_hat, parts)
     assert torch.allclose(variants["sae_linear"], x, atol=1e-5)
     assert torch.allclose(variants["sae_nonlinear"], x_hat, atol=1e-5)
-    out = reconstruction_percentages(x, x_hat, W)
+    out = reconstruction_percentages(x, variants, parts)
     assert out["r2_sae_linear"] == pytest.approx(1.0, abs=1e-5)
     assert out["r2_percent_linear"] == pytest.approx(100.0, abs=1e-3)
     assert out["r2_percent_nonlinear"] == pytest.approx(0.0, abs=1e-3)
@@ -293,7 +294,7 @@ def test_predictability_from_a_linear_source_and_from_noise():
     x = rng.normal(size=(2000, 5))
     x_hat = 0.5 * x + 0.05 * rng.normal(size=x.shape)
     W = 0.5 * np.eye(5)
-    targets = error_targets(x, x_hat, W)
+    targets = ErrorParts.of(x, x_hat, W)._asdict()
     assert np.allclose(targets["linear"] + targets["nonlinear"], targets["error"])
     source = x @ rng.normal(size=(5, 5))  # an invertible map of x: predicts x W exactly
     table = predictability_table(
@@ -314,9 +315,10 @@ def test_error_parts_and_batch_fvu():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     x_hat = torch.tensor([[1.0, 1.0], [2.0, 4.0]])
     W = torch.tensor([[0.0, 0.0], [0.0, 0.5]])
-    parts = error_parts(x, x_hat, W)
-    assert torch.allclose(parts["linear"], torch.tensor([[0.0, 1.0], [0.0, 2.0]]))
-    assert torch.allclose(parts["nonlinear"], torch.tensor([[0.0, 0.0], [1.0, -2.0]]))
+    parts = ErrorParts.of(x, x_hat, W)
+    assert torch.equal(parts.error, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert torch.allclose(parts.linear, torch.tensor([[0.0, 1.0], [0.0, 2.0]]))
+    assert torch.allclose(parts.nonlinear, torch.tensor([[0.0, 0.0], [1.0, -2.0]]))
     target = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
     # Σ error² = 2, Σ about the batch mean (1, 1) = 4
     assert float(batch_fvu(target, torch.tensor([[0.0, 1.0], [2.0, 1.0]]))) == pytest.approx(0.5)

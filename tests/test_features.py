@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.cache import build_cache
+from saelab.cache import ActivationReader, build_cache
+from saelab.codes import code_batches, collect_codes, encode_sparse, sae_reader
 from saelab.features import (
     collect_feature_summary,
     describe_latent,
-    encode_sparse,
     latent_histograms,
     load_feature_summary,
     merge_top_n,
@@ -73,6 +73,74 @@ def identity_sae():
 class FakeTokenizer:
     def decode(self, ids):
         return f"t{int(ids[0])}"
+
+
+# ------------------------------------------------------------------ the cache -> codes stream
+
+
+@pytest.mark.parametrize("split", ["all", "train", "heldout"])
+def test_stream_rows_are_global_and_codes_match_the_table(cache, split):
+    table = activation_table()
+    sae = identity_sae()
+    reader = sae_reader(sae, cache, batch_size=5, split=split)
+    batches = list(code_batches(sae, reader, drop_special=True))
+    rows = np.concatenate([b.rows for b in batches])
+    # global rows: the split's whole row range, in order (not 0-based within the split)
+    assert rows.tolist() == list(range(*reader.row_range))
+    for batch in batches:
+        assert np.array_equal(batch.x.numpy(), table[batch.rows])  # x is the row's activation
+        dense = np.zeros((len(batch.rows), 3), dtype=np.float32)
+        dense[batch.codes.rows.numpy(), batch.codes.latents.numpy()] = batch.codes.values.numpy()
+        expected = np.maximum(table[batch.rows], 0)
+        expected[batch.rows % CTX == 0] = 0  # special (BOS) rows dropped from the codes
+        assert np.array_equal(dense, expected)
+    collected = collect_codes(batches)
+    assert collected.n_rows == len(rows)
+    assert set(collected.rows.tolist()) <= set(rows.tolist())
+    fired = collected.rows[collected.latents == 0].tolist()
+    assert fired == [r for r in (3, 10, 17, 30) if reader.row_range[0] <= r < reader.row_range[1]]
+
+
+def test_stream_heldout_never_overlaps_training_rows(cache):
+    sae = identity_sae()
+    seen = {}
+    for split in ("train", "heldout"):
+        reader = sae_reader(sae, cache, batch_size=7, split=split)
+        seen[split] = np.concatenate([b.rows for b in code_batches(sae, reader)])
+    assert set(seen["train"]).isdisjoint(seen["heldout"])
+    assert sorted({*seen["train"], *seen["heldout"]}) == list(range(N_ROWS))
+    reader = sae_reader(sae, cache, batch_size=7, split="heldout")
+    contexts = set(reader.context_of(seen["heldout"]).tolist())
+    assert contexts == set(range(*reader.context_range)) and min(contexts) > max(
+        reader.context_of(seen["train"])
+    )
+
+
+def test_stream_stops_at_n_rows_and_refuses_shuffled_readers(cache):
+    sae = identity_sae()
+    reader = sae_reader(sae, cache, batch_size=5)
+    assert sum(len(b.rows) for b in code_batches(sae, reader, n_rows=12)) == 12
+    shuffled = ActivationReader(cache, HOOK, 5, split="all", shuffle=True)
+    with pytest.raises(ValueError, match="in order"):
+        next(code_batches(sae, shuffled))
+    with pytest.raises(ValueError, match="encoding 'bogus'"):
+        next(code_batches(sae, reader, encoding="bogus"))
+
+
+def test_reader_owns_contexts_and_windows(cache):
+    reader = ActivationReader(cache, HOOK, 4, split="heldout", shuffle=False)
+    first, last = reader.context_range
+    assert reader.row_range == (first * CTX, last * CTX) and reader.context_len == CTX
+    contexts = reader.contexts()
+    assert contexts.tokens.shape == (last - first, CTX)
+    assert np.array_equal(contexts.tokens.reshape(-1), contexts.rows)  # token id = row here
+    assert contexts.special[:, 0].all() and not contexts.special[:, 1:].any()
+    assert len(reader.contexts(1).rows) == CTX
+    window = reader.window_rows([0, 3])
+    assert window.tolist() == [r for r in contexts.rows if 0 < r % CTX < 3]  # BOS left out
+    assert np.array_equal(reader.position_of(window), window % CTX)
+    assert np.array_equal(reader.tokens_of(window[::-1]), window[::-1])
+    assert reader.rows_for_tokens(1) == CTX and reader.rows_for_tokens(10**6) == reader.n_rows
 
 
 # ------------------------------------------------------------------ running top-n

@@ -289,7 +289,10 @@ def test_bf16_training_matches_fp32_and_is_recorded_and_deterministic(train_cach
     r16, out16 = _train(train_cache, tmp_path / "bf16", "bfloat16")
     _, out_again = _train(train_cache, tmp_path / "bf16b", "bfloat16")
     for name in r32:
-        fvu32, fvu16 = r32[name].metrics["heldout"]["fvu"], r16[name].metrics["heldout"]["fvu"]
+        fvu32, fvu16 = (
+            r32[name].metrics["heldout"]["fvu_element_global"],
+            r16[name].metrics["heldout"]["fvu_element_global"],
+        )
         assert fvu16 < 0.5 and abs(fvu16 - fvu32) < 0.1 * fvu32 + 0.01, (name, fvu32, fvu16)
         l0_32, l0_16 = r32[name].metrics["heldout"]["l0"], r16[name].metrics["heldout"]["l0"]
         assert abs(l0_16 - l0_32) < 0.25 * l0_32

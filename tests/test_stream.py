@@ -126,7 +126,7 @@ def test_streaming_and_cached_training_give_identical_weights(cache, tmp_path):
         config = json.loads((tmp_path / "stream" / name / "config.json").read_text())
         assert config["cache"] is None and config["stream"]["hooks"] == HOOKS
     # The training moved the SAEs (identical, not trivially untouched).
-    fvu = streamed["topk"].metrics["heldout"]["fvu"]
+    fvu = streamed["topk"].metrics["heldout"]["fvu_element_global"]
     assert 0 < fvu < 0.9, fvu
 
 

@@ -38,7 +38,7 @@ def test_number_formatting():
 
 def _evaluation(score=0.9):
     return {
-        "arch": "batchtopk", "fvu": 0.05, "l0": {"mean": 31.0}, "dead_fraction": 0.1,
+        "arch": "batchtopk", "fvu_dim_centred": 0.05, "l0": {"mean": 31.0}, "dead_fraction": 0.1,
         "n_tokens": 32768,
         "ce_recovered": {
             "ce_loss_score": score, "kl_sae": 0.7, "n_tokens": 4158, "bos_convention": "splice",

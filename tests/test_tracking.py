@@ -69,7 +69,9 @@ def test_micro_training_logs_its_history_offline(tmp_path, monkeypatch):
                 assert row[f"{name}/{key}"] == pytest.approx(record[key], rel=1e-12), key
     summary = read_offline_summary(runs[0])
     metrics = json.loads((tmp_path / "out" / "a" / "metrics.json").read_text())
-    assert summary["a/heldout/fvu"] == pytest.approx(metrics["heldout"]["fvu"], rel=1e-12)
+    assert summary["a/heldout/fvu_element_global"] == pytest.approx(
+        metrics["heldout"]["fvu_element_global"], rel=1e-12
+    )
 
 
 def test_an_evaluation_json_is_logged_as_a_run_summary(tmp_path, monkeypatch):

@@ -3,9 +3,7 @@
 Everything here is a plain function of tensors and an SAE (absorption: and a tokenizer);
 nothing imports Snakemake. The pieces:
 
-* **FVU**, three definitions found in the seed repositories, each by name
-  (:data:`FVU_DEFINITIONS`), one-shot (:func:`fvu`) or streamed exactly over many batches
-  (:class:`FVUAccumulator`). ``dim_centred`` is the default.
+* **FVU** of the three named definitions, streamed exactly (:mod:`saelab.metrics`).
 * **Sparsity**: L0 mean and distribution, dead/alive latents, firing frequencies
   (:class:`SparsityAccumulator`); for Matryoshka SAEs the FVU of every nested prefix and the
   dead latents of every group.
@@ -25,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,163 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelab.metrics import DEFAULT_FVU, FVUAccumulator, check_definition
 from saelab.runtime import write_json_atomic
 from saelab.saes.base import SAE, SparseCodes
 
 log = logging.getLogger("saelab.evaluate")
-
-# =============================================================================================
-# FVU: three definitions
-# =============================================================================================
-
-
-def _rows(t: Tensor) -> Tensor:
-    """``t`` as [N, d] in at least float32."""
-    return t.reshape(-1, t.shape[-1]).to(torch.promote_types(t.dtype, torch.float32))
-
-
-def fvu_element_global(target: Tensor, recon: Tensor) -> Tensor:
-    """Seed 001's FVU (``compute_fvu``): mean_all((y − ŷ)²) / var_all(y).
-
-    ``var_all`` is the unbiased variance of all N·d elements flattened, about ONE scalar mean
-    (not per-dimension means). The seed adds 1e-8 to the denominator; this does not (a
-    constant target gives inf or nan).
-    """
-    y = _rows(target)
-    err = y - _rows(recon)
-    return err.pow(2).mean() / y.var()
-
-
-def fvu_dim_centred(target: Tensor, recon: Tensor) -> Tensor:
-    """The dark-matter paper's FVU (the default): Σ_{t,d} (y − ŷ)² / Σ_d Σ_t (y_td − mean_d)².
-
-    Each dimension is centred on its own mean over the N tokens; sums run over everything.
-    Equals 1 − SAEBench's ``explained_variance``.
-    """
-    y = _rows(target)
-    err = y - _rows(recon)
-    return err.pow(2).sum() / (y - y.mean(dim=0)).pow(2).sum()
-
-
-def fvu_mean_r2(target: Tensor, recon: Tensor) -> Tensor:
-    """1 − the mean over dimensions of the per-dimension R² (dark matter's ``run_lstsq``).
-
-    Per dimension d: R²_d = 1 − SSE_d / SST_d with SST_d about that dimension's mean, so this
-    is mean_d(SSE_d / SST_d). Dimensions with SST_d = 0 (constant over the tokens) are left
-    out of the mean.
-    """
-    y = _rows(target)
-    sse = (y - _rows(recon)).pow(2).sum(dim=0)
-    sst = (y - y.mean(dim=0)).pow(2).sum(dim=0)
-    keep = sst > 0
-    return (sse[keep] / sst[keep]).mean()
-
-
-#: FVU definitions by name; ``dim_centred`` is the default everywhere.
-FVU_DEFINITIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "element_global": fvu_element_global,
-    "dim_centred": fvu_dim_centred,
-    "mean_r2": fvu_mean_r2,
-}
-DEFAULT_FVU = "dim_centred"
-
-
-def _check_definition(definition: str) -> None:
-    if definition not in FVU_DEFINITIONS:
-        raise ValueError(
-            f"unknown FVU definition {definition!r}; use one of {sorted(FVU_DEFINITIONS)} "
-            "(element_global: seed 001; dim_centred: dark matter, the default; mean_r2: "
-            "1 - mean per-dimension R²)"
-        )
-
-
-def fvu(target: Tensor, recon: Tensor, definition: str = DEFAULT_FVU) -> Tensor:
-    """FVU of ``recon`` against ``target`` ([..., d]) under the named definition."""
-    _check_definition(definition)
-    return FVU_DEFINITIONS[definition](target, recon)
-
-
-class FVUStats(NamedTuple):
-    """Sufficient statistics of every FVU definition, per dimension (float64)."""
-
-    n: int
-    """Tokens seen."""
-    mean: Tensor
-    """Per-dimension mean of the target [d]."""
-    m2: Tensor
-    """Per-dimension sum of squares about that mean [d] (SST_d)."""
-    sse: Tensor
-    """Per-dimension sum of squared errors [d]."""
-
-
-def fvu_from_stats(stats: FVUStats, definition: str = DEFAULT_FVU) -> float:
-    """The named FVU from accumulated statistics (same formulas as the one-shot functions)."""
-    _check_definition(definition)
-    n, mean, m2, sse = stats
-    if n == 0:
-        return float("nan")
-    if definition == "dim_centred":
-        return float(sse.sum() / m2.sum())
-    if definition == "mean_r2":
-        keep = m2 > 0
-        return float((sse[keep] / m2[keep]).mean())
-    # element_global: the SS about the global scalar mean, from per-dimension moments
-    elements = n * mean.numel()
-    grand = mean.mean()
-    ss_global = m2.sum() + n * (mean - grand).pow(2).sum()
-    return float((sse.sum() / elements) / (ss_global / (elements - 1)))
-
-
-class FVUAccumulator:
-    """Exact streaming FVU over many batches, for all definitions at once.
-
-    Keeps per-dimension count, mean, centred sum of squares (merged with Chan et al.'s
-    parallel formula, in float64, so large activation means do not cancel) and SSE.
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: Tensor | None = None
-        self.m2: Tensor | None = None
-        self.sse: Tensor | None = None
-
-    @torch.no_grad()
-    def update(self, target: Tensor, recon: Tensor) -> None:
-        y = target.reshape(-1, target.shape[-1]).double()
-        err = (y - recon.reshape(y.shape).double()).pow(2).sum(dim=0)
-        nb = y.shape[0]
-        if nb == 0:
-            return
-        mb = y.mean(dim=0)
-        m2b = (y - mb).pow(2).sum(dim=0)
-        if self.mean is None:
-            self.n, self.mean, self.m2, self.sse = nb, mb, m2b, err
-            return
-        total = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / total)
-        self.m2 = self.m2 + m2b + delta.pow(2) * (self.n * nb / total)
-        self.sse = self.sse + err
-        self.n = total
-
-    def stats(self) -> FVUStats:
-        if self.mean is None:
-            empty = torch.zeros(0, dtype=torch.float64)
-            return FVUStats(0, empty, empty, empty)
-        return FVUStats(self.n, self.mean.cpu(), self.m2.cpu(), self.sse.cpu())
-
-    def result(self, definition: str = DEFAULT_FVU) -> float:
-        return fvu_from_stats(self.stats(), definition)
-
-    def results(self) -> dict[str, float]:
-        """Every definition by name."""
-        return {name: self.result(name) for name in FVU_DEFINITIONS}
-
-    def mse(self) -> float:
-        """Mean squared error per element."""
-        stats = self.stats()
-        return float(stats.sse.sum() / max(1, stats.n * stats.sse.numel()))
-
 
 # =============================================================================================
 # Codes and reconstructions as spliced
@@ -584,13 +430,14 @@ def evaluate_sae(
     At most ``n_tokens`` tokens are used. Memory: O(d + width) for FVU and sparsity, plus the
     sparse codes (12 bytes per active entry) when ``seed001`` is set.
 
-    Keys: ``fvu`` (the chosen definition), ``fvu_all`` (all three), ``mse``,
+    Keys: ``fvu_element_global``, ``fvu_dim_centred``, ``fvu_mean_r2`` (every definition,
+    named by :func:`saelab.metrics.fvu_key`; ``fvu_definition`` names the configured one), ``mse``,
     ``explained_variance`` (1 − dim-centred FVU, SAEBench's), ``cosine_similarity`` and
     ``l2_ratio`` (means over tokens of cos(y, ŷ) and ‖ŷ‖/‖y‖), ``l0`` (mean, std,
     quantiles, histogram), dead/alive counts and fractions, ``latent_frequencies``;
     ``matryoshka`` (prefix FVUs and dead per group) and ``seed001`` when applicable.
     """
-    _check_definition(fvu_definition)
+    check_definition(fvu_definition)
     was_training = sae.training
     sae.eval()
     is_matryoshka = bool(getattr(sae, "group_bounds", None))
@@ -638,10 +485,9 @@ def evaluate_sae(
     out: dict[str, Any] = {
         "n_tokens": seen,
         "fvu_definition": fvu_definition,
-        "fvu": fvus[fvu_definition],
-        "fvu_all": fvus,
+        **fvus,
         "mse": fvu_acc.mse(),
-        "explained_variance": 1 - fvus["dim_centred"],
+        "explained_variance": 1 - fvus["fvu_dim_centred"],
         "cosine_similarity": cos_sum / seen,
         "l2_ratio": ratio_sum / seen,
         "l0": {
@@ -1065,12 +911,8 @@ def heldout_contexts(
     """Token contexts [n, ctx] and their special mask from the held-out split of a cache
     (the same contexts :func:`heldout_reader` reads), truncated to ``context_len``."""
     reader = _heldout_reader_at(cache_path, hook)
-    ctx = reader.manifest["context_len"]
-    first, last = (r // ctx for r in reader.row_range)
-    last = min(last, first + n_contexts)
-    rows = slice(first * ctx, last * ctx)
-    tokens = np.asarray(reader.group["tokens"][rows], dtype=np.int64).reshape(-1, ctx)
-    special = np.asarray(reader.group["special_mask"][rows], dtype=bool).reshape(-1, ctx)
+    ctx = reader.context_len
+    tokens, special, _ = reader.contexts(n_contexts)
     length = min(ctx, context_len or ctx)
     if context_len and context_len > ctx:
         log.warning("ce_context_len %d > the cache's context length %d", context_len, ctx)
@@ -1099,15 +941,13 @@ def cached_word_activations(
     reader = ActivationReader(
         cache_path, hook, batch_size, split=split, shuffle=False, drop_last=False
     )
-    all_tokens = reader.group["tokens"]
     wanted = np.asarray(sorted({int(i) for i in word_ids}), dtype=np.int64)
     seen = np.zeros(int(wanted.max()) + 1 if len(wanted) else 1, dtype=np.int64)
     acts, ids, total = [], [], 0
     for batch, rows in reader.batches(with_rows=True):
         if total >= max_tokens or not len(wanted):
             break
-        tok = np.asarray(all_tokens[int(rows.min()) : int(rows.max()) + 1], dtype=np.int64)
-        tok = tok[rows - rows.min()]
+        tok = reader.tokens_of(rows)
         keep = np.isin(tok, wanted)
         if max_per_type is not None and keep.any():
             index = np.nonzero(keep)[0]

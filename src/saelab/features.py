@@ -19,12 +19,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from saelab.cache import ActivationReader, CacheError
+from saelab.codes import code_batches, collect_codes, sae_reader
 from saelab.runtime import load_npz, savez_atomic
-from saelab.saes.base import SAE, SparseCodes
-from saelab.saes.batchtopk import batch_topk
+from saelab.saes.base import SAE
 
 #: Encodings offered to the analyses (see :func:`encode_sparse`).
 ENCODINGS = ("eval", "train_batchtopk")
@@ -62,86 +60,6 @@ class FeatureSummary(NamedTuple):
     def firing_rate(self) -> np.ndarray:
         """[width] fraction of counted tokens on which each latent fires."""
         return self.firing_count / max(self.n_tokens, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def encode_sparse(sae: SAE, x: torch.Tensor, encoding: str = "eval") -> SparseCodes:
-    """Sparse codes of ``x`` [B, d_in] without changing the SAE's state.
-
-    * ``eval``: the SAE's inference rule (``sae.eval()``: BatchTopK and Matryoshka keep
-      activations above the learned threshold θ, so a token's code does not depend on its batch).
-    * ``train_batchtopk``: BatchTopK over the batch as in training (exactly k·B selections),
-      which is what the co-occurrence original did because it never called ``.eval()``
-      (methods §2.2, caveat 1). Unlike the original, θ is not moved. Only for BatchTopK-style SAEs.
-    """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding {encoding!r} is not allowed; use one of {ENCODINGS}")
-    was_training = sae.training
-    sae.eval()
-    try:
-        if encoding == "eval":
-            return sae.encode(x).codes
-        if not hasattr(sae, "threshold"):
-            raise ValueError(
-                f"encoding 'train_batchtopk' needs a BatchTopK-style SAE; {sae.cfg.arch!r} has none"
-            )
-        xn, _, _ = sae._normalize(x)
-        return batch_topk(sae.pre_activations(xn), sae.cfg.k)
-    finally:
-        sae.train(was_training)
-
-
-def drop_rows(codes: SparseCodes, drop: np.ndarray) -> SparseCodes:
-    """``codes`` without the entries of rows where ``drop`` [n_rows] is True."""
-    if not drop.any():
-        return codes
-    keep = ~torch.from_numpy(np.asarray(drop, dtype=bool))[codes.rows]
-    return codes.select(keep)
-
-
-def sae_reader(
-    sae: SAE,
-    cache_path: str | os.PathLike,
-    batch_size: int,
-    split: str = "all",
-    *,
-    exclude_special: bool = False,
-    drop_last: bool = False,
-) -> ActivationReader:
-    """The SAE's hook of a cache, rows in order (special tokens included unless
-    ``exclude_special``; callers then mask them). Fails with :class:`CacheError` when the
-    cached hook is not ``d_in`` wide."""
-    hook = sae.cfg.hook_name
-    if not hook:
-        raise ValueError("the SAE's cfg.hook_name is empty: cannot tell which cache rows to read")
-    reader = ActivationReader(
-        cache_path, hook, batch_size, split=split, shuffle=False,
-        exclude_special=exclude_special, drop_last=drop_last,
-    )  # fmt: skip
-    if reader.widths[hook] != sae.cfg.d_in:
-        raise CacheError(
-            f"{hook} in {cache_path} is {reader.widths[hook]} wide but the SAE reads d_in="
-            f"{sae.cfg.d_in}"
-        )
-    return reader
-
-
-def concat_parts(parts: list[np.ndarray], dtype) -> np.ndarray:
-    """The parts joined as ``dtype`` (an empty array when there are none)."""
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
-
-
-def rows_to_read(reader: ActivationReader, n_tokens: int) -> int:
-    """``n_tokens`` rounded up to whole contexts, capped at the split's rows."""
-    if n_tokens <= 0:
-        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
-    ctx = int(reader.manifest["context_len"])
-    return min(-(-n_tokens // ctx) * ctx, reader.n_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +178,8 @@ def collect_feature_summary(
         )
     hook = sae.cfg.hook_name
     reader = sae_reader(sae, cache_path, batch_size, split)
-    ctx = int(reader.manifest["context_len"])
-    n_rows = rows_to_read(reader, n_tokens)
+    ctx = reader.context_len
+    n_rows = reader.rows_for_tokens(n_tokens)
     first_row = reader.row_range[0]
     special_all = reader.group["special_mask"][first_row : first_row + n_rows].astype(bool)
     tokens = reader.group["tokens"][first_row : first_row + n_rows].astype(np.int64)
@@ -270,30 +188,21 @@ def collect_feature_summary(
     firing = np.zeros(width, dtype=np.int64)
     top_values = np.zeros((width, top_n), dtype=np.float32)
     top_rows = np.full((width, top_n), -1, dtype=np.int64)
-    kept_rows, kept_latents, kept_values = [], [], []
-    done = 0
-    bar = tqdm(total=n_rows, unit="tok", unit_scale=True, desc="features", disable=not progress)
-    for x, rows in reader.batches(with_rows=True):
-        if done >= n_rows:
-            break
-        take = min(len(rows), n_rows - done)
-        x, rows = x[:take], rows[:take]
-        codes = drop_rows(encode_sparse(sae, x), special_all[rows - first_row])
-        latents = codes.latents.numpy()
-        values = codes.values.float().numpy()
-        global_rows = rows[codes.rows.numpy()]
-        firing += np.bincount(latents, minlength=width)
-        merge_top_n(top_values, top_rows, latents, values, global_rows)
-        kept_rows.append(global_rows)
-        kept_latents.append(latents)
-        kept_values.append(values)
-        done += take
-        bar.update(take)
-    bar.close()
 
-    all_rows = concat_parts(kept_rows, np.int64)
-    all_latents = concat_parts(kept_latents, np.int32)
-    all_values = concat_parts(kept_values, np.float32)
+    def merged(batches):
+        """The stream, each batch's entries counted and merged into the top-n as it passes."""
+        for batch in batches:
+            latents = batch.codes.latents.numpy()
+            firing[:] += np.bincount(latents, minlength=width)
+            values = batch.codes.values.float().numpy()
+            merge_top_n(top_values, top_rows, latents, values, batch.rows[batch.codes.rows.numpy()])
+            yield batch
+
+    stream = code_batches(
+        sae, reader, n_rows=n_rows, drop_special=True, desc="features" if progress else None
+    )
+    collected = collect_codes(merged(stream), latent_dtype=np.int32)
+    all_rows, all_latents, all_values, done = collected
     hist_edges, hist_counts = latent_histograms(all_latents, all_values, width, n_bins)
 
     window, context_tokens = context_windows(top_rows, tokens, first_row, ctx, before, after)

@@ -85,7 +85,7 @@ def sae_section(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
         rows.append([
             name,
             ev.get("arch", "?"),
-            num(ev.get("fvu")),
+            num(ev.get("fvu_dim_centred")),
             num((ev.get("l0") or {}).get("mean"), 1),
             num(ev.get("dead_fraction"), 2),
             with_interval(ce.get("ce_loss_score"), iv.get("ce_loss_score")) if ce else "n/a",

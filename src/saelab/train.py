@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, cache_manifest
 from saelab.config import section_defaults
+from saelab.metrics import FVUAccumulator
 from saelab.precision import Precision, PrecisionError, check_precision, resolve_precision
 from saelab.runtime import atomic_dir, dataclass_from_dict
 from saelab.saes import SAE, SAEConfig, build_sae
@@ -680,8 +681,8 @@ def evaluate_heldout(
 ) -> dict[str, dict[str, float]]:
     """Held-out metrics of every SAE (in eval mode: BatchTopK uses its threshold).
 
-    ``fvu``: element-global, Σ SSE / Σ (y - mean of all elements)²; ``fvu_centered``: Σ SSE /
-    Σ_d Σ_t (y_td - mean_d)² (per-dimension means, the dark-matter definition); ``mse`` per
+    ``fvu_element_global``, ``fvu_dim_centred``, ``fvu_mean_r2``: the three FVU definitions of
+    :mod:`saelab.metrics`, streamed by its :class:`~saelab.metrics.FVUAccumulator`; ``mse`` per
     element; ``l0`` active latents per token; ``alive_fraction`` latents that fired at least
     once on these held-out tokens. Reconstructions are the SAE's forward output (the training
     objective's map).
@@ -741,16 +742,11 @@ def heldout_metrics(
                 s = stats.setdefault(
                     name,
                     {
-                        "sse": 0.0, "nnz": 0, "n": 0,
-                        "sum": torch.zeros(y.shape[1], dtype=torch.float64, device=device),
-                        "sumsq": torch.zeros(y.shape[1], dtype=torch.float64, device=device),
+                        "fvu": FVUAccumulator(), "nnz": 0, "n": 0,
                         "fired": torch.zeros(sae.cfg.width, dtype=torch.bool, device=device),
                     },
                 )  # fmt: skip
-                y64 = y.double()
-                s["sse"] += float((out.output.double() - y64).pow(2).sum())
-                s["sum"] += y64.sum(dim=0)
-                s["sumsq"] += y64.pow(2).sum(dim=0)
+                s["fvu"].update(y, out.output)
                 s["nnz"] += out.codes.values.shape[0]
                 s["n"] += n
                 s["fired"][out.codes.latents] = True
@@ -763,15 +759,11 @@ def heldout_metrics(
     n_extra = top_up(fired, dead_tokens - n_tokens) if top_up is not None else 0
     results = {}
     for name, s in stats.items():
-        n, d = s["n"], s["sum"].shape[0]
-        centered = float((s["sumsq"] - s["sum"].pow(2) / n).sum())
-        grand_mean = float(s["sum"].sum()) / (n * d)
-        global_ss = float(s["sumsq"].sum()) - n * d * grand_mean**2
+        n = s["n"]
         results[name] = {
             "tokens": n,
-            "fvu": s["sse"] / max(global_ss, 1e-30),
-            "fvu_centered": s["sse"] / max(centered, 1e-30),
-            "mse": s["sse"] / (n * d),
+            **s["fvu"].results(),
+            "mse": s["fvu"].mse(),
             "l0": s["nnz"] / n,
             "alive_fraction": float(s["fired"].float().mean()),
             "dead_fraction": float((~fired[name]).float().mean()),

@@ -11,10 +11,9 @@ import os
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from saelab.codes import ENCODINGS, code_batches, concat_parts, sae_reader
 from saelab.cooccurrence.counts import CooccurrenceCounts, SparseActivity, counts_from_activity
-from saelab.features import ENCODINGS, concat_parts, encode_sparse, sae_reader
 from saelab.saes.base import SAE
 
 log = logging.getLogger("saelab.cooccurrence")
@@ -48,21 +47,15 @@ def collect_activity(
     )  # fmt: skip
     rows, latents, values = [], [], []
     done = 0
-    total = min(n_tokens, reader.n_rows)
-    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="co-occurrence", disable=not progress)
-    for x in reader.batches():
-        if done >= n_tokens:
-            break
-        x = x[: n_tokens - done]
-        if encoding == "train_batchtopk" and len(x) < batch_size:
-            break
-        codes = encode_sparse(sae, x, encoding)
-        rows.append(codes.rows.numpy() + done)
-        latents.append(codes.latents.numpy())
-        values.append(codes.values.float().numpy())
-        done += len(x)
-        bar.update(len(x))
-    bar.close()
+    desc = "co-occurrence" if progress else None
+    for batch in code_batches(sae, reader, n_rows=n_tokens, encoding=encoding, desc=desc):
+        if encoding == "train_batchtopk" and len(batch.rows) < batch_size:
+            break  # a partial batch would select fewer than k·batch_size entries
+        # rows numbered among the non-special tokens streamed, from 0
+        rows.append(batch.codes.rows.numpy() + done)
+        latents.append(batch.codes.latents.numpy())
+        values.append(batch.codes.values.float().numpy())
+        done += len(batch.rows)
     if done < n_tokens:
         log.warning("the cache split %r holds only %d usable tokens of %d asked", split, done,
                     n_tokens)  # fmt: skip

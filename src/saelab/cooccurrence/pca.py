@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from saelab.features import drop_rows, encode_sparse, sae_reader
+from saelab.codes import code_batches, sae_reader
 from saelab.saes.base import SAE
 
 
@@ -117,23 +117,22 @@ def subgraph_pcas(
             raise ValueError(f"latent {latents.max()} is out of range for width {sae.cfg.width}")
         scans[key] = _SubgraphScan(latents, sae.cfg.width)
     reader = sae_reader(sae, cache_path, batch_size, split)
-    special = reader.group["special_mask"]
-    tokens = reader.group["tokens"]
     W_dec = sae.W_dec.detach().float()
     scanned = 0
     scanned_by = {}
-    for x, rows in reader.batches(with_rows=True):
-        pending = [key for key, scan in scans.items() if scan.found < max_examples]
-        if not pending or scanned >= max_tokens:
-            break
-        x, rows = x[: max_tokens - scanned], rows[: max_tokens - scanned]
-        scanned += len(rows)
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        codes = drop_rows(encode_sparse(sae, x, encoding), np.asarray(special[lo:hi], dtype=bool))
-        batch_tokens = np.asarray(tokens[lo:hi])[rows - lo]
-        for key in pending:
-            scans[key].add(codes, rows, batch_tokens, W_dec)
-            scanned_by[key] = scanned
+    pending = list(scans)
+    if max_examples > 0 and max_tokens > 0:
+        for batch in code_batches(
+            sae, reader, n_rows=max_tokens, encoding=encoding, drop_special=True
+        ):
+            scanned += len(batch.rows)
+            batch_tokens = reader.tokens_of(batch.rows)
+            for key in pending:
+                scans[key].add(batch.codes, batch.rows, batch_tokens, W_dec)
+                scanned_by[key] = scanned
+            pending = [key for key, scan in scans.items() if scan.found < max_examples]
+            if not pending:
+                break
     out = {}
     for key, scan in scans.items():
         try:

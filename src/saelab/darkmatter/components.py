@@ -61,14 +61,6 @@ def component_hooks(
     return usable, skipped
 
 
-def error_targets(x: np.ndarray, x_hat: np.ndarray, W_vec: np.ndarray) -> dict[str, np.ndarray]:
-    """error = x − x̂, linear = x W, nonlinear = error − x W (float64, [N, d])."""
-    x64 = np.asarray(x, dtype=np.float64)
-    error = x64 - np.asarray(x_hat, dtype=np.float64)
-    linear = x64 @ np.asarray(W_vec, dtype=np.float64)
-    return {"error": error, "linear": linear, "nonlinear": error - linear}
-
-
 @torch.no_grad()
 def reconstruct_rows(sae, cache_group, rows: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """The SAE reconstruction of its hook's cached activations at cache ``rows`` [N, d_hook]."""
@@ -112,7 +104,11 @@ def components_record(
     ``predictor_saes`` (label → SAE) applied to the cache at the info's rows."""
     if "res" in predictor_saes:
         raise ValueError("the predictor label 'res' is reserved for the analysed SAE itself")
-    targets = error_targets(info.x, info.x_hat, regression.W_vec)
+    from saelab.darkmatter.regression import ErrorParts
+
+    # the targets in float64: their R² tables are exact to the last digit
+    f64 = (np.asarray(a, dtype=np.float64) for a in (info.x, info.x_hat, regression.W_vec))
+    targets = ErrorParts.of(*f64)._asdict()
     predictors = {"res": np.asarray(info.x_hat, dtype=np.float32)}
     hooks = {"res": info.attrs["hook"]}
     for label, sae in predictor_saes.items():

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saelab.darkmatter.regression import ErrorParts
 from saelab.models.splice import final_resid_with, masked_ce_sums
 
 #: Splice variants, in plotting order.
@@ -86,13 +87,12 @@ def contexts_from_info(info, cache_group, n_contexts: int) -> DownstreamContexts
     )
 
 
-def splice_variants(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[str, Tensor]:
-    """The three replacements of ``x`` [N, d]: x̂, x̂ + x W, x̂ + (x − x̂ − x W)."""
-    linear = x @ W_vec
+def splice_variants(x_hat: Tensor, parts: ErrorParts) -> dict[str, Tensor]:
+    """The three replacements of x [N, d]: x̂, x̂ + x W, x̂ + (x − x̂ − x W) (``parts`` of x)."""
     return {
         "sae": x_hat,
-        "sae_linear": x_hat + linear,
-        "sae_nonlinear": x_hat + (x - x_hat - linear),
+        "sae_linear": x_hat + parts.linear,
+        "sae_nonlinear": x_hat + parts.nonlinear,
     }
 
 
@@ -108,14 +108,16 @@ def r2_percent(r2_sae: float, r2_variant: float) -> float:
     return (r2_sae - r2_variant) / (r2_sae - 1) * 100 if r2_sae != 1 else float("nan")
 
 
-def reconstruction_percentages(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[str, float]:
-    """R² of each variant and the R² and norm percentages of the linear and nonlinear parts."""
-    from saelab.evaluate import fvu_dim_centred
+def reconstruction_percentages(
+    x: Tensor, variants: dict[str, Tensor], parts: ErrorParts
+) -> dict[str, float]:
+    """R² of each variant (:func:`splice_variants`) and the R² and norm percentages of the
+    linear and nonlinear parts."""
+    from saelab.metrics import fvu_dim_centred
 
-    variants = splice_variants(x, x_hat, W_vec)
     r2 = {name: 1 - float(fvu_dim_centred(x, recon)) for name, recon in variants.items()}
-    error = (x - x_hat).double()
-    linear = (x @ W_vec).double()
+    error = parts.error.double()
+    linear = parts.linear.double()
     error_sq = float(error.pow(2).sum())
     return {
         **{f"r2_{name}": value for name, value in r2.items()},
@@ -220,7 +222,8 @@ def downstream_record(
     x = torch.from_numpy(np.asarray(info.x, dtype=np.float32)[contexts.info_index])
     x_hat = torch.from_numpy(np.asarray(info.x_hat, dtype=np.float32)[contexts.info_index])
     W_vec = torch.from_numpy(np.asarray(regression.W_vec, dtype=np.float32))
-    variants = splice_variants(x, x_hat, W_vec)
+    parts = ErrorParts.of(x, x_hat, W_vec)
+    variants = splice_variants(x_hat, parts)
     hook = info.attrs["hook"]
     key = (hook, contexts.tokens.numpy().tobytes(), contexts.loss_mask.numpy().tobytes())
     known = clean_ce if clean_ce is not None else {}
@@ -243,5 +246,5 @@ def downstream_record(
         "nonlinear_percent": percent_recovered(ce["sae"], ce["sae_nonlinear"], ce["clean"]),
         "intervals": percent_intervals(sums, n_resamples, seed),
     }
-    record.update(reconstruction_percentages(x, x_hat, W_vec))
+    record.update(reconstruction_percentages(x, variants, parts))
     return record

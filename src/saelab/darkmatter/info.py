@@ -89,26 +89,6 @@ class SAEInfo(NamedTuple):
     """sae, hook, width, k, cache, window, split, context_len, d."""
 
 
-def window_rows(
-    special_mask: np.ndarray, row_range: tuple[int, int], context_len: int, cfg: WindowConfig
-) -> np.ndarray:
-    """Cache rows of the window: positions [start, stop) of every context in ``row_range``,
-    non-special, in cache order, at most ``cfg.n_tokens``."""
-    start, stop = cfg.window[0], min(cfg.window[1], context_len)
-    if start >= stop:
-        raise SAEInfoError(
-            f"window {cfg.window} holds no position of contexts of {context_len} tokens"
-        )
-    first, last = row_range
-    rows = np.arange(first, last, dtype=np.int64)
-    pos = rows % context_len
-    keep = (pos >= start) & (pos < stop) & ~special_mask[first:last]
-    rows = rows[keep][: cfg.n_tokens]
-    if len(rows) == 0:
-        raise SAEInfoError(f"the window {cfg.window} of split {cfg.split!r} holds no tokens")
-    return rows
-
-
 def _dense_top(codes, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """L0, latent indices and values [n, kmax] (−1 / 0 padded, by descending value)."""
     import torch
@@ -172,10 +152,12 @@ def compute_sae_info(
         )
     hook = sae.cfg.hook_name
     reader = ActivationReader(cache_path, hook, 1, split=cfg.split, shuffle=False)
-    ctx = int(reader.manifest["context_len"])
+    ctx = reader.context_len
     group = reader.group
-    special = np.asarray(group["special_mask"][:], dtype=bool)
-    rows = window_rows(special, reader.row_range, ctx, cfg)
+    try:
+        rows = reader.window_rows(cfg.window, cfg.n_tokens)
+    except ValueError as err:
+        raise SAEInfoError(str(err)) from err
     # Read the contiguous span that holds the rows, then pick them (one sequential read).
     span = np.asarray(group[hook][int(rows[0]) : int(rows[-1]) + 1], dtype=np.float32)
     x = np.ascontiguousarray(span[rows - rows[0]])
@@ -193,7 +175,7 @@ def compute_sae_info(
         latent_val=val,
         rows=rows,
         token_ids=np.asarray(group["tokens"][:], dtype=np.int64)[rows],
-        position=(rows % ctx).astype(np.int32),
+        position=reader.position_of(rows).astype(np.int32),
         attrs={
             "sae": name,
             "hook": hook,

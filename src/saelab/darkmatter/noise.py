@@ -5,8 +5,10 @@ Then (1) the p % of latents with the lowest mean activation over all tokens are 
 the reconstruction (absent features), (2) Gaussian noise of std σ_act is added to x' (activation
 noise) and of std σ_rec to the reconstruction (reconstruction noise), and (3) the error
 x' + ε_act − recon is regressed on x' + ε_act (no intercept, all tokens, as the original).
-"FVU" is 1 − R² with one global scalar mean (the original's ``calculate_r_squared_torch``) of
-the reconstruction and of the reconstruction + linear error prediction.
+"FVU" is the element-global FVU (one global scalar mean, like the original's
+``calculate_r_squared_torch``, but over the unbiased variance: :func:`saelab.metrics.
+fvu_element_global`) of the reconstruction and of the reconstruction + linear error prediction;
+the linear map is :func:`saelab.darkmatter.regression.lstsq`'s.
 
 The claim: activation noise shows up as *linear* error, reconstruction noise as *nonlinear*
 error. Table 1 correlates, over a 5×5 grid of (σ_act, σ_rec) at 0 % ablation, the noise levels
@@ -26,6 +28,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from saelab.darkmatter.regression import lstsq
+from saelab.metrics import fvu_element_global
 
 
 @dataclass
@@ -60,20 +65,6 @@ class NoiseConfig:
             raise ValueError(
                 f"noise.line_settings {self.line_settings} must be [σ_act, σ_rec] pairs"
             )
-
-
-def fvu_global(target: torch.Tensor, pred: torch.Tensor) -> float:
-    """1 − R² about one global scalar mean (the simulation's definition)."""
-    target = target.double()
-    return float((target - pred.double()).pow(2).sum() / (target - target.mean()).pow(2).sum())
-
-
-def _fit_linear(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """No-intercept least squares by the normal equations in float64 (X is full rank: noisy)."""
-    X = X.double()
-    gram = X.T @ X
-    gram.diagonal().add_(1e-10 * gram.diagonal().mean())
-    return torch.linalg.solve(gram, X.T @ Y.double())
 
 
 class SimulationPoint(NamedTuple):
@@ -121,15 +112,16 @@ def simulate(
         x_noised = x_synthetic + noise_act
         recon = recon_by_p[p] + noise_rec
         error = x_noised - recon
-        W = _fit_linear(x_noised, error)
+        W = torch.from_numpy(lstsq(x_noised.numpy(), error.numpy()))
         linear_sum = recon.double() + x_noised.double() @ W
+        target = x_noised.double()
         out.append(
             SimulationPoint(
                 float(p),
                 float(sigma_act),
                 float(sigma_rec),
-                fvu_global(x_noised, recon),
-                fvu_global(x_noised, linear_sum),
+                float(fvu_element_global(target, recon.double())),
+                float(fvu_element_global(target, linear_sum)),
             )
         )
     return out

@@ -20,10 +20,10 @@ import numpy as np
 
 from saelab.darkmatter.info import SAEInfo
 from saelab.darkmatter.regression import (
+    ErrorParts,
     Regression,
     Split,
     heldout_r2,
-    linear_error,
     lstsq,
     predict,
 )
@@ -49,8 +49,7 @@ def norm_prediction_r2(
 ) -> dict[str, float]:
     """Held-out R² of each quantity's squared norm from x (no intercept, as the original,
     unless ``norm_intercept``)."""
-    linear = linear_error(info, reg)
-    nonlinear = info.error - linear
+    _, linear, nonlinear = ErrorParts.of_info(info, reg)
     targets = {
         "x": info.x_sq_norm.astype(np.float64),
         "sae": _sq(info.x_hat),

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from saelab.darkmatter.info import SAEInfo
-from saelab.darkmatter.regression import Regression, heldout_r2, linear_error, shuffled_split
+from saelab.darkmatter.regression import ErrorParts, Regression, heldout_r2, shuffled_split
 
 
 class ErrorNorms(NamedTuple):
@@ -35,10 +35,10 @@ def error_norms(infos: Sequence[SAEInfo], regs: Sequence[Regression]) -> ErrorNo
             )
     total, lin, nonlin = [], [], []
     for info, reg in zip(infos, regs, strict=True):
-        linear = linear_error(info, reg)
-        total.append(np.linalg.norm(info.error, axis=1))
-        lin.append(np.linalg.norm(linear, axis=1))
-        nonlin.append(np.linalg.norm(info.error - linear, axis=1))
+        parts = ErrorParts.of_info(info, reg)
+        total.append(np.linalg.norm(parts.error, axis=1))
+        lin.append(np.linalg.norm(parts.linear, axis=1))
+        nonlin.append(np.linalg.norm(parts.nonlinear, axis=1))
     return ErrorNorms(np.array(total), np.array(lin), np.array(nonlin))
 
 

@@ -118,7 +118,8 @@ def pursuit_metrics(
     ``*_test`` keys score the held-out half only). With few tokens per dimension the fit
     overfits its half, so compare the encoder and pursuit values with each other, never with
     the core regression's (fitted on the whole window)."""
-    from saelab.darkmatter.regression import fvu, lstsq, shuffled_split
+    from saelab.darkmatter.regression import lstsq, shuffled_split
+    from saelab.metrics import fvu_dim_centred_np
 
     split = shuffled_split(len(x), seed)
     out: dict[str, float] = {}
@@ -126,9 +127,9 @@ def pursuit_metrics(
         error = x.astype(np.float64) - recon
         W = lstsq(x[split.train_idx], error[split.train_idx])
         with_linear = (recon + x.astype(np.float64) @ W).astype(np.float32)
-        out[f"{name}_fvu"] = fvu(x, recon)
-        out[f"{name}_nonlinear_error_fvu"] = fvu(x, with_linear)
-        out[f"{name}_nonlinear_error_fvu_test"] = fvu(
+        out[f"{name}_fvu"] = fvu_dim_centred_np(x, recon)
+        out[f"{name}_nonlinear_error_fvu"] = fvu_dim_centred_np(x, with_linear)
+        out[f"{name}_nonlinear_error_fvu_test"] = fvu_dim_centred_np(
             x[split.test_idx], with_linear[split.test_idx]
         )
     return out

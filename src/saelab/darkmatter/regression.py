@@ -16,7 +16,7 @@ Two targets, both from x:
 * norm: ‖x − x̂‖² (**squared**, as the original): ``w_norm`` with x @ w_norm ≈ ‖error‖².
 
 The *linear error* is x @ W_vec, the *nonlinear error* error − x @ W_vec. FVUs are
-per-dimension-centred (:func:`saelab.evaluate.fvu_dim_centred`): ``fvu`` = FVU(x, x̂),
+per-dimension-centred (:func:`saelab.metrics.fvu_dim_centred_np`): ``fvu`` = FVU(x, x̂),
 ``nonlinear_error_fvu`` = FVU(x, x̂ + x W_vec) (what is left after adding the linear prediction;
 like the original, over all window tokens with W_vec fitted on the training half), and
 ``linear_error_fvu`` = fvu − nonlinear_error_fvu (the part the linear prediction removes).
@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saelab.darkmatter.info import SAEInfo
+from saelab.metrics import fvu_dim_centred_np
 from saelab.runtime import savez_atomic, write_json_atomic
 
 
@@ -106,17 +107,6 @@ def heldout_r2(X: np.ndarray, Y: np.ndarray, split: Split, intercept: bool = Fal
     )
 
 
-def fvu(x: np.ndarray, recon: np.ndarray) -> float:
-    """Per-dimension-centred FVU (the paper's): Σ(x − recon)² / Σ_d Σ_t (x − mean_d)².
-
-    :func:`saelab.evaluate.fvu_dim_centred`'s formula in float64 numpy (a test checks they
-    agree), so the many small rules that read info groups need not import torch.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    sse = np.square(x - np.asarray(recon, dtype=np.float64)).sum()
-    return float(sse / np.square(x - x.mean(0)).sum())
-
-
 class Regression(NamedTuple):
     """The core regression of one SAE."""
 
@@ -145,10 +135,10 @@ def fit_regression(
     test = split.test_idx
     r2_vector = r2_mean_over_dims(info.error[test], x[test] @ W_vec)
     r2_norm = r2_mean_over_dims(info.error_sq_norm[test], x[test] @ w_norm + b_norm)
-    linear = (x @ W_vec).astype(np.float32)
+    linear = ErrorParts.of_info(info, W_vec).linear
     with_linear = info.x_hat + linear
-    total = fvu(info.x, info.x_hat)
-    nonlinear = fvu(info.x, with_linear)
+    total = fvu_dim_centred_np(info.x, info.x_hat)
+    nonlinear = fvu_dim_centred_np(info.x, with_linear)
     metrics = {
         "sae": info.attrs.get("sae"),
         "width": info.attrs.get("width"),
@@ -164,8 +154,8 @@ def fit_regression(
         "fvu": total,
         "nonlinear_error_fvu": nonlinear,
         "linear_error_fvu": total - nonlinear,
-        "fvu_test": fvu(info.x[test], info.x_hat[test]),
-        "nonlinear_error_fvu_test": fvu(info.x[test], with_linear[test]),
+        "fvu_test": fvu_dim_centred_np(info.x[test], info.x_hat[test]),
+        "nonlinear_error_fvu_test": fvu_dim_centred_np(info.x[test], with_linear[test]),
         "error_sq_norm_mean": float(info.error_sq_norm.mean()),
         "linear_error_sq_norm_mean": float(np.square(linear, dtype=np.float64).sum(1).mean()),
     }
@@ -175,15 +165,40 @@ def fit_regression(
     )  # fmt: skip
 
 
-def linear_error(info: SAEInfo, reg: Regression | Mapping[str, np.ndarray]) -> np.ndarray:
-    """x @ W_vec [N, d] float32: the part of the error linearly predictable from x."""
-    W_vec = reg["W_vec"] if isinstance(reg, Mapping) else reg.W_vec
-    return (info.x.astype(np.float64) @ W_vec.astype(np.float64)).astype(np.float32)
+class ErrorParts(NamedTuple):
+    """The SAE error and its linear and nonlinear parts, [N, d] each (numpy or torch).
 
+    ``error`` = x − x̂, ``linear`` = x W_vec (what x predicts linearly), ``nonlinear`` =
+    error − linear. Every dark-matter analysis reads its parts from here: build them once with
+    :meth:`of_info` (an SAE's info group and its regression) or :meth:`of` (any x, x̂, W_vec).
+    """
 
-def nonlinear_error(info: SAEInfo, reg: Regression | Mapping[str, np.ndarray]) -> np.ndarray:
-    """error − x @ W_vec [N, d] float32."""
-    return info.error - linear_error(info, reg)
+    error: Any
+    linear: Any
+    nonlinear: Any
+
+    @classmethod
+    def of(cls, x, x_hat, W_vec) -> ErrorParts:
+        """The parts of ``x`` and ``x_hat`` [N, d] under ``W_vec`` [d, d], computed in the
+        inputs' own type and dtype (numpy float64 for exact tables, torch float32 on the
+        SAE's device for training targets and splices)."""
+        error = x - x_hat
+        linear = x @ W_vec
+        return cls(error, linear, error - linear)
+
+    @classmethod
+    def of_info(
+        cls, info: SAEInfo, reg: Regression | Mapping[str, np.ndarray] | np.ndarray
+    ) -> ErrorParts:
+        """The parts over an info group's window, float32 like the group: ``error`` is the
+        stored one and ``linear`` = x @ W_vec computed in float64 (``reg``: a
+        :class:`Regression`, the arrays of ``regression.npz`` or W_vec itself)."""
+        if isinstance(reg, np.ndarray):
+            W_vec = reg
+        else:
+            W_vec = reg["W_vec"] if isinstance(reg, Mapping) else reg.W_vec
+        linear = (info.x.astype(np.float64) @ W_vec.astype(np.float64)).astype(np.float32)
+        return cls(info.error, linear, info.error - linear)
 
 
 def write_regression(

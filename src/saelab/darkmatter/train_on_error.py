@@ -25,14 +25,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelab.metrics import fvu_dim_centred
+
 #: The two training targets, as the original names its runs.
 ERROR_TARGETS = ("linear", "nonlinear")
-
-
-def error_parts(x: Tensor, x_hat: Tensor, W_vec: Tensor) -> dict[str, Tensor]:
-    """``linear`` = x W and ``nonlinear`` = x − x̂ − x W ([N, d] each)."""
-    linear = x @ W_vec
-    return {"linear": linear, "nonlinear": x - x_hat - linear}
 
 
 @torch.no_grad()
@@ -42,6 +38,7 @@ def training_targets(
     """Both targets on ``n_tokens`` shuffled tokens of the cache's train split at the SAE's
     hook (special tokens excluded; fewer if the split is smaller)."""
     from saelab.cache import ActivationReader
+    from saelab.darkmatter.regression import ErrorParts
 
     reader = ActivationReader(
         cache_path, sae.cfg.hook_name, batch_size, split="train", seed=seed, drop_last=False
@@ -51,8 +48,9 @@ def training_targets(
     total = 0
     for x in reader.batches():
         x = x[: n_tokens - total].to(sae.device)
-        for name, part in error_parts(x, sae.reconstruct(x), W_vec.to(x.device)).items():
-            parts[name].append(part.cpu())
+        split = ErrorParts.of(x, sae.reconstruct(x), W_vec.to(x.device))
+        for name in ERROR_TARGETS:
+            parts[name].append(getattr(split, name).cpu())
         total += len(x)
         if total >= n_tokens:
             break
@@ -72,10 +70,9 @@ class ErrorSAEConfig(NamedTuple):
 
 
 def batch_fvu(target: Tensor, output: Tensor) -> Tensor:
-    """The original's loss: Σ‖target − output‖² / Σ‖target − mean_batch(target)‖²."""
-    return (target - output).pow(2).sum() / (target - target.mean(dim=0)).pow(2).sum().clamp_min(
-        1e-12
-    )
+    """The original's loss: Σ‖target − output‖² / Σ‖target − mean_batch(target)‖², the
+    dim-centred FVU of the batch (denominator floored at 1e-12)."""
+    return fvu_dim_centred(target, output, floor=1e-12)
 
 
 def train_error_sae(targets: Tensor, cfg: ErrorSAEConfig, hook_name: str = "", progress=True):

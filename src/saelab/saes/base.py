@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saelab.metrics import fvu_element_global
 from saelab.saes.config import SAEConfig
 from saelab.saes.sparse import SparseCodes, SparsePreActs, sparse_decode, stable_sort
 
@@ -44,7 +45,7 @@ class ForwardOutput(NamedTuple):
     aux_loss: Tensor
     sparsity_loss: Tensor
     fvu: Tensor
-    """Element-global FVU of this batch (a cheap progress number; see saelab.evaluate)."""
+    """Element-global FVU of this batch (a cheap progress number; see saelab.metrics)."""
     prefix_outputs: list[Tensor] | None = None
     """Matryoshka: reconstructions of every nested prefix, smallest first (in training mode
     only the full one: the loss needs the prefixes' errors, not the prefixes)."""
@@ -296,7 +297,7 @@ class SAE(nn.Module):
             aux = recon * 0
         sparsity = self.cfg.l1_coeff * codes.values.abs().sum() / codes.n_rows
         with torch.no_grad():
-            fvu = (target_n - output).pow(2).mean() / target_n.var().clamp_min(1e-8)
+            fvu = fvu_element_global(target_n, output, floor=1e-8)
         if t_mean is not None and t_std is not None:
             output = output * t_std + t_mean
         return ForwardOutput(
