@@ -171,8 +171,8 @@ class SAEStepper:
         self.optimizer = make_adam(self.params, self.base_lr, opts.betas, fused=opts.fused_adam)
         self.factor = 0.0
         """lr factor of the last update."""
-        self.loss: Tensor | None = None
-        """The minimised loss of the last update (on the device)."""
+        self.loss = torch.tensor(float("nan"))
+        """The minimised loss of the last update (on the device; NaN before the first)."""
         self.reset_window()
         device = sae.device
         self.bad_step = torch.tensor(-1, dtype=torch.long, device=device)
@@ -204,7 +204,7 @@ class SAEStepper:
         self.factor = lr_factor(step - 1, opts.steps, opts.warmup_steps, opts.decay_start)
         for group in self.optimizer.param_groups:
             group["lr"] = self.factor * self.base_lr
-        if opts.k_anneal_steps:
+        if opts.k_anneal_steps and opts.k_anneal_start is not None:
             start = opts.k_anneal_start(sae)
             sae.k_train = annealed_k(step - 1, sae.cfg.k, start, opts.k_anneal_steps)
         dtype = sae.W_enc.dtype
