@@ -10,9 +10,12 @@ training targets per token:
 A TopK SAE is trained on each (the original: EleutherAI's ``sae`` fork, k 32, 16 × d latents,
 loss = FVU of the batch, no aux-k, decoder rows unit-norm, b_dec initialised to the geometric
 median of the first batch, lr 2e-4 / √(width / 2^14) with warmup then linear decay, gradient
-clip 1). The loop here is the same, on tokens of the cache's ``train`` split (the original:
-RedPajama), with saelab's TopK SAE and the step order of :mod:`saelab.train`: loss, backward,
-remove the decoder gradient's radial part, clip, Adam, renormalise the decoder rows.
+clip 1). The loop here is saelab's one training loop (:mod:`saelab.training.loop`) with these
+options, on tokens of the cache's ``train`` split (the original: RedPajama), with saelab's TopK
+SAE: loss, backward, remove the decoder gradient's radial part, clip, Adam, renormalise the
+decoder rows. Unlike :func:`saelab.train.train_saes` it minimises ``batch_fvu``, checks the loss
+every step (raising FloatingPointError) and seeds no global RNG; its SAE's config keeps
+``b_dec_init: zeros`` although b_dec starts at the first batch's geometric median.
 """
 
 from __future__ import annotations
