@@ -65,7 +65,7 @@ GEMMA_D = 640  # gemma-3-270m d_model
 sys.path.insert(0, str(REPO / "src"))
 from saelab.precision import probe_host, resolve_precision  # noqa: E402
 from saelab.saes import SAEConfig, build_sae  # noqa: E402
-from saelab.train import make_adam  # noqa: E402
+from saelab.training.loop import make_adam  # noqa: E402
 
 #: Goals of issue 15.
 RATIO_GOAL = 10.0
@@ -169,21 +169,22 @@ def saelab_method(arch: str, args) -> tuple[Method, Any, Any]:
 
 
 def train_method(arch: str, args, tmp: Path) -> Method | None:
-    """saelab.train's per-SAE step (its loop's body) on the same batches, if it exists."""
+    """saelab's one training loop's per-SAE step on the same batches, if it exists."""
     try:
-        from saelab.train import TrainConfig, _Trainee
+        from saelab.train import TrainConfig
+        from saelab.training.loop import SAEStepper
     except Exception as err:
-        print(f"note: saelab.train step not timed ({type(err).__name__}: {err})")
+        print(f"note: saelab.training step not timed ({type(err).__name__}: {err})")
         return None
     sae = build_sae(saelab_cfg(arch, args)).train()
     sae.compute_dtype = args.precision.dtype
     mark_dead(sae, args.dead_fraction)
     cfg = TrainConfig(n_tokens=args.batch * 10, batch_size=args.batch, lr=3e-4)
-    trainee = _Trainee(arch, sae, cfg, tmp / arch, tmp / f"{arch}.ckpt")
+    stepper = SAEStepper(sae, cfg.loop_options())
     counter = iter(range(1, 1 << 62))
 
     def step(x):
-        trainee.step(x, x, 1.0, next(counter))
+        stepper.step({"x": x}, next(counter))
 
     return Method(f"train-{arch}", step, arch, "train")
 

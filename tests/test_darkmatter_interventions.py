@@ -42,7 +42,6 @@ from saelab.darkmatter.scoring import (
 )
 from saelab.darkmatter.train_on_error import (
     ErrorSAEConfig,
-    batch_fvu,
     dense_activations,
     train_error_sae,
 )
@@ -52,6 +51,7 @@ from saelab.plots.darkmatter_interventions import (
     plot_pursuit_breakdown,
     plot_train_on_error,
 )
+from saelab.training.loop import batch_fvu
 
 torch.set_num_threads(1)
 

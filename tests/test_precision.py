@@ -226,7 +226,7 @@ def test_unclamped_pre_activations_select_and_aux_exactly_as_clamped():
 def test_lean_step_equals_the_straightforward_computation():
     """Sparse codes, sparse backward, fused Adam against dense autograd, a full-sort batch
     top-k and torch's for-loop Adam: same loss, gradients and updated weights."""
-    from saelab.train import make_adam
+    from saelab.training.loop import make_adam
 
     cfg = SAEConfig(arch="batchtopk", d_in=32, width=128, k=4)
     sae = build_sae(cfg).train()

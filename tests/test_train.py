@@ -27,11 +27,9 @@ from saelab.train import (
     TrainingDivergedError,
     build_saes,
     default_checkpoint_dir,
-    default_lr,
-    geometric_median,
-    lr_factor,
     train_saes,
 )
+from saelab.training.loop import default_lr, geometric_median, lr_factor
 
 SRC, TGT = "blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out"
 D_SRC, D_TGT, N_FEATURES, K_TRUE = 32, 24, 48, 3

@@ -10,22 +10,24 @@ training targets per token:
 A TopK SAE is trained on each (the original: EleutherAI's ``sae`` fork, k 32, 16 × d latents,
 loss = FVU of the batch, no aux-k, decoder rows unit-norm, b_dec initialised to the geometric
 median of the first batch, lr 2e-4 / √(width / 2^14) with warmup then linear decay, gradient
-clip 1). The loop here is the same, on tokens of the cache's ``train`` split (the original:
-RedPajama), with saelab's TopK SAE and the step order of :mod:`saelab.train`: loss, backward,
-remove the decoder gradient's radial part, clip, Adam, renormalise the decoder rows.
+clip 1). The loop here is saelab's one training loop (:mod:`saelab.training.loop`) with these
+options, on tokens of the cache's ``train`` split (the original: RedPajama), with saelab's TopK
+SAE: loss, backward, remove the decoder gradient's radial part, clip, Adam, renormalise the
+decoder rows. Unlike :func:`saelab.train.train_saes` it minimises ``batch_fvu``, checks the loss
+every step (raising FloatingPointError) and seeds no global RNG; its SAE's config keeps
+``b_dec_init: zeros`` although b_dec starts at the first batch's geometric median.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-
-from saelab.metrics import fvu_dim_centred
 
 #: The two training targets, as the original names its runs.
 ERROR_TARGETS = ("linear", "nonlinear")
@@ -69,17 +71,13 @@ class ErrorSAEConfig(NamedTuple):
     """Warmup over this fraction of the steps (the original: 1000 steps), then linear decay."""
 
 
-def batch_fvu(target: Tensor, output: Tensor) -> Tensor:
-    """The original's loss: Σ‖target − output‖² / Σ‖target − mean_batch(target)‖², the
-    dim-centred FVU of the batch (denominator floored at 1e-12)."""
-    return fvu_dim_centred(target, output, floor=1e-12)
-
-
 def train_error_sae(targets: Tensor, cfg: ErrorSAEConfig, hook_name: str = "", progress=True):
-    """A TopK SAE trained on ``targets`` [N, d] (epochs repeat as needed); returns
-    (sae in eval mode, list of per-step FVUs)."""
+    """A TopK SAE trained on ``targets`` [N, d] (epochs repeat as needed) by the one training
+    loop (:mod:`saelab.training.loop`) with loss ``batch_fvu``, warmup then linear decay, clip
+    1, b_dec from the first batch's geometric median; returns (sae in eval mode, list of
+    per-step FVUs)."""
     from saelab.saes import SAEConfig, build_sae
-    from saelab.train import default_lr, geometric_median, lr_factor, make_adam
+    from saelab.training.loop import LoopOptions, SAEStepper, run_steps
 
     if targets.ndim != 2 or len(targets) < cfg.batch_size:
         raise ValueError(
@@ -93,39 +91,40 @@ def train_error_sae(targets: Tensor, cfg: ErrorSAEConfig, hook_name: str = "", p
         )
     )  # fmt: skip
     sae.train()
-    params = [p for p in sae.parameters() if p.requires_grad]
-    base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.width)
-    optimizer = make_adam(params, base_lr, (0.9, 0.999))
     steps = max(1, cfg.n_tokens // cfg.batch_size)
     warmup = int(steps * cfg.warmup_fraction)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    opts = LoopOptions(
+        steps=steps, lr=cfg.lr, warmup_steps=warmup,
+        decay_start=warmup / steps if warmup < steps else None, clip_grad_norm=1.0,
+        loss="batch_fvu", b_dec_init="geometric_median",
+    )  # fmt: skip
+    stepper = SAEStepper(sae, opts)
+    fvus: list[float] = []
+
+    def after_step(step: int) -> None:
+        loss = stepper.loss.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training on the error diverged at step {step}")
+        fvus.append(loss)
+
+    with tqdm(total=steps, desc="train on error", disable=not progress, mininterval=1.0) as bar:
+        run_steps(
+            [stepper], _shuffled(targets, cfg.batch_size, cfg.seed), steps,
+            bar=bar, after_step=after_step,
+        )  # fmt: skip
+    return sae.eval(), fvus
+
+
+def _shuffled(targets: Tensor, batch_size: int, seed: int) -> Iterator[dict[str, Tensor]]:
+    """Batches of ``targets`` in a seeded random order, reshuffled when an epoch runs out."""
+    generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(targets), generator=generator)
     cursor = 0
-    fvus = []
-    for step in tqdm(range(steps), desc="train on error", disable=not progress, mininterval=1.0):
-        if cursor + cfg.batch_size > len(order):
+    while True:
+        if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(targets), generator=generator), 0
-        batch = targets[order[cursor : cursor + cfg.batch_size]]
-        cursor += cfg.batch_size
-        if step == 0:
-            with torch.no_grad():
-                sae.b_dec.copy_(geometric_median(batch).to(sae.b_dec.dtype))
-        decay = warmup / steps if warmup < steps else None
-        factor = lr_factor(step, steps, warmup, decay)
-        for group in optimizer.param_groups:
-            group["lr"] = base_lr * factor
-        out = sae(batch)
-        loss = batch_fvu(batch, out.output)
-        loss.backward()
-        sae.remove_parallel_decoder_grad()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sae.normalize_decoder()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training on the error diverged at step {step + 1}")
-        fvus.append(loss.item())
-    return sae.eval(), fvus
+        yield {"x": targets[order[cursor : cursor + batch_size]]}
+        cursor += batch_size
 
 
 @torch.no_grad()
