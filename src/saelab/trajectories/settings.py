@@ -105,7 +105,7 @@ def sweep_layers(cfg, sweep: str) -> dict[int, str]:
 def studied_layers(cfg, traj: TrajectoriesConfig, n_layers: int | None) -> list[int]:
     """The layers of the analysis, checked against the SAEs available."""
     available = set(sweep_layers(cfg, traj.sweep))
-    if traj.layers == "all":
+    if isinstance(traj.layers, str):  # the schema allows one string: "all"
         return sorted(available)
     missing = sorted(set(traj.layers) - available)
     if missing:
