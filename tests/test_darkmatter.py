@@ -49,6 +49,7 @@ from saelab.darkmatter.scaling import (
     pick_sae,
     power_law,
     pursuit_power_law,
+    scaling_series,
     scaling_summary,
 )
 from saelab.evaluate import fvu_dim_centred
@@ -471,6 +472,7 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
     summary = json.loads(json.dumps(scaling_summary(rows, None, {
         r["name"]: {"pursuit_fvu": 0.04} for r in rows
     }), default=float).replace("NaN", "null"))  # fmt: skip
+    series = scaling_series(summary)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 4))
     infos = [make_info(x, rng.normal(size=x.shape) * s) for s in (1.0, 0.8, 0.6)]
@@ -491,8 +493,9 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
         "linear_estimate": p.linear_estimate, "nonlinear_estimate": p.nonlinear_estimate}
         for p in points_noise]}  # fmt: skip
     figures = [
-        plots.plot_scaling_breakdown(summary), plots.plot_power_law_fit(summary),
-        plots.plot_error_r2_contours(summary), plots.plot_nonlinear_fvu_contour(summary),
+        plots.plot_scaling_breakdown(summary, series), plots.plot_power_law_fit(summary, series),
+        plots.plot_error_r2_contours(summary, series),
+        plots.plot_nonlinear_fvu_contour(summary, series),
         plots.plot_token_trace(per_token, 0, 50), plots.plot_cross_width(per_token),
         plots.plot_linear_nonlinear_trace(per_token), plots.plot_nonlinear_extra(per_token),
         plots.plot_norm_violin(norm_r2), plots.plot_baselines(baselines),
@@ -503,6 +506,30 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
     for i, fig in enumerate(figures):
         save_figure(fig, tmp_path / f"{i}.png", dpi=30)
         assert (tmp_path / f"{i}.png").stat().st_size > 500
+
+
+def test_scaling_series_are_the_power_law_and_the_breakdown_on_the_figure_grid():
+    """The series the scaling figures draw, against the hand formulas: the fit c + a W^-m on a
+    log grid up to 10x the widest SAE, the mean nonlinear FVU as the linear level, and contours
+    that pass through the SAEs' own values (linear interpolation is exact at its nodes)."""
+    rows = [{"name": f"w{w}-k{k}", "width": w, "k": k, "l0_mean": k, "fvu": 0.2 * w ** -0.3 + 0.05,
+             "nonlinear_error_fvu": 0.01 * k, "r2_vector": 0.5, "r2_norm": w / 1000}
+            for w in (64, 128, 256, 512) for k in (4, 8)]  # fmt: skip
+    summary = json.loads(json.dumps(scaling_summary(rows, 8), default=float).replace("NaN", "null"))
+    series = scaling_series(summary)
+    fit = summary["power_law"]
+    grid = np.exp(np.linspace(np.log(64), np.log(5120), 200))
+    assert np.allclose(series["grid"], grid)
+    assert np.allclose(series["fitted"], fit["c"] + fit["a"] * grid ** -fit["m"])
+    assert float(series["linear_level"]) == pytest.approx(0.08)
+    assert float(series["linear_error"]) == pytest.approx(fit["c"] - 0.08)
+    assert "pursuit" not in series
+    values = series["contour_r2_norm_values"]
+    assert values.shape == (100, 100)
+    # corners of the grid are SAEs (64, 4) and (512, 8): their own values
+    assert values[0, 0] == pytest.approx(0.064) and values[-1, -1] == pytest.approx(0.512)
+    few = scaling_series({**summary, "saes": summary["saes"][:2]})
+    assert not any(key.startswith("contour_") for key in few)
 
 
 def test_encoder_error_area_comes_from_pursuit_paired_with_its_own_encoder_fit():

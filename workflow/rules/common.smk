@@ -7,6 +7,7 @@ import sys
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from saelab.config import ConfigError, parse_config
+from saelab.figures import FIGURES, figure as figure_row
 from saelab.models import resolve_model
 
 try:
@@ -97,15 +98,15 @@ def gpu_request(wildcards):
 
 # ------------------------------------------------------------------ targets
 def all_targets():
-    """Every cache and every figure the config asks for; each analysis adds its own targets
-    through a function defined in its rule file."""
+    """Every cache, every file of the figure registry that the config asks for
+    (:func:`figure_targets`), the co-occurrence edge table and the summary."""
+    edge_table = [f"{cooccurrence_dir()}/edge_thresholds.csv"] * bool(
+        cooccurrence_sae_names()
+    )
     return (
         [cache_path(name) for name in CFG.caches]
-        + sae_figures()
-        + cooccurrence_targets()
-        + darkmatter_targets()
-        + darkmatter_intervention_targets()
-        + trajectory_targets()
+        + figure_targets()
+        + edge_table
         + ["results/summary.md"]
     )
 
@@ -239,18 +240,6 @@ def pretrained_mem_mb(wildcards):
     return 1000 + 3 * weights // 2**20
 
 
-def sae_figures():
-    if not CFG.named_saes:
-        return []
-    curves = ["plots/saes/training_curves.png"] if trained_named_saes() else []
-    return curves + [
-        "plots/saes/l0_fvu_frontier.png",
-        "plots/saes/matryoshka_prefix_fvu.png",
-        "plots/saes/ce_recovered.png",
-        "plots/saes/toy_absorption.png",
-    ]
-
-
 # ------------------------------------------------------------------ analyses
 # Each analysis keeps its helpers in its own common_<analysis>.smk (rule files hold only rules).
 include: "common_cooccurrence.smk"
@@ -258,3 +247,174 @@ include: "common_trajectories.smk"
 include: "common_darkmatter.smk"
 include: "common_darkmatter_interventions.smk"
 include: "common_summary.smk"
+
+
+# ------------------------------------------------------------------ figures
+# The figure registry (saelab.figures) is the one table of figures: plots.smk makes a rule per
+# drawn row, analysis rules write their rows' files through registry_output, and rule all asks
+# for every row's files through figure_targets. A row names the functions below.
+#: Wildcard patterns of the registry's file names.
+FIGURE_WILDCARDS = {
+    "tau": one_of(cooccurrence_tags()),
+    "prompt": one_of(TRAJ.prompt_names) or "$^",
+    "layer": r"\d+",
+}
+
+
+def registry_output(figure_id, **fill):
+    """A registry row's file as an output (wildcards in ``fill`` filled in), a report item with
+    the row's caption; a folder when the name has no suffix."""
+    row = figure_row(figure_id)
+    path = row.file
+    for key, value in fill.items():
+        path = path.replace(f"{{{key}}}", str(value))
+    if "." not in os.path.basename(row.file):
+        path = directory(path)
+    if row.caption is None:
+        return path
+    return report(
+        path,
+        caption=f"../report/{row.caption}",
+        category=row.category,
+        subcategory=row.subcategory,
+        patterns=list(row.patterns or []),
+    )
+
+
+def figure_wildcard_constraints(row):
+    return {name: FIGURE_WILDCARDS[name] for name in re.findall(r"{(\w+)}", row.file)}
+
+
+def figure_log(row):
+    """logs/plot_<id>/<wildcards>.log (plot.log without wildcards)."""
+    names = re.findall(r"{(\w+)}", row.file)
+    return f"logs/plot_{row.id}/{'_'.join(f'{{{n}}}' for n in names) or 'plot'}.log"
+
+
+def figure_targets():
+    """Every registry file the config asks for (each row's ``targets`` gives its wildcards)."""
+    return [
+        row.file.format(**values)
+        for row in FIGURES
+        for values in globals()[row.targets]()
+    ]
+
+
+def once_if(condition):
+    """One target without wildcards when ``condition`` holds, else none."""
+    return [{}] if condition else []
+
+
+def sae_figure_targets():
+    return once_if(CFG.named_saes)
+
+
+def training_curve_targets():
+    return once_if(CFG.named_saes and trained_named_saes())
+
+
+def cooccurrence_tau_targets():
+    return [{"tau": tag} for tag in cooccurrence_tags()] * bool(
+        cooccurrence_sae_names()
+    )
+
+
+def representative_targets():
+    return [{"tau": representative_tag()}] * bool(cooccurrence_sae_names())
+
+
+def pca_all_targets():
+    return representative_targets() * bool(COOC["pca"]["all_in_size_range"])
+
+
+def dashboard_targets():
+    return once_if(cooccurrence_sae_names())
+
+
+def darkmatter_figure_targets():
+    return once_if(darkmatter_points())
+
+
+def trajectory_graph_targets():
+    return [{"prompt": p, "T": T} for p in TRAJ.prompt_names for T in TRAJ.T]
+
+
+def trajectory_evolution_targets():
+    layers = evolution_plot_layers(TRAJ, TRAJ_LAYERS)
+    return [
+        {"prompt": p, "layer": layer} for p in TRAJ.prompt_names for layer in layers
+    ]
+
+
+# Inputs (analysis outputs, by the drawing function's argument names) and options of the rows.
+def training_curve_input(wildcards):
+    return {"saes": list(all_sae_dirs(wildcards).values())}
+
+
+def sae_evaluations_input(wildcards):
+    return {"evaluations": list(all_sae_evaluations(wildcards).values())}
+
+
+def frontier_inputs(wildcards):
+    return {**sae_evaluations_input(wildcards), "grid": frontier_grid_inputs(wildcards)}
+
+
+def fvu_params(wildcards):
+    return {"fvu": CFG.evaluation["fvu"]}
+
+
+def frontier_params(wildcards):
+    return {**fvu_params(wildcards), "grid_points": frontier_grid_params()}
+
+
+def darkmatter_scaling_series_input(wildcards):
+    sweep = darkmatter_sweep_dir()
+    return {"summary": f"{sweep}/scaling.json", "series": f"{sweep}/scaling_series.npz"}
+
+
+def darkmatter_per_token_input(wildcards):
+    return {"data": f"{darkmatter_sweep_dir()}/per_token.npz"}
+
+
+def darkmatter_trace_params(wildcards):
+    return {"start": DM["trace_start"], "length": DM["trace_len"]}
+
+
+def darkmatter_norms_input(wildcards):
+    return {"norms": f"{darkmatter_sweep_dir()}/norms.json"}
+
+
+def darkmatter_baselines_json_input(wildcards):
+    return {"baselines": f"{darkmatter_sweep_dir()}/baselines.json"}
+
+
+def darkmatter_probe_npz_input(wildcards):
+    return {"probe": f"{darkmatter_sweep_dir()}/probe.npz"}
+
+
+def darkmatter_probe_plot_params(wildcards):
+    return {"window": DM["probe_running_window"], "limit": DM["probe_limit"]}
+
+
+def darkmatter_noise_json_input(wildcards):
+    return {"noise": f"{darkmatter_sweep_dir()}/noise.json"}
+
+
+def dmi_detection_input(wildcards):
+    return {"scores": dmi_path(f"detection_{dmi_scorer()}.json")}
+
+
+def dmi_downstream_ce_input(wildcards):
+    return {"table": dmi_path("downstream_ce.json")}
+
+
+def dmi_components_table_input(wildcards):
+    return {"table": dmi_path("components.json")}
+
+
+def trajectory_evolution_plot_input(wildcards):
+    return {"evolution": trajectory_evolution_input(wildcards)}
+
+
+def trajectory_evolution_plot_params(wildcards):
+    return {"layer": int(wildcards.layer), "top": TRAJ.evolution_plot_top}

@@ -62,48 +62,21 @@ def feature_summary_path(name):
     return f"data/analysis/features/{MODEL_ID}/{CFG.saes[name].hook}/{name}.npz"
 
 
+def cooccurrence_sae_dir(name):
+    """data/analysis/cooccurrence/{model}/{hook}/{sae}: the per-SAE outputs of this analysis."""
+    return f"{cooccurrence_dir()}/{CFG.saes[name].hook}/{name}"
+
+
 def cooc_counts_path(name, tag):
-    return f"{cooccurrence_dir()}/{name}/counts_tau{tag}.npz"
+    return f"{cooccurrence_sae_dir(name)}/counts_tau{tag}.npz"
 
 
 def cooc_node_info_path(name, tag):
-    return f"{cooccurrence_dir()}/{name}/node_info_tau{tag}.csv"
+    return f"{cooccurrence_sae_dir(name)}/node_info_tau{tag}.csv"
 
 
 def cooc_edge_path(name, tag):
-    return f"{cooccurrence_dir()}/{name}/edge_threshold_tau{tag}.json"
-
-
-def cooc_figure(name, tag):
-    return f"plots/cooccurrence/{name}_tau{tag}.png"
-
-
-COOC_FIGURES = (
-    "subgraph_sizes",
-    "group_subgraph_sizes",
-    "group_subgraph_counts",
-    "cooccurrence_by_index",
-)
-
-
-def cooccurrence_targets():
-    """Every figure of this analysis that the config asks for."""
-    if not cooccurrence_sae_names():
-        return []
-    rep = representative_tag()
-    targets = [
-        cooc_figure(name, tag) for tag in cooccurrence_tags() for name in COOC_FIGURES
-    ]
-    targets += [
-        f"{cooccurrence_dir()}/edge_thresholds.csv",
-        f"plots/cooccurrence/pca_subgraph_tau{rep}.png",
-        f"plots/cooccurrence/pca_subgraph_tau{rep}.html",
-        "plots/cooccurrence/dashboards",
-        "plots/cooccurrence/dashboards.html",
-    ]
-    if COOC.get("pca", {}).get("all_in_size_range"):
-        targets.append(f"plots/cooccurrence/pca_all_tau{rep}")
-    return targets
+    return f"{cooccurrence_sae_dir(name)}/edge_threshold_tau{tag}.json"
 
 
 # ------------------------------------------------------------------ inputs and params
@@ -159,12 +132,13 @@ def cooccurrence_edge_inputs(wildcards):
 
 
 def cooccurrence_plot_inputs(wildcards):
+    """The summary and every SAE's node_info table (in the summary's SAE order)."""
     return {
         "summary": f"{cooccurrence_dir()}/summary_tau{wildcards.tau}.json",
-        **{
-            name: cooc_node_info_path(name, wildcards.tau)
+        "node_info": [
+            cooc_node_info_path(name, wildcards.tau)
             for name in cooccurrence_sae_names()
-        },
+        ],
     }
 
 
@@ -176,8 +150,11 @@ def cooccurrence_plot_params(wildcards):
     }
 
 
-def cooccurrence_by_index_input(wildcards):
-    return f"{cooccurrence_dir()}/mean_cooccurrence_tau{wildcards.tau}.csv"
+def cooccurrence_by_index_inputs(wildcards):
+    return {
+        **cooccurrence_plot_inputs(wildcards),
+        "by_index": f"{cooccurrence_dir()}/mean_cooccurrence_tau{wildcards.tau}.csv",
+    }
 
 
 def representative_inputs(wildcards):

@@ -64,10 +64,6 @@ def dmi_path(name):
     return f"data/analysis/darkmatter/{MODEL_ID}/interventions/{name}"
 
 
-def dmi_figure(name):
-    return f"plots/darkmatter/{name}"
-
-
 def dmi_scorer():
     return DM["train_on_error"]["scorer"]
 
@@ -172,31 +168,21 @@ def dmi_score_params(wildcards):
     return {**options, "scorer": wildcards.scorer}
 
 
+def dmi_fig10a_names():
+    """The pursuit SAEs of Fig 10a (the width sweep at least)."""
+    return dmi_union(dmi_width_sweep(), dmi_pursuit_saes())
+
+
 def dmi_fig10a_input(wildcards):
-    """pursuit.json of every pursuit SAE (the width sweep at least)."""
-    return {
-        name: darkmatter_pursuit_path(name)
-        for name in dmi_union(dmi_width_sweep(), dmi_pursuit_saes())
-    }
+    """pursuit.json of every pursuit SAE, in the order of :func:`dmi_fig10a_names`."""
+    return {"pursuit": [darkmatter_pursuit_path(name) for name in dmi_fig10a_names()]}
 
 
 def dmi_fig10a_params(wildcards):
-    return {"width_sweep": dmi_width_sweep(), "k_sweep": dmi_k_sweep()}
-
-
-# ------------------------------------------------------------------ targets
-DMI_FIGURES = {
-    "fig08": "fig08_train_on_error.png",
-    "fig09": "fig09_downstream_ce.png",
-    "fig10a": "fig10a_pursuit_breakdown.png",
-    "fig10b": "fig10b_components.png",
-}
-
-
-def darkmatter_intervention_targets():
-    """Every figure of the intervention analyses that the config asks for."""
-    if not darkmatter_points():
-        return []
-    return [dmi_figure(name) for name in DMI_FIGURES.values()]
+    return {
+        "names": dmi_fig10a_names(),
+        "width_sweep": dmi_width_sweep(),
+        "k_sweep": dmi_k_sweep(),
+    }
 
 # ------------------------------------------------------------------ analyses

@@ -54,18 +54,8 @@ def trajectory_graph_outputs():
         outputs[f"graph_T{T}"] = (
             f"data/analysis/trajectories/{MODEL_ID}/{{prompt}}/graph_T{T}.json"
         )
-        outputs[f"png_T{T}"] = report(
-            f"plots/trajectories/{{prompt}}/graph_T{T}.png",
-            caption="../report/trajectory_graph.rst",
-            category="Trajectories",
-            subcategory="{prompt}",
-        )
-        outputs[f"html_T{T}"] = report(
-            f"plots/trajectories/{{prompt}}/graph_T{T}.html",
-            caption="../report/trajectory_graph_html.rst",
-            category="Trajectories",
-            subcategory="{prompt}",
-        )
+        outputs[f"png_T{T}"] = registry_output("trajectory_graph", T=T)
+        outputs[f"html_T{T}"] = registry_output("trajectory_graph_html", T=T)
     return outputs
 
 
@@ -89,20 +79,3 @@ def trajectory_evolution_outputs():
 
 def trajectory_evolution_input(wildcards):
     return trajectory_evolution_path(wildcards.prompt)
-
-
-def trajectory_targets():
-    """Every figure of this analysis that the config asks for: per prompt, the graph PNG and
-    HTML for each T and the evolution plot of each chosen layer."""
-    targets = []
-    for prompt in TRAJ.prompt_names:
-        for T in TRAJ.T:
-            targets += [
-                f"plots/trajectories/{prompt}/graph_T{T}.png",
-                f"plots/trajectories/{prompt}/graph_T{T}.html",
-            ]
-        targets += [
-            f"plots/trajectories/{prompt}/evolution_L{layer}.png"
-            for layer in evolution_plot_layers(TRAJ, TRAJ_LAYERS)
-        ]
-    return targets

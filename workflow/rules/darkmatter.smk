@@ -59,6 +59,7 @@ rule darkmatter_scaling:
         unpack(darkmatter_scaling_input),
     output:
         json=f"{darkmatter_sweep_dir()}/scaling.json",
+        series=f"{darkmatter_sweep_dir()}/scaling_series.npz",
     log:
         "logs/darkmatter_scaling/scaling.log",
     benchmark:
@@ -196,11 +197,7 @@ rule darkmatter_noise:
         unpack(darkmatter_noise_input),
     output:
         json=f"{darkmatter_sweep_dir()}/noise.json",
-        table=report(
-            "plots/darkmatter/table01_noise_correlations.csv",
-            caption="../report/darkmatter_table01.rst",
-            category="Dark matter",
-        ),
+        table=registry_output("darkmatter_table01"),
     log:
         "logs/darkmatter_noise/noise.log",
     benchmark:
@@ -215,147 +212,3 @@ rule darkmatter_noise:
         noise=DM.get("noise", {}),
     script:
         "../../scripts/darkmatter_noise.py"
-
-
-# ------------------------------------------------------------------ figures
-# One rule per figure (plot_darkmatter_fig01, ...): its own target, caption and log. The loops
-# are per script because Snakemake resolves a rule's `script:` path after the loop has moved on.
-
-for _fig in ["fig01", "fig02", "fig03", "fig11"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/scaling.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_scaling.py"
-
-
-for _fig in ["fig04", "fig05", "fig06", "fig12"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/per_token.npz",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
-        script:
-            "../../scripts/plot_darkmatter_per_token.py"
-
-
-for _fig in ["fig07"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/norms.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_norms.py"
-
-
-for _fig in ["fig13"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/baselines.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_norms.py"
-
-
-for _fig in ["fig14"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/probe.npz",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
-        script:
-            "../../scripts/plot_darkmatter_probe.py"
-
-
-for _fig in ["fig15"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/noise.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_noise.py"

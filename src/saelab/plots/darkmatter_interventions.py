@@ -192,3 +192,23 @@ def plot_components(table: Mapping[str, Any]) -> Figure:
     fig.suptitle(f"Predicting {table['sae']}'s error from other components' SAE reconstructions")
     fig.tight_layout()
     return fig
+
+
+def draw_pursuit_breakdown(
+    pursuit: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    width_sweep: Sequence[str],
+    k_sweep: Sequence[str],
+) -> Figure:
+    """Registry entry of Fig 10a: the pursuit.json ``pursuit`` of the SAEs ``names``; the width
+    sweep's records with their power-law fit, and the k sweep's when it has two SAEs or more."""
+    from saelab.darkmatter.scaling import pursuit_power_law
+
+    records = dict(zip(names, pursuit, strict=True))
+    k_records = [records[name] for name in k_sweep if name in records]
+    width_records = [records[name] for name in width_sweep]
+    return plot_pursuit_breakdown(
+        width_records,
+        pursuit_power_law(width_records),
+        k_records if len(k_records) > 1 else None,
+    )
