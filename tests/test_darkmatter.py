@@ -465,6 +465,7 @@ def test_micro_run_darkmatter(micro_run):
 def test_every_figure_draws_from_small_inputs(tmp_path):
     from saelab.darkmatter.per_token import error_norms
     from saelab.plots import darkmatter as plots
+    from saelab.plots import darkmatter_tokens as tokens
 
     points = [{"name": f"w{w}-k{k}", "width": w, "k": k} for w in (64, 128, 256) for k in (4, 8)]
     rows = [{**p, "l0_mean": p["k"], "fvu": 1 / p["width"] ** 0.3, "nonlinear_error_fvu": 0.05,
@@ -496,8 +497,8 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
         plots.plot_scaling_breakdown(summary, series), plots.plot_power_law_fit(summary, series),
         plots.plot_error_r2_contours(summary, series),
         plots.plot_nonlinear_fvu_contour(summary, series),
-        plots.plot_token_trace(per_token, 0, 50), plots.plot_cross_width(per_token),
-        plots.plot_linear_nonlinear_trace(per_token), plots.plot_nonlinear_extra(per_token),
+        tokens.plot_token_trace(per_token, 0, 50), tokens.plot_cross_width(per_token),
+        tokens.plot_linear_nonlinear_trace(per_token), tokens.plot_nonlinear_extra(per_token),
         plots.plot_norm_violin(norm_r2), plots.plot_baselines(baselines),
         plots.plot_probe(probe, 10, 40), plots.plot_noise(noise),
     ]  # fmt: skip

@@ -56,6 +56,7 @@ def _row(id, file, caption, category, targets, **kw) -> FigureRow:
 
 _DM = "plots/darkmatter"
 _DMD = "saelab.plots.darkmatter"
+_DMT = "saelab.plots.darkmatter_tokens"
 _DMI = "saelab.plots.darkmatter_interventions"
 _CO = "saelab.plots.cooccurrence"
 
@@ -117,14 +118,14 @@ FIGURES: tuple[FigureRow, ...] = (
          draw=f"{_DMD}:plot_error_r2_contours", paper="Fig 3"),
     _row("darkmatter_fig04", f"{_DM}/fig04_per_token_error_norms.png", "darkmatter_fig04.rst",
          "Dark matter", "darkmatter_figure_targets", inputs="darkmatter_per_token_input",
-         params="darkmatter_trace_params", draw=f"{_DMD}:plot_token_trace", paper="Fig 4"),
+         params="darkmatter_trace_params", draw=f"{_DMT}:plot_token_trace", paper="Fig 4"),
     _row("darkmatter_fig05", f"{_DM}/fig05_per_token_predictability.png", "darkmatter_fig05.rst",
          "Dark matter", "darkmatter_figure_targets", inputs="darkmatter_per_token_input",
-         draw=f"{_DMD}:plot_cross_width", paper="Fig 5"),
+         draw=f"{_DMT}:plot_cross_width", paper="Fig 5"),
     _row("darkmatter_fig06", f"{_DM}/fig06_per_token_linear_nonlinear.png",
          "darkmatter_fig06.rst", "Dark matter", "darkmatter_figure_targets",
          inputs="darkmatter_per_token_input", params="darkmatter_trace_params",
-         draw=f"{_DMD}:plot_linear_nonlinear_trace", paper="Fig 6"),
+         draw=f"{_DMT}:plot_linear_nonlinear_trace", paper="Fig 6"),
     _row("darkmatter_fig07", f"{_DM}/fig07_norm_prediction_violin.png", "darkmatter_fig07.rst",
          "Dark matter", "darkmatter_figure_targets", inputs="darkmatter_norms_input",
          draw=f"{_DMD}:plot_norm_violin", paper="Fig 7"),
@@ -145,7 +146,7 @@ FIGURES: tuple[FigureRow, ...] = (
          draw=f"{_DMD}:plot_nonlinear_fvu_contour", paper="Fig 11"),
     _row("darkmatter_fig12", f"{_DM}/fig12_nonlinear_norm_extra_variance.png",
          "darkmatter_fig12.rst", "Dark matter", "darkmatter_figure_targets",
-         inputs="darkmatter_per_token_input", draw=f"{_DMD}:plot_nonlinear_extra",
+         inputs="darkmatter_per_token_input", draw=f"{_DMT}:plot_nonlinear_extra",
          paper="Fig 12"),
     _row("darkmatter_fig13", f"{_DM}/fig13_norm_prediction_baselines.png",
          "darkmatter_fig13.rst", "Dark matter", "darkmatter_figure_targets",
