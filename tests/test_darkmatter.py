@@ -236,7 +236,7 @@ def test_compute_sae_info_matches_the_sae_and_round_trips(tmp_path):
     assert heldout.rows.min() >= 38 * 8  # the held-out split: the last 5 % of contexts
     with pytest.raises(FileExistsError):
         write_sae_info(info, out)
-    with pytest.raises(FileNotFoundError, match="sae_info"):
+    with pytest.raises(FileNotFoundError, match="rule `darkmatter_info`"):
         load_sae_info(tmp_path / "missing.zarr")
 
 

@@ -139,7 +139,7 @@ rule representative_subgraph:
     params:
         representative=representative_params,
     script:
-        "../../scripts/cooccurrence_representative.py"
+        "../../scripts/representative_subgraph.py"
 
 
 rule subgraph_pca:

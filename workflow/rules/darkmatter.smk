@@ -1,11 +1,11 @@
 # The dark matter of SAEs (issue 5, methods §5): per-SAE info and regressions, the scaling law
 # and breakdown, per-token analyses, norm prediction, the norm probe and the noise simulation.
 # Figures 8, 9, 10a and 10b come from darkmatter_interventions.smk, which reuses these helpers.
-# Helpers (paths, params, targets) live in common_darkmatter.smk.
+# Helpers (paths, params, targets) live in common.smk, section "dark matter".
 
 
 # ------------------------------------------------------------------ per-SAE rules
-rule sae_info:
+rule darkmatter_info:
     """x, x̂, error = x − x̂, squared norms, L0 and active latents over the analysis window."""
     input:
         sae=sae_input,
@@ -13,9 +13,9 @@ rule sae_info:
     output:
         info=directory("data/analysis/darkmatter/{model}/{hook}/{sae}/info.zarr"),
     log:
-        "logs/sae_info/{model}/{hook}/{sae}.log",
+        "logs/darkmatter_info/{model}/{hook}/{sae}.log",
     benchmark:
-        "logs/benchmarks/sae_info/{model}/{hook}/{sae}.tsv"
+        "logs/benchmarks/darkmatter_info/{model}/{hook}/{sae}.tsv"
     conda:
         "../../envs/saelab.yaml"
     threads: 1
@@ -164,7 +164,7 @@ rule darkmatter_baselines:
         runtime=10,
     params:
         baselines=darkmatter_baselines_params,
-        token_id_in_sample=DM.get("token_id_in_sample", False),
+        token_id_in_sample=DM["token_id_in_sample"],
     script:
         "../../scripts/darkmatter_baselines.py"
 
@@ -209,6 +209,6 @@ rule darkmatter_noise:
         mem_mb=3000,
         runtime=10,
     params:
-        noise=DM.get("noise", {}),
+        noise=DM["noise"],
     script:
         "../../scripts/darkmatter_noise.py"

@@ -22,7 +22,7 @@ rule darkmatter_pursuit:
         mem_mb=4000,
         runtime=30,
     params:
-        pursuit=DM.get("pursuit", {}),
+        pursuit=DM["pursuit"],
     script:
         "../../scripts/darkmatter_pursuit.py"
 
@@ -47,7 +47,7 @@ rule darkmatter_downstream_ce:
     params:
         downstream=dmi_downstream_params,
     script:
-        "../../scripts/darkmatter_downstream.py"
+        "../../scripts/darkmatter_downstream_ce.py"
 
 
 rule darkmatter_component_saes:

@@ -28,7 +28,7 @@ for _group, _runs in CFG.sae_groups().items():
             cache=vars(CFG.caches[_runs[0].cache]),
             tracking=CFG.tracking,
         script:
-            "../../scripts/train_sae.py"
+            "../../scripts/train_saes.py"
 
 
 rule pretrained_sae:
