@@ -486,6 +486,7 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
                           {"name": "l1", "layer": 1, "r2": {"x_affine": 0.8, "l0": 0.2}}]}  # fmt: skip
     probe = {"sae": "toy", "probe_r2": 0.9, "correlation": 0.5,
              "probe_dot": rng.normal(size=50), "mean_active": np.linspace(5, 1, 50)}  # fmt: skip
+    probe |= {"running_mean": running_mean(probe["probe_dot"][:40], 10), "running_window": 10}
     cfg = NoiseConfig(ablate_percents=[0, 10], grid=[0.0, 1.0])
     x_t = torch.from_numpy(x).float()
     points_noise = simulate(x_t, torch.rand(300, 6), torch.randn(6, 4), torch.zeros(4),
@@ -500,7 +501,7 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
         tokens.plot_token_trace(per_token, 0, 50), tokens.plot_cross_width(per_token),
         tokens.plot_linear_nonlinear_trace(per_token), tokens.plot_nonlinear_extra(per_token),
         plots.plot_norm_violin(norm_r2), plots.plot_baselines(baselines),
-        plots.plot_probe(probe, 10, 40), plots.plot_noise(noise),
+        plots.plot_probe(probe), plots.plot_noise(noise),
     ]  # fmt: skip
     from saelab.plots.common import save_figure
 

@@ -1074,6 +1074,7 @@ def darkmatter_probe_npz_input(wildcards):
 
 
 def darkmatter_probe_plot_params(wildcards):
+    """The latents Fig 14 shows and its running-mean window (rule darkmatter_probe)."""
     return {"window": DM["probe_running_window"], "limit": DM["probe_limit"]}
 
 
@@ -1087,6 +1088,10 @@ def dmi_detection_input(wildcards):
 
 def dmi_downstream_ce_input(wildcards):
     return {"table": dmi_path("downstream_ce.json")}
+
+
+def dmi_pursuit_breakdown_input(wildcards):
+    return {"breakdown": dmi_path("pursuit_breakdown.json")}
 
 
 def dmi_components_table_input(wildcards):

@@ -187,6 +187,7 @@ rule darkmatter_probe:
         runtime=10,
     params:
         common=darkmatter_common_params,
+        shown=darkmatter_probe_plot_params,
     script:
         "../../scripts/darkmatter_probe.py"
 

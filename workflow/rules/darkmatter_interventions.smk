@@ -27,6 +27,26 @@ rule darkmatter_pursuit:
         "../../scripts/darkmatter_pursuit.py"
 
 
+rule darkmatter_pursuit_breakdown:
+    """Fig 10a's series: the width sweep's pursuit FVUs with their power-law fit, the k sweep's."""
+    input:
+        unpack(dmi_fig10a_input),
+    output:
+        json="data/analysis/darkmatter/{model}/interventions/pursuit_breakdown.json",
+    log:
+        "logs/darkmatter_pursuit_breakdown/{model}.log",
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        sweeps=dmi_fig10a_params,
+    script:
+        "../../scripts/darkmatter_pursuit_breakdown.py"
+
+
 rule darkmatter_downstream_ce:
     """CE with x̂, x̂ + linear error, x̂ + nonlinear error spliced at the hook (methods §5.5)."""
     input:

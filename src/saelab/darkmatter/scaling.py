@@ -357,3 +357,28 @@ def scaling_series(summary: dict[str, Any], n_grid: int = 200) -> dict[str, np.n
             for field, values in contour._asdict().items():
                 series[f"contour_{key}_{field}"] = values
     return series
+
+
+def pursuit_breakdown(
+    width_records: Sequence[dict[str, Any]],
+    k_records: Sequence[dict[str, Any]] | None = None,
+    n_grid: int = 200,
+) -> dict[str, Any]:
+    """What Fig 10a draws, from ``pursuit.json`` records: the width sweep's records (widths
+    ascending), the k sweep's (k ascending; None with fewer than two), the power-law fit of the
+    pursuit FVU (:func:`pursuit_power_law`, None below 3 widths) and the fit on a log grid from
+    the narrowest width to 10x the widest (``grid``, ``fit_curve``)."""
+    records = sorted(width_records, key=lambda r: r["width"])
+    widths = np.asarray([r["width"] for r in records], dtype=float)
+    grid = np.geomspace(widths.min(), widths.max() * 10, n_grid)
+    fit = pursuit_power_law(records)
+    k_records = (
+        sorted(k_records, key=lambda r: r["k"]) if k_records and len(k_records) > 1 else None
+    )
+    return {
+        "width_records": records,
+        "k_records": k_records,
+        "fit": None if fit is None else fit._asdict(),
+        "grid": grid,
+        "fit_curve": None if fit is None else fit(grid),
+    }

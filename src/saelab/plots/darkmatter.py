@@ -13,8 +13,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from saelab.darkmatter.norms import NORM_LABELS, NORM_TARGETS, running_mean
 from saelab.plots.common import readable_log_axis
+
+#: Fig 7's labels of the norms (the original's, with its wrong one corrected).
+NORM_LABELS = {
+    "x": "x",
+    "sae": "SAE(x)",
+    "sae_plus_nonlinear": "SAE(x) + NonlinearError(x)",
+    "sae_error": "SaeError(x)",
+    "linear_error": "LinearError(x)",
+    "nonlinear_error": "NonlinearError(x)",
+}
 
 AREA_COLOURS = {
     "absent": "#9ecae1",
@@ -188,12 +197,13 @@ def plot_nonlinear_fvu_contour(summary: dict[str, Any], series: dict[str, np.nda
 def plot_norm_violin(norms: dict[str, Any]) -> Figure:
     """Fig 7: held-out R² of predicting each squared norm from x, over the sweep's SAEs."""
     results = norms["r2"]
-    values = [[results[name][target] for name in results] for target in NORM_TARGETS]
+    targets = list(next(iter(results.values())))  # the analysis's order (NORM_TARGETS)
+    values = [[results[name][target] for name in results] for target in targets]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.violinplot(values, showmeans=True)
     for i, vals in enumerate(values, start=1):
         ax.scatter(np.full(len(vals), i), vals, s=8, color="k", zorder=3)
-    ax.set_xticks(range(1, len(NORM_TARGETS) + 1), [NORM_LABELS[t] for t in NORM_TARGETS],
+    ax.set_xticks(range(1, len(targets) + 1), [NORM_LABELS[t] for t in targets],
                   rotation=20, fontsize=7)  # fmt: skip
     ax.set_ylabel("held-out R² of ‖·‖² from x")
     ax.set_title(f"Norm prediction over {len(results)} SAEs", fontsize=9)
@@ -241,14 +251,17 @@ def plot_baselines(baselines: dict[str, Any]) -> Figure:
     return fig
 
 
-def plot_probe(probe, window: int = 100, limit: int = 10000) -> Figure:
-    """Fig 14: W_dec[i]·a* against each latent's mean activation when active (sorted)."""
-    dots = np.asarray(probe["probe_dot"])[:limit]
-    acts = np.asarray(probe["mean_active"])[:limit]
+def plot_probe(probe) -> Figure:
+    """Fig 14: W_dec[i]·a* against each latent's mean activation when active (sorted), for the
+    latents the probe's ``running_mean`` covers (rule darkmatter_probe: the first probe_limit)."""
+    smooth = np.asarray(probe["running_mean"])
+    window = int(probe["running_window"])
+    dots = np.asarray(probe["probe_dot"])[: len(smooth)]
+    acts = np.asarray(probe["mean_active"])[: len(smooth)]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     xs = np.arange(len(dots))
     ax.plot(xs, dots, lw=0.4, alpha=0.4, color="C0", label="(a*)ᵀ · decoder row")
-    ax.plot(xs, running_mean(dots, window), lw=1.5, color="C1", label=f"running mean ({window})")
+    ax.plot(xs, smooth, lw=1.5, color="C1", label=f"running mean ({window})")
     if len(dots):
         lo, hi = np.percentile(dots, [1, 99])
         ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
