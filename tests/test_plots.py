@@ -261,6 +261,15 @@ def test_readme_figure_map_is_the_registry():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert figure_map() in readme, "README's figure map: python -m saelab.figures prints it"
+    # the dark-matter paper map: each paper figure's target is its registry row's file
+    from saelab.figures import FIGURES
+
+    paper_rows = {
+        line.split("|")[1].strip(): line.rsplit("`", 2)[-2]
+        for line in readme.splitlines()
+        if line.startswith(("| Fig ", "| Table ")) and line.endswith("` |")
+    }
+    assert paper_rows == {row.paper: row.file for row in FIGURES if row.paper}
 
 
 def test_every_registry_row_names_what_exists():
