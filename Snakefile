@@ -38,6 +38,7 @@ include: "workflow/rules/cooccurrence.smk"
 include: "workflow/rules/darkmatter.smk"
 include: "workflow/rules/darkmatter_interventions.smk"
 include: "workflow/rules/trajectories.smk"
+include: "workflow/rules/plots.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/cluster.smk"
 

@@ -1,4 +1,4 @@
-"""Rule sae_info: one SAE's x, x̂, error, norms, L0 and active latents over the analysis window."""
+"""Rule darkmatter_info: one SAE's x, x̂, error, norms, L0 and active latents over the analysis window."""
 
 from saelab.darkmatter.info import WindowConfig, compute_sae_info, write_sae_info
 from saelab.models import configured_device

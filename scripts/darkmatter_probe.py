@@ -1,7 +1,8 @@
-"""Rule darkmatter_probe: the norm probe a* against each latent's mean activation (Fig 14)."""
+"""Rule darkmatter_probe: the norm probe a* against each latent's mean activation, and the
+running mean Fig 14 draws over the first ``probe_limit`` latents."""
 
 from saelab.darkmatter.info import load_sae_info
-from saelab.darkmatter.norms import probe_vs_latents
+from saelab.darkmatter.norms import probe_vs_latents, running_mean
 from saelab.darkmatter.regression import shuffled_split
 from saelab.runtime import logged, savez_atomic
 from saelab.saes.io import load_sae
@@ -16,4 +17,10 @@ with logged(snakemake.log[0]) as log:
         "%s: probe R2 %.4f, %d latents fired, corr(W_dec a*, mean activation) %.3f",
         info.attrs["sae"], result.probe_r2, len(result.latents), result.correlation,
     )  # fmt: skip
-    savez_atomic(snakemake.output.npz, {"sae": info.attrs["sae"], **result._asdict()})
+    shown = snakemake.params.shown
+    smooth = running_mean(result.probe_dot[: shown["limit"]], shown["window"])
+    savez_atomic(
+        snakemake.output.npz,
+        {"sae": info.attrs["sae"], **result._asdict(), "running_mean": smooth,
+         "running_window": shown["window"]},
+    )  # fmt: skip

@@ -1,10 +1,11 @@
-"""Rule darkmatter_scaling: FVU against width, power-law fit with CIs, breakdown, contour table."""
+"""Rule darkmatter_scaling: FVU against width, power-law fit with CIs, breakdown, contour table,
+and the series the scaling figures draw (scaling_series.npz)."""
 
 import json
 from pathlib import Path
 
-from saelab.darkmatter.scaling import scaling_summary
-from saelab.runtime import logged, write_json_atomic
+from saelab.darkmatter.scaling import scaling_series, scaling_summary
+from saelab.runtime import logged, savez_atomic, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
     opts = snakemake.params.scaling
@@ -26,3 +27,6 @@ with logged(snakemake.log[0]) as log:
         fit["c"], fit["a"], fit["m"], fit["c_ci"], summary["fvu_falls_with_width"],
     )  # fmt: skip
     write_json_atomic(summary, snakemake.output.json)
+    # the series from the summary as written (the figures' numbers are the JSON's)
+    written = json.loads(Path(snakemake.output.json).read_text())
+    savez_atomic(snakemake.output.series, scaling_series(written))

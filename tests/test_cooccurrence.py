@@ -547,9 +547,10 @@ def test_micro_run_pca_of_every_subgraph_in_a_size_range(micro_run, tmp_path):
         choice = json.loads(
             (micro_run / "data/analysis/cooccurrence/tiny/representative_tau0_0.json").read_text()
         )
-        info = pd.read_csv(
-            micro_run / f"data/analysis/cooccurrence/tiny/{choice['sae']}/node_info_tau0_0.csv"
+        (node_info,) = micro_run.glob(
+            f"data/analysis/cooccurrence/tiny/*/{choice['sae']}/node_info_tau0_0.csv"
         )
+        info = pd.read_csv(node_info)
         sizes = info.groupby("subgraph_id")["subgraph_size"].first()
         in_range = set(sizes[(sizes >= 2) & (sizes <= 15)].index)
         drawn = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("pca_subgraph_*.png")}
@@ -562,11 +563,10 @@ def test_micro_run_pca_of_every_subgraph_in_a_size_range(micro_run, tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_summary_figures_draw_every_sae_from_the_summary_tables(tmp_path):
+def test_summary_figures_draw_every_sae_from_the_summary_tables():
     import pandas as pd
 
-    from saelab.plots.common import draw_named
-    from saelab.plots.cooccurrence import SUMMARY_FIGURES
+    from saelab.plots import cooccurrence as plots
 
     names = ["matryoshka", "batchtopk"]
     summary = {
@@ -578,21 +578,25 @@ def test_summary_figures_draw_every_sae_from_the_summary_tables(tmp_path):
             for n in names
         }
     }
-    inputs = {"by_index": str(tmp_path / "by_index.csv")}
-    pd.DataFrame({n: np.linspace(0.1, 0.2, 8) for n in names}).to_csv(inputs["by_index"])
-    for n in names:
-        inputs[n] = str(tmp_path / f"{n}.csv")
-        pd.DataFrame({"subgraph_size": [1, 1, 2, 2, 5, 5, 5, 5]}).to_csv(inputs[n])
+    by_index = pd.DataFrame({n: np.linspace(0.1, 0.2, 8) for n in names})
+    node_info = [pd.DataFrame({"subgraph_size": [1, 1, 2, 2, 5, 5, 5, 5]}) for _ in names]
     opts = {"threshold": 0.0, "component_size": [150, 200], "group_sizes": [2, 2, 4]}
-    panels = {}
-    for name in SUMMARY_FIGURES:
-        fig = draw_named(SUMMARY_FIGURES, name, summary, inputs, opts)
-        panels[name] = [ax.get_title() for ax in fig.axes]
+    data = {"summary": summary, "node_info": node_info, "by_index": by_index}
+    panels = {
+        name: [ax.get_title() for ax in draw(**data, **opts).axes]
+        for name, draw in [
+            ("subgraph_sizes", plots.draw_subgraph_sizes),
+            ("group_subgraph_sizes", plots.draw_group_subgraph_sizes),
+            ("group_subgraph_counts", plots.draw_group_subgraph_counts),
+            ("cooccurrence_by_index", plots.draw_cooccurrence_by_index),
+        ]
+    }
     assert panels["subgraph_sizes"] == ["matryoshka (τ = 0)", "batchtopk (τ = 0)"]
     assert panels["group_subgraph_sizes"] == ["matryoshka (τ = 0)", "batchtopk (τ = 0)"]
     assert len(panels["group_subgraph_counts"]) == 2
-    with pytest.raises(ValueError, match=r"unknown figure 'nope'.*subgraph_sizes"):
-        draw_named(SUMMARY_FIGURES, "nope", summary, inputs, opts)
+    assert len(panels["cooccurrence_by_index"]) >= 1
+    with pytest.raises(ValueError, match="shorter"):  # one node_info table per SAE
+        plots.draw_subgraph_sizes(summary, node_info[:1], **opts)
 
 
 @pytest.mark.parametrize("codes", ["sae", "clustered"])

@@ -48,6 +48,7 @@ from saelab.darkmatter.scaling import (
     pick_sae,
     power_law,
     pursuit_power_law,
+    scaling_series,
     scaling_summary,
 )
 from saelab.metrics import fvu_dim_centred_np
@@ -230,7 +231,7 @@ def test_compute_sae_info_matches_the_sae_and_round_trips(tmp_path):
     assert heldout.rows.min() >= 38 * 8  # the held-out split: the last 5 % of contexts
     with pytest.raises(FileExistsError):
         write_sae_info(info, out)
-    with pytest.raises(FileNotFoundError, match="sae_info"):
+    with pytest.raises(FileNotFoundError, match="rule `darkmatter_info`"):
         load_sae_info(tmp_path / "missing.zarr")
 
 
@@ -511,6 +512,7 @@ def test_micro_run_darkmatter(micro_run):
 def test_every_figure_draws_from_small_inputs(tmp_path):
     from saelab.darkmatter.per_token import error_norms
     from saelab.plots import darkmatter as plots
+    from saelab.plots import darkmatter_tokens as tokens
 
     points = [{"name": f"w{w}-k{k}", "width": w, "k": k} for w in (64, 128, 256) for k in (4, 8)]
     rows = [{**p, "l0_mean": p["k"], "fvu": 1 / p["width"] ** 0.3, "nonlinear_error_fvu": 0.05,
@@ -518,6 +520,7 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
     summary = json.loads(json.dumps(scaling_summary(rows, None, {
         r["name"]: {"pursuit_fvu": 0.04} for r in rows
     }), default=float).replace("NaN", "null"))  # fmt: skip
+    series = scaling_series(summary)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 4))
     infos = [make_info(x, rng.normal(size=x.shape) * s) for s in (1.0, 0.8, 0.6)]
@@ -530,6 +533,7 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
                           {"name": "l1", "layer": 1, "r2": {"x_affine": 0.8, "l0": 0.2}}]}  # fmt: skip
     probe = {"sae": "toy", "probe_r2": 0.9, "correlation": 0.5,
              "probe_dot": rng.normal(size=50), "mean_active": np.linspace(5, 1, 50)}  # fmt: skip
+    probe |= {"running_mean": running_mean(probe["probe_dot"][:40], 10), "running_window": 10}
     cfg = NoiseConfig(ablate_percents=[0, 10], grid=[0.0, 1.0])
     x_t = torch.from_numpy(x).float()
     points_noise = simulate(x_t, torch.rand(300, 6), torch.randn(6, 4), torch.zeros(4),
@@ -538,18 +542,43 @@ def test_every_figure_draws_from_small_inputs(tmp_path):
         "linear_estimate": p.linear_estimate, "nonlinear_estimate": p.nonlinear_estimate}
         for p in points_noise]}  # fmt: skip
     figures = [
-        plots.plot_scaling_breakdown(summary), plots.plot_power_law_fit(summary),
-        plots.plot_error_r2_contours(summary), plots.plot_nonlinear_fvu_contour(summary),
-        plots.plot_token_trace(per_token, 0, 50), plots.plot_cross_width(per_token),
-        plots.plot_linear_nonlinear_trace(per_token), plots.plot_nonlinear_extra(per_token),
+        plots.plot_scaling_breakdown(summary, series), plots.plot_power_law_fit(summary, series),
+        plots.plot_error_r2_contours(summary, series),
+        plots.plot_nonlinear_fvu_contour(summary, series),
+        tokens.plot_token_trace(per_token, 0, 50), tokens.plot_cross_width(per_token),
+        tokens.plot_linear_nonlinear_trace(per_token), tokens.plot_nonlinear_extra(per_token),
         plots.plot_norm_violin(norm_r2), plots.plot_baselines(baselines),
-        plots.plot_probe(probe, 10, 40), plots.plot_noise(noise),
+        plots.plot_probe(probe), plots.plot_noise(noise),
     ]  # fmt: skip
     from saelab.plots.common import save_figure
 
     for i, fig in enumerate(figures):
         save_figure(fig, tmp_path / f"{i}.png", dpi=30)
         assert (tmp_path / f"{i}.png").stat().st_size > 500
+
+
+def test_scaling_series_are_the_power_law_and_the_breakdown_on_the_figure_grid():
+    """The series the scaling figures draw, against the hand formulas: the fit c + a W^-m on a
+    log grid up to 10x the widest SAE, the mean nonlinear FVU as the linear level, and contours
+    that pass through the SAEs' own values (linear interpolation is exact at its nodes)."""
+    rows = [{"name": f"w{w}-k{k}", "width": w, "k": k, "l0_mean": k, "fvu": 0.2 * w ** -0.3 + 0.05,
+             "nonlinear_error_fvu": 0.01 * k, "r2_vector": 0.5, "r2_norm": w / 1000}
+            for w in (64, 128, 256, 512) for k in (4, 8)]  # fmt: skip
+    summary = json.loads(json.dumps(scaling_summary(rows, 8), default=float).replace("NaN", "null"))
+    series = scaling_series(summary)
+    fit = summary["power_law"]
+    grid = np.exp(np.linspace(np.log(64), np.log(5120), 200))
+    assert np.allclose(series["grid"], grid)
+    assert np.allclose(series["fitted"], fit["c"] + fit["a"] * grid ** -fit["m"])
+    assert float(series["linear_level"]) == pytest.approx(0.08)
+    assert float(series["linear_error"]) == pytest.approx(fit["c"] - 0.08)
+    assert "pursuit" not in series
+    values = series["contour_r2_norm_values"]
+    assert values.shape == (100, 100)
+    # corners of the grid are SAEs (64, 4) and (512, 8): their own values
+    assert values[0, 0] == pytest.approx(0.064) and values[-1, -1] == pytest.approx(0.512)
+    few = scaling_series({**summary, "saes": summary["saes"][:2]})
+    assert not any(key.startswith("contour_") for key in few)
 
 
 def test_encoder_error_area_comes_from_pursuit_paired_with_its_own_encoder_fit():

@@ -498,10 +498,18 @@ def test_figures_draw_from_synthetic_tables():
          "pursuit_fvu": f, "encoder_nonlinear_error_fvu": 0.1, "pursuit_nonlinear_error_fvu": 0.12}
         for w, f in ((64, 0.5), (128, 0.4), (256, 0.33))
     ]  # fmt: skip
-    from saelab.darkmatter.scaling import fit_power_law
+    from saelab.darkmatter.scaling import fit_power_law, pursuit_breakdown
 
     fit = fit_power_law([r["width"] for r in pursuit], [r["pursuit_fvu"] for r in pursuit])
-    fig = plot_pursuit_breakdown(pursuit, fit, pursuit[:2])
+    breakdown = json.loads(json.dumps(pursuit_breakdown(pursuit, pursuit[:2]), default=list))
+    # the fit's curve on the figure's grid, by the power law's own formula
+    grid = np.asarray(breakdown["grid"])
+    assert np.allclose(breakdown["fit_curve"], fit.c + fit.a * grid**-fit.m)
+    assert grid[0] == min(r["width"] for r in pursuit)
+    assert grid[-1] == pytest.approx(10 * max(r["width"] for r in pursuit))
+    assert [r["width"] for r in breakdown["width_records"]] == sorted(r["width"] for r in pursuit)
+    assert pursuit_breakdown(pursuit, pursuit[:1])["k_records"] is None
+    fig = plot_pursuit_breakdown(breakdown)
     assert len(fig.axes) == 2
     assert any("fit" in text.get_text() for text in fig.axes[0].get_legend().get_texts())
     comp = {

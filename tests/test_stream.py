@@ -277,7 +277,7 @@ def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_di
         log=[str(tmp_path / "train.log")],
         threads=1,
     )
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_saes.py"
     runpy.run_path(str(script), init_globals={"snakemake": snakemake})
     train_streamed(tmp_path / "direct")
     assert_same_saes(tmp_path / "script", tmp_path / "direct")

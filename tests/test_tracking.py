@@ -52,7 +52,7 @@ def test_micro_training_logs_its_history_offline(tmp_path, monkeypatch):
         log=[str(tmp_path / "train.log")],
         threads=1,
     )
-    runpy.run_path(str(REPO / "scripts" / "train_sae.py"), init_globals={"snakemake": snakemake})
+    runpy.run_path(str(REPO / "scripts" / "train_saes.py"), init_globals={"snakemake": snakemake})
     import wandb
 
     wandb.teardown()  # the W&B service writes the run file asynchronously: let it finish

@@ -581,7 +581,7 @@ class _Named(dict):
 
 
 def test_train_script_builds_saes_from_the_cache_widths(cache, tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_saes.py"
     snakemake = SimpleNamespace(
         input=_Named(cache=str(cache)),
         params=_Named(

@@ -36,13 +36,13 @@ rule cooccurrence:
         cache=sae_cache_input,
     output:
         counts=expand(
-            "data/analysis/cooccurrence/{{model}}/{{sae}}/counts_tau{tau}.npz",
+            "data/analysis/cooccurrence/{{model}}/{{hook}}/{{sae}}/counts_tau{tau}.npz",
             tau=cooccurrence_tags(),
         ),
     log:
-        "logs/cooccurrence/{model}/{sae}.log",
+        "logs/cooccurrence/{model}/{hook}/{sae}.log",
     benchmark:
-        "logs/benchmarks/cooccurrence/{model}/{sae}.tsv"
+        "logs/benchmarks/cooccurrence/{model}/{hook}/{sae}.tsv"
     wildcard_constraints:
         sae=one_of(CFG.saes),
     conda:
@@ -60,15 +60,15 @@ rule cooccurrence:
 rule cooccurrence_subgraphs:
     """Edge threshold by bisection, connected subgraphs, node_info table, thresholded matrix."""
     input:
-        counts="data/analysis/cooccurrence/{model}/{sae}/counts_tau{tau}.npz",
+        counts="data/analysis/cooccurrence/{model}/{hook}/{sae}/counts_tau{tau}.npz",
     output:
-        node_info="data/analysis/cooccurrence/{model}/{sae}/node_info_tau{tau}.csv",
-        matrix="data/analysis/cooccurrence/{model}/{sae}/thresholded_tau{tau}.npz",
-        edge="data/analysis/cooccurrence/{model}/{sae}/edge_threshold_tau{tau}.json",
+        node_info="data/analysis/cooccurrence/{model}/{hook}/{sae}/node_info_tau{tau}.csv",
+        matrix="data/analysis/cooccurrence/{model}/{hook}/{sae}/thresholded_tau{tau}.npz",
+        edge="data/analysis/cooccurrence/{model}/{hook}/{sae}/edge_threshold_tau{tau}.json",
     log:
-        "logs/cooccurrence_subgraphs/{model}/{sae}_tau{tau}.log",
+        "logs/cooccurrence_subgraphs/{model}/{hook}/{sae}_tau{tau}.log",
     benchmark:
-        "logs/benchmarks/cooccurrence_subgraphs/{model}/{sae}_tau{tau}.tsv"
+        "logs/benchmarks/cooccurrence_subgraphs/{model}/{hook}/{sae}_tau{tau}.tsv"
     wildcard_constraints:
         sae=one_of(CFG.saes),
         tau=one_of(cooccurrence_tags()),
@@ -124,95 +124,6 @@ rule cooccurrence_summary:
         "../../scripts/cooccurrence_summary.py"
 
 
-rule plot_subgraph_sizes:
-    input:
-        unpack(cooccurrence_plot_inputs),
-    output:
-        figure=report(
-            "plots/cooccurrence/subgraph_sizes_tau{tau}.png",
-            caption="../report/cooccurrence_subgraph_sizes.rst",
-            category="Co-occurrence",
-        ),
-    log:
-        "logs/plot_cooccurrence/subgraph_sizes_tau{tau}.log",
-    wildcard_constraints:
-        tau=one_of(cooccurrence_tags()),
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        figure="subgraph_sizes",
-        plot=cooccurrence_plot_params,
-    script:
-        "../../scripts/plot_cooccurrence.py"
-
-
-rule plot_group_subgraph_sizes:
-    input:
-        unpack(cooccurrence_plot_inputs),
-    output:
-        figure=report(
-            "plots/cooccurrence/group_subgraph_sizes_tau{tau}.png",
-            caption="../report/cooccurrence_group_subgraph_sizes.rst",
-            category="Co-occurrence",
-        ),
-    log:
-        "logs/plot_cooccurrence/group_subgraph_sizes_tau{tau}.log",
-    wildcard_constraints:
-        tau=one_of(cooccurrence_tags()),
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        figure="group_subgraph_sizes",
-        plot=cooccurrence_plot_params,
-    script:
-        "../../scripts/plot_cooccurrence.py"
-
-
-rule plot_group_subgraph_counts:
-    input:
-        unpack(cooccurrence_plot_inputs),
-    output:
-        figure=report(
-            "plots/cooccurrence/group_subgraph_counts_tau{tau}.png",
-            caption="../report/cooccurrence_group_subgraph_counts.rst",
-            category="Co-occurrence",
-        ),
-    log:
-        "logs/plot_cooccurrence/group_subgraph_counts_tau{tau}.log",
-    wildcard_constraints:
-        tau=one_of(cooccurrence_tags()),
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        figure="group_subgraph_counts",
-        plot=cooccurrence_plot_params,
-    script:
-        "../../scripts/plot_cooccurrence.py"
-
-
-rule plot_cooccurrence_by_index:
-    input:
-        unpack(cooccurrence_plot_inputs),
-        by_index=cooccurrence_by_index_input,
-    output:
-        figure=report(
-            "plots/cooccurrence/cooccurrence_by_index_tau{tau}.png",
-            caption="../report/cooccurrence_by_index.rst",
-            category="Co-occurrence",
-        ),
-    log:
-        "logs/plot_cooccurrence/cooccurrence_by_index_tau{tau}.log",
-    wildcard_constraints:
-        tau=one_of(cooccurrence_tags()),
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        figure="cooccurrence_by_index",
-        plot=cooccurrence_plot_params,
-    script:
-        "../../scripts/plot_cooccurrence.py"
-
-
 rule representative_subgraph:
     """Which subgraph the PCA and the feature pages show (a config id, or chosen by rule)."""
     input:
@@ -228,7 +139,7 @@ rule representative_subgraph:
     params:
         representative=representative_params,
     script:
-        "../../scripts/cooccurrence_representative.py"
+        "../../scripts/representative_subgraph.py"
 
 
 rule subgraph_pca:
@@ -239,16 +150,8 @@ rule subgraph_pca:
         cache=representative_cache_input,
         tokenizer=tokenizer_input,
     output:
-        figure=report(
-            "plots/cooccurrence/pca_subgraph_tau{tau}.png",
-            caption="../report/cooccurrence_pca.rst",
-            category="Co-occurrence",
-        ),
-        html=report(
-            "plots/cooccurrence/pca_subgraph_tau{tau}.html",
-            caption="../report/cooccurrence_pca_html.rst",
-            category="Co-occurrence",
-        ),
+        figure=registry_output("pca_subgraph"),
+        html=registry_output("pca_subgraph_html"),
     log:
         "logs/subgraph_pca/tau{tau}.log",
     benchmark:
@@ -276,12 +179,7 @@ rule subgraph_pca_all:
         cache=representative_cache_input,
         tokenizer=tokenizer_input,
     output:
-        folder=report(
-            directory("plots/cooccurrence/pca_all_tau{tau}"),
-            patterns=["pca_subgraph_{subgraph}.png"],
-            caption="../report/cooccurrence_pca_all.rst",
-            category="Co-occurrence",
-        ),
+        folder=registry_output("pca_all"),
     log:
         "logs/subgraph_pca/all_tau{tau}.log",
     benchmark:
@@ -310,13 +208,9 @@ rule feature_dashboards:
         model_dir=model_dir_path(),
         tokenizer=tokenizer_input,
     output:
-        pages=directory("plots/cooccurrence/dashboards"),
+        pages=registry_output("dashboard_pages"),
         # the report embeds the one-page form: a pure HTML report cannot hold a folder
-        page=report(
-            "plots/cooccurrence/dashboards.html",
-            caption="../report/feature_dashboards.rst",
-            category="Co-occurrence",
-        ),
+        page=registry_output("dashboards"),
     log:
         "logs/feature_dashboards/dashboards.log",
     conda:

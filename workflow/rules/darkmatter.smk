@@ -1,11 +1,11 @@
 # The dark matter of SAEs (issue 5, methods §5): per-SAE info and regressions, the scaling law
 # and breakdown, per-token analyses, norm prediction, the norm probe and the noise simulation.
 # Figures 8, 9, 10a and 10b come from darkmatter_interventions.smk, which reuses these helpers.
-# Helpers (paths, params, targets) live in common_darkmatter.smk.
+# Helpers (paths, params, targets) live in common.smk, section "dark matter".
 
 
 # ------------------------------------------------------------------ per-SAE rules
-rule sae_info:
+rule darkmatter_info:
     """x, x̂, error = x − x̂, squared norms, L0 and active latents over the analysis window."""
     input:
         sae=sae_input,
@@ -13,9 +13,9 @@ rule sae_info:
     output:
         info=directory("data/analysis/darkmatter/{model}/{hook}/{sae}/info.zarr"),
     log:
-        "logs/sae_info/{model}/{hook}/{sae}.log",
+        "logs/darkmatter_info/{model}/{hook}/{sae}.log",
     benchmark:
-        "logs/benchmarks/sae_info/{model}/{hook}/{sae}.tsv"
+        "logs/benchmarks/darkmatter_info/{model}/{hook}/{sae}.tsv"
     conda:
         "../../envs/saelab.yaml"
     threads: 1
@@ -59,6 +59,7 @@ rule darkmatter_scaling:
         unpack(darkmatter_scaling_input),
     output:
         json=f"{darkmatter_sweep_dir()}/scaling.json",
+        series=f"{darkmatter_sweep_dir()}/scaling_series.npz",
     log:
         "logs/darkmatter_scaling/scaling.log",
     benchmark:
@@ -163,7 +164,7 @@ rule darkmatter_baselines:
         runtime=10,
     params:
         baselines=darkmatter_baselines_params,
-        token_id_in_sample=DM.get("token_id_in_sample", False),
+        token_id_in_sample=DM["token_id_in_sample"],
     script:
         "../../scripts/darkmatter_baselines.py"
 
@@ -186,6 +187,7 @@ rule darkmatter_probe:
         runtime=10,
     params:
         common=darkmatter_common_params,
+        shown=darkmatter_probe_plot_params,
     script:
         "../../scripts/darkmatter_probe.py"
 
@@ -196,11 +198,7 @@ rule darkmatter_noise:
         unpack(darkmatter_noise_input),
     output:
         json=f"{darkmatter_sweep_dir()}/noise.json",
-        table=report(
-            "plots/darkmatter/table01_noise_correlations.csv",
-            caption="../report/darkmatter_table01.rst",
-            category="Dark matter",
-        ),
+        table=registry_output("darkmatter_table01"),
     log:
         "logs/darkmatter_noise/noise.log",
     benchmark:
@@ -212,150 +210,6 @@ rule darkmatter_noise:
         mem_mb=3000,
         runtime=10,
     params:
-        noise=DM.get("noise", {}),
+        noise=DM["noise"],
     script:
         "../../scripts/darkmatter_noise.py"
-
-
-# ------------------------------------------------------------------ figures
-# One rule per figure (plot_darkmatter_fig01, ...): its own target, caption and log. The loops
-# are per script because Snakemake resolves a rule's `script:` path after the loop has moved on.
-
-for _fig in ["fig01", "fig02", "fig03", "fig11"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/scaling.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_scaling.py"
-
-
-for _fig in ["fig04", "fig05", "fig06", "fig12"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/per_token.npz",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
-        script:
-            "../../scripts/plot_darkmatter_per_token.py"
-
-
-for _fig in ["fig07"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/norms.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_norms.py"
-
-
-for _fig in ["fig13"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/baselines.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_norms.py"
-
-
-for _fig in ["fig14"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/probe.npz",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-            options=DARKMATTER_PLOT_OPTIONS,
-        script:
-            "../../scripts/plot_darkmatter_probe.py"
-
-
-for _fig in ["fig15"]:
-
-    rule:
-        name:
-            f"plot_darkmatter_{_fig}"
-        input:
-            data=f"{darkmatter_sweep_dir()}/noise.json",
-        output:
-            figure=report(
-                darkmatter_figure(_fig),
-                caption=f"../report/darkmatter_{_fig}.rst",
-                category="Dark matter",
-            ),
-        log:
-            f"logs/plot_darkmatter/{_fig}.log",
-        conda:
-            "../../envs/saelab.yaml"
-        params:
-            figure=_fig,
-        script:
-            "../../scripts/plot_darkmatter_noise.py"

@@ -22,9 +22,29 @@ rule darkmatter_pursuit:
         mem_mb=4000,
         runtime=30,
     params:
-        pursuit=DM.get("pursuit", {}),
+        pursuit=DM["pursuit"],
     script:
         "../../scripts/darkmatter_pursuit.py"
+
+
+rule darkmatter_pursuit_breakdown:
+    """Fig 10a's series: the width sweep's pursuit FVUs with their power-law fit, the k sweep's."""
+    input:
+        unpack(dmi_fig10a_input),
+    output:
+        json="data/analysis/darkmatter/{model}/interventions/pursuit_breakdown.json",
+    log:
+        "logs/darkmatter_pursuit_breakdown/{model}.log",
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        sweeps=dmi_fig10a_params,
+    script:
+        "../../scripts/darkmatter_pursuit_breakdown.py"
 
 
 rule darkmatter_downstream_ce:
@@ -47,7 +67,7 @@ rule darkmatter_downstream_ce:
     params:
         downstream=dmi_downstream_params,
     script:
-        "../../scripts/darkmatter_downstream.py"
+        "../../scripts/darkmatter_downstream_ce.py"
 
 
 rule darkmatter_component_saes:
@@ -140,74 +160,3 @@ rule darkmatter_score_error_saes:
         scoring=dmi_score_params,
     script:
         "../../scripts/darkmatter_score_error_saes.py"
-
-
-# ------------------------------------------------------------------ figures
-rule plot_darkmatter_fig08:
-    input:
-        scores=f"data/analysis/darkmatter/{MODEL_ID}/interventions/detection_{dmi_scorer()}.json",
-    output:
-        figure=report(
-            dmi_figure(DMI_FIGURES["fig08"]),
-            caption="../report/darkmatter_fig08.rst",
-            category="Dark matter",
-        ),
-    log:
-        "logs/plot_darkmatter_fig08/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    script:
-        "../../scripts/plot_darkmatter_fig08.py"
-
-
-rule plot_darkmatter_fig09:
-    input:
-        table=f"data/analysis/darkmatter/{MODEL_ID}/interventions/downstream_ce.json",
-    output:
-        figure=report(
-            dmi_figure(DMI_FIGURES["fig09"]),
-            caption="../report/darkmatter_fig09.rst",
-            category="Dark matter",
-        ),
-    log:
-        "logs/plot_darkmatter_fig09/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    script:
-        "../../scripts/plot_darkmatter_fig09.py"
-
-
-rule plot_darkmatter_fig10a:
-    input:
-        unpack(dmi_fig10a_input),
-    output:
-        figure=report(
-            dmi_figure(DMI_FIGURES["fig10a"]),
-            caption="../report/darkmatter_fig10a.rst",
-            category="Dark matter",
-        ),
-    log:
-        "logs/plot_darkmatter_fig10a/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        sweeps=dmi_fig10a_params,
-    script:
-        "../../scripts/plot_darkmatter_fig10a.py"
-
-
-rule plot_darkmatter_fig10b:
-    input:
-        table=f"data/analysis/darkmatter/{MODEL_ID}/interventions/components.json",
-    output:
-        figure=report(
-            dmi_figure(DMI_FIGURES["fig10b"]),
-            caption="../report/darkmatter_fig10b.rst",
-            category="Dark matter",
-        ),
-    log:
-        "logs/plot_darkmatter_fig10b/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    script:
-        "../../scripts/plot_darkmatter_fig10b.py"

@@ -28,7 +28,7 @@ for _group, _runs in CFG.sae_groups().items():
             cache=vars(CFG.caches[_runs[0].cache]),
             tracking=CFG.tracking,
         script:
-            "../../scripts/train_sae.py"
+            "../../scripts/train_saes.py"
 
 
 rule pretrained_sae:
@@ -115,89 +115,11 @@ rule evaluate_sae:
         "../../scripts/evaluate_sae.py"
 
 
-rule plot_training_curves:
-    input:
-        unpack(all_sae_dirs),
-    output:
-        figure=report(
-            "plots/saes/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="SAEs",
-        ),
-    log:
-        "logs/plot_training_curves/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    script:
-        "../../scripts/plot_training_curves.py"
-
-
-rule plot_l0_fvu_frontier:
-    input:
-        evaluations=lambda wildcards: list(all_sae_evaluations(wildcards).values()),
-        grid=frontier_grid_inputs,
-    output:
-        figure=report(
-            "plots/saes/l0_fvu_frontier.png",
-            caption="../report/l0_fvu_frontier.rst",
-            category="SAEs",
-        ),
-    log:
-        "logs/plot_l0_fvu_frontier/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        fvu=CFG.evaluation.get("fvu", "dim_centred"),
-        grid=frontier_grid_params(),
-    script:
-        "../../scripts/plot_l0_fvu_frontier.py"
-
-
-rule plot_matryoshka_prefix_fvu:
-    input:
-        unpack(all_sae_evaluations),
-    output:
-        figure=report(
-            "plots/saes/matryoshka_prefix_fvu.png",
-            caption="../report/matryoshka_prefix_fvu.rst",
-            category="SAEs",
-        ),
-    log:
-        "logs/plot_matryoshka_prefix_fvu/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    params:
-        fvu=CFG.evaluation.get("fvu", "dim_centred"),
-    script:
-        "../../scripts/plot_matryoshka_prefix_fvu.py"
-
-
-rule plot_ce_recovered:
-    input:
-        unpack(all_sae_evaluations),
-    output:
-        figure=report(
-            "plots/saes/ce_recovered.png",
-            caption="../report/ce_recovered.rst",
-            category="SAEs",
-        ),
-    log:
-        "logs/plot_ce_recovered/plot.log",
-    conda:
-        "../../envs/saelab.yaml"
-    script:
-        "../../scripts/plot_ce_recovered.py"
-
-
 rule toy_absorption:
     """The Matryoshka paper's toy: absorption of a parent feature by flat vs Matryoshka SAEs."""
     output:
         table="data/analysis/toy/absorption.csv",
-        figure=report(
-            "plots/saes/toy_absorption.png",
-            caption="../report/toy_absorption.rst",
-            category="SAEs",
-        ),
+        figure=registry_output("toy_absorption"),
     log:
         "logs/toy_absorption/toy.log",
     benchmark:

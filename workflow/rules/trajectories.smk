@@ -60,33 +60,3 @@ rule trajectory_graph:
         graph=trajectory_graph_params,
     script:
         "../../scripts/trajectory_graph.py"
-
-
-rule trajectory_evolution_plot:
-    """Rank of every latent against the step, at one layer, for the full prompt."""
-    input:
-        evolution=trajectory_evolution_input,
-    output:
-        figure=report(
-            "plots/trajectories/{prompt}/evolution_L{layer}.png",
-            caption="../report/trajectory_evolution.rst",
-            category="Trajectories",
-            subcategory="{prompt}",
-        ),
-    log:
-        "logs/trajectory_evolution_plot/{prompt}/L{layer}.log",
-    benchmark:
-        "logs/benchmarks/trajectory_evolution_plot/{prompt}/L{layer}.tsv"
-    wildcard_constraints:
-        prompt=one_of(TRAJ.prompt_names) or "$^",
-        layer=r"\d+",
-    conda:
-        "../../envs/saelab.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    params:
-        top=TRAJ.evolution_plot_top,
-    script:
-        "../../scripts/trajectory_evolution_plot.py"

@@ -206,7 +206,7 @@ def load_sae_info(path: str | os.PathLike) -> SAEInfo:
     """Read an info group written by :func:`write_sae_info`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no SAE info at {path} (the Snakemake rule `sae_info` makes it)")
+        raise FileNotFoundError(f"no SAE info at {path} (rule `darkmatter_info` makes it)")
     group = zarr.open_group(path, mode="r")
     if "sae_info" not in group.attrs:
         raise SAEInfoError(f"{path} is not an SAE info group (no 'sae_info' attributes)")

@@ -28,16 +28,8 @@ from saelab.darkmatter.regression import (
     predict,
 )
 
-#: Fig 7's quantities, in the original's order (with the corrected label).
+#: Fig 7's quantities, in the original's order (its labels: saelab.plots.darkmatter.NORM_LABELS).
 NORM_TARGETS = ("x", "sae", "sae_plus_nonlinear", "sae_error", "linear_error", "nonlinear_error")
-NORM_LABELS = {
-    "x": "x",
-    "sae": "SAE(x)",
-    "sae_plus_nonlinear": "SAE(x) + NonlinearError(x)",
-    "sae_error": "SaeError(x)",
-    "linear_error": "LinearError(x)",
-    "nonlinear_error": "NonlinearError(x)",
-}
 
 
 def _sq(v: np.ndarray) -> np.ndarray:

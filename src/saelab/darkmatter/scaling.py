@@ -324,3 +324,61 @@ def fit_from_summary(summary: dict[str, Any]) -> PowerLawFit:
     for key in ("c_ci", "a_ci", "m_ci"):
         values[key] = tuple(math.nan if v is None else float(v) for v in values[key])
     return PowerLawFit(**values)
+
+
+def scaling_series(summary: dict[str, Any], n_grid: int = 200) -> dict[str, np.ndarray]:
+    """The series the scaling figures draw (Figs 1, 2, 3, 11), from a scaling summary as
+    written to ``scaling.json``: the breakdown on a log grid from the narrowest width to 10x the
+    widest (``grid``, ``fitted``, ``asymptote``, ``linear_level``, ``linear_error``, and with
+    pursuit ``pursuit`` and ``encoder_error``), and per contour value (``r2_norm``,
+    ``r2_vector``, ``nonlinear_error_fvu``) its :func:`contour_grid` as
+    ``contour_{key}_{widths,l0s,values}`` when the sweep has 3 SAEs or more."""
+    fit = fit_from_summary(summary)
+    widths = np.asarray(summary["curve_widths"], dtype=float)
+    grid = np.geomspace(widths.min(), widths.max() * 10, n_grid)
+    pursuit = summary.get("curve_pursuit_fvu")
+    parts = breakdown(fit, widths, summary["curve_nonlinear_fvu"], grid, pursuit)
+    series = {
+        "grid": grid,
+        "fitted": parts.fitted,
+        "asymptote": np.float64(parts.asymptote),
+        "linear_level": np.float64(parts.linear_level),
+        "linear_error": np.float64(parts.linear_error),
+    }
+    if parts.pursuit is not None:
+        series["pursuit"] = parts.pursuit
+        series["encoder_error"] = parts.encoder_error
+    rows = summary["saes"]
+    if len(rows) >= 3:
+        sae_widths = [r["width"] for r in rows]
+        l0s = [max(r["l0_mean"], 1e-3) for r in rows]
+        for key in ("r2_norm", "r2_vector", "nonlinear_error_fvu"):
+            contour = contour_grid(sae_widths, l0s, [r[key] for r in rows])
+            for field, values in contour._asdict().items():
+                series[f"contour_{key}_{field}"] = values
+    return series
+
+
+def pursuit_breakdown(
+    width_records: Sequence[dict[str, Any]],
+    k_records: Sequence[dict[str, Any]] | None = None,
+    n_grid: int = 200,
+) -> dict[str, Any]:
+    """What Fig 10a draws, from ``pursuit.json`` records: the width sweep's records (widths
+    ascending), the k sweep's (k ascending; None with fewer than two), the power-law fit of the
+    pursuit FVU (:func:`pursuit_power_law`, None below 3 widths) and the fit on a log grid from
+    the narrowest width to 10x the widest (``grid``, ``fit_curve``)."""
+    records = sorted(width_records, key=lambda r: r["width"])
+    widths = np.asarray([r["width"] for r in records], dtype=float)
+    grid = np.geomspace(widths.min(), widths.max() * 10, n_grid)
+    fit = pursuit_power_law(records)
+    k_records = (
+        sorted(k_records, key=lambda r: r["k"]) if k_records and len(k_records) > 1 else None
+    )
+    return {
+        "width_records": records,
+        "k_records": k_records,
+        "fit": None if fit is None else fit._asdict(),
+        "grid": grid,
+        "fit_curve": None if fit is None else fit(grid),
+    }

@@ -7,7 +7,7 @@ import functools
 import hashlib
 import os
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import matplotlib
@@ -158,14 +158,6 @@ def readable_log_axis(ax, which: str = "x", max_ticks: int = 6) -> None:
     axis.set_major_locator(ticker.FixedLocator(log_ticks(lo, hi, max_ticks)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _plain(value)))
     axis.set_minor_formatter(ticker.NullFormatter())
-
-
-def draw_named(figures: Mapping[str, Callable[..., Figure]], name: str, *args) -> Figure:
-    """``figures[name](*args)``: a figure from a module's table of figures by the name a rule
-    passes; an unknown name fails with the names the table has."""
-    if name not in figures:
-        raise ValueError(f"unknown figure {name!r}; the figures here are {sorted(figures)}")
-    return figures[name](*args)
 
 
 def write_plotly_html(

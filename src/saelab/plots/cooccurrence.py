@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 
 from saelab.plots.common import displayable, plt, uses_token_fonts
@@ -91,43 +88,35 @@ def cooccurrence_by_index(
     return fig
 
 
-# The summary figures, by the name their rule passes as ``params.figure``. Each takes the
-# summary JSON (``cooccurrence_summary``), the rule's inputs (one node_info CSV per SAE, and
-# ``by_index`` for the last) and the plot options (threshold, component_size, group_sizes).
-SummaryFigure = Callable[[dict[str, Any], Mapping[str, str], dict[str, Any]], Figure]
+# The summary figures (registry rows subgraph_sizes, group_subgraph_sizes, group_subgraph_counts,
+# cooccurrence_by_index): the summary JSON (``cooccurrence_summary``), each SAE's node_info table
+# (in the summary's SAE order), the mean co-occurrence table and the plot options (threshold,
+# component_size, group_sizes), all as scripts/plot.py loads them.
 
 
-def _sizes_figure(summary, inputs, opts) -> Figure:
-    sizes = {n: pd.read_csv(inputs[n])["subgraph_size"].to_numpy() for n in summary["saes"]}
-    return subgraph_size_histogram(sizes, tuple(opts["component_size"]), opts["threshold"])
+def draw_subgraph_sizes(summary, node_info, threshold, component_size, **_) -> Figure:
+    tables = zip(summary["saes"], node_info, strict=True)
+    sizes = {n: table["subgraph_size"].to_numpy() for n, table in tables}
+    return subgraph_size_histogram(sizes, tuple(component_size), threshold)
 
 
-def _group_sizes_figure(summary, inputs, opts) -> Figure:
+def draw_group_subgraph_sizes(summary, threshold, **_) -> Figure:
     boxes = {n: [np.asarray(b) for b in s["box_sizes"]] for n, s in summary["saes"].items()}
-    return group_box_plots(boxes, opts["threshold"])
+    return group_box_plots(boxes, threshold)
 
 
-def _group_counts_figure(summary, inputs, opts) -> Figure:
+def draw_group_subgraph_counts(summary, threshold, **_) -> Figure:
     per_group = {n: s["per_group"] for n, s in summary["saes"].items()}
     return group_subgraph_counts(
         {n: np.asarray(g["n_subgraphs"]) for n, g in per_group.items()},
         {n: np.asarray(g["subgraphs_per_latent"]) for n, g in per_group.items()},
-        opts["threshold"],
+        threshold,
     )
 
 
-def _by_index_figure(summary, inputs, opts) -> Figure:
-    frame = pd.read_csv(inputs["by_index"])
-    means = {n: frame[n].to_numpy() for n in summary["saes"]}
-    return cooccurrence_by_index(means, opts["group_sizes"], opts["threshold"])
-
-
-SUMMARY_FIGURES: dict[str, SummaryFigure] = {
-    "subgraph_sizes": _sizes_figure,
-    "group_subgraph_sizes": _group_sizes_figure,
-    "group_subgraph_counts": _group_counts_figure,
-    "cooccurrence_by_index": _by_index_figure,
-}
+def draw_cooccurrence_by_index(summary, by_index, group_sizes, threshold, **_) -> Figure:
+    means = {n: by_index[n].to_numpy() for n in summary["saes"]}
+    return cooccurrence_by_index(means, group_sizes, threshold)
 
 
 def _token_labels(token_strings: list[str], top: int = 10) -> list[str]:

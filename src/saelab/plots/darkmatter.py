@@ -1,7 +1,9 @@
-"""Figures of the dark-matter analysis (one function per figure; data in, Figure out)."""
+"""Figures of the dark-matter analysis (one function per figure; data in, Figure out); the
+per-token figures are in :mod:`saelab.plots.darkmatter_tokens`."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import matplotlib
@@ -11,9 +13,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from saelab.darkmatter.norms import NORM_LABELS, NORM_TARGETS, running_mean
-from saelab.darkmatter.scaling import breakdown, contour_grid, fit_from_summary
 from saelab.plots.common import readable_log_axis
+
+#: Fig 7's labels of the norms (the original's, with its wrong one corrected).
+NORM_LABELS = {
+    "x": "x",
+    "sae": "SAE(x)",
+    "sae_plus_nonlinear": "SAE(x) + NonlinearError(x)",
+    "sae_error": "SaeError(x)",
+    "linear_error": "LinearError(x)",
+    "nonlinear_error": "NonlinearError(x)",
+}
 
 AREA_COLOURS = {
     "absent": "#9ecae1",
@@ -24,70 +34,74 @@ AREA_COLOURS = {
 
 
 def _fit_label(fit) -> str:
-    return f"FVU ≈ {fit.c:.3f} + {fit.a:.3g}·W^(−{fit.m:.2f})"
+    return f"FVU ≈ {fit['c']:.3f} + {fit['a']:.3g}·W^(−{fit['m']:.2f})"
 
 
-def _draw_breakdown(ax, grid, parts, widths, fvus, nonlinear_fvus, fit, k, labels=True) -> None:
+def _draw_breakdown(ax, series, widths, fvus, nonlinear_fvus, fit, k, labels=True) -> None:
     """The areas, level lines, fit and points of Fig 1 on ``ax`` (main plot or its inset)."""
 
     def label(text):
         return text if labels else None
 
-    floor = parts.nonlinear_error
+    grid, fitted, pursuit = series["grid"], series["fitted"], series.get("pursuit")
+    asymptote, level = float(series["asymptote"]), float(series["linear_level"])
+    floor = pursuit if pursuit is not None else np.full_like(grid, level)
     ax.fill_between(grid, 0, floor, color=AREA_COLOURS["nonlinear"], label=label("Nonlinear error"))
-    if parts.pursuit is not None:
-        ax.fill_between(grid, floor, parts.linear_level, color=AREA_COLOURS["encoder"],
+    if pursuit is not None:
+        ax.fill_between(grid, floor, level, color=AREA_COLOURS["encoder"],
                         label=label("Encoder error"))  # fmt: skip
-    ax.fill_between(grid, parts.linear_level, parts.asymptote, color=AREA_COLOURS["linear"],
+    ax.fill_between(grid, level, asymptote, color=AREA_COLOURS["linear"],
                     label=label("Linear error"))  # fmt: skip
-    ax.fill_between(grid, parts.asymptote, parts.fitted, color=AREA_COLOURS["absent"],
+    ax.fill_between(grid, asymptote, fitted, color=AREA_COLOURS["absent"],
                     label=label("Absent features"))  # fmt: skip
     # Level lines keep the picture readable when an area is negative (small SAEs can fit an
     # asymptote below the nonlinear FVU, or pursuit can end above the encoder's level).
-    ax.axhline(parts.asymptote, color="k", ls=":", lw=0.8)
-    ax.axhline(parts.linear_level, color="darkgreen", ls="--", lw=0.8,
+    ax.axhline(asymptote, color="k", ls=":", lw=0.8)
+    ax.axhline(level, color="darkgreen", ls="--", lw=0.8,
                label=label("mean FVU after adding x·W"))  # fmt: skip
     ax.scatter(widths, nonlinear_fvus, color="darkgreen", marker="s", s=14, zorder=3)
-    if parts.pursuit is not None:
-        ax.plot(grid, parts.pursuit, color="darkorange", lw=1, label=label("gradient pursuit"))
+    if pursuit is not None:
+        ax.plot(grid, pursuit, color="darkorange", lw=1, label=label("gradient pursuit"))
     inside = grid <= widths.max()
-    ax.plot(grid[inside], parts.fitted[inside], "k-", lw=1, label=label(_fit_label(fit)))
-    ax.plot(grid[~inside], parts.fitted[~inside], "k:", lw=1)
+    ax.plot(grid[inside], fitted[inside], "k-", lw=1, label=label(_fit_label(fit)))
+    ax.plot(grid[~inside], fitted[~inside], "k:", lw=1)
     ax.scatter(widths, fvus, color="k", zorder=3, s=18, label=label(f"SAEs (k = {k})"))
     ax.set_xscale("log")
 
 
-def breakdown_zoom(widths: np.ndarray, grid: np.ndarray, parts) -> tuple[tuple, tuple]:
+def breakdown_zoom(widths: np.ndarray, series) -> tuple[tuple, tuple]:
     """((x0, x1), (y0, y1)) of Fig 1's inset: the paper zooms on its widest SAEs and the
     extrapolation (x 2·10⁵–10⁷ for widths 16k–1M), where the encoder-error sliver between the
     linear level and the pursuit curve is too thin to see. Here: from the second-widest SAE to
     the end of the extrapolated grid, y around the levels that meet there."""
+    grid, pursuit = series["grid"], series.get("pursuit")
     x0 = float(np.sort(widths)[-2]) if len(widths) > 1 else float(widths[0])
     x1 = float(grid.max())
     zone = grid >= x0
-    levels = [parts.asymptote, parts.linear_level, *np.ravel(parts.fitted[zone])]
-    if parts.pursuit is not None:
-        levels += list(np.ravel(parts.pursuit[zone]))
+    levels = [float(series["asymptote"]), float(series["linear_level"]),
+              *np.ravel(series["fitted"][zone])]  # fmt: skip
+    if pursuit is not None:
+        levels += list(np.ravel(pursuit[zone]))
     lo, hi = float(np.min(levels)), float(np.max(levels))
     pad = 0.15 * max(hi - lo, 1e-3 * max(abs(hi), 1e-12))
     return (x0, x1), (max(lo - pad, 0.0), hi + pad)
 
 
-def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
-    """Fig 1: FVU against width at fixed k with the four dark-matter areas, and the paper's zoomed
-    inset on the widest SAEs and the extrapolation (:func:`breakdown_zoom`)."""
-    fit = fit_from_summary(summary)
+def plot_scaling_breakdown(summary: dict[str, Any], series: dict[str, np.ndarray]) -> Figure:
+    """Fig 1: FVU against width at fixed k with the four dark-matter areas (``series`` from
+    :func:`saelab.darkmatter.scaling.scaling_series`), and the paper's zoomed inset on the widest
+    SAEs and the extrapolation (:func:`breakdown_zoom`)."""
+    fit = summary["power_law"]
     widths = np.asarray(summary["curve_widths"], dtype=float)
     fvus = np.asarray(summary["curve_fvu"])
-    grid = np.geomspace(widths.min(), widths.max() * 10, 200)
-    pursuit = summary.get("curve_pursuit_fvu")
+    grid = series["grid"]
     nonlinear_fvus = summary["curve_nonlinear_fvu"]
-    parts = breakdown(fit, widths, nonlinear_fvus, grid, pursuit)
+    encoder = series.get("encoder_error")
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    _draw_breakdown(ax, grid, parts, widths, fvus, nonlinear_fvus, fit, summary["curve_k"])
+    _draw_breakdown(ax, series, widths, fvus, nonlinear_fvus, fit, summary["curve_k"])
     negative = [name for name, value in [
-        ("linear error", parts.linear_error),
-        ("encoder error", None if parts.encoder_error is None else parts.encoder_error[-1]),
+        ("linear error", float(series["linear_error"])),
+        ("encoder error", None if encoder is None else encoder[-1]),
     ] if value is not None and value < 0]  # fmt: skip
     if negative:
         ax.text(0.02, 0.02, "negative here: " + ", ".join(negative), transform=ax.transAxes,
@@ -97,12 +111,13 @@ def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
     ax.set_xlabel("SAE width (latents)")
     ax.set_ylabel("FVU")
     # headroom above the curve for the inset
-    ax.set_ylim(0, max(fvus.max(), parts.fitted.max()) * 1.55)
+    ax.set_ylim(0, max(fvus.max(), series["fitted"].max()) * 1.55)
+    pursuit = summary.get("curve_pursuit_fvu")
     ax.set_title("Dark matter of SAEs: breakdown of FVU" + ("" if pursuit else " (no pursuit)"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    (x0, x1), (y0, y1) = breakdown_zoom(widths, grid, parts)
+    (x0, x1), (y0, y1) = breakdown_zoom(widths, series)
     inset = ax.inset_axes([0.5, 0.6, 0.47, 0.36])
-    _draw_breakdown(inset, grid, parts, widths, fvus, nonlinear_fvus, fit, summary["curve_k"],
+    _draw_breakdown(inset, series, widths, fvus, nonlinear_fvus, fit, summary["curve_k"],
                     labels=False)  # fmt: skip
     inset.set_xlim(x0, x1)
     inset.set_ylim(y0, y1)
@@ -114,15 +129,14 @@ def plot_scaling_breakdown(summary: dict[str, Any]) -> Figure:
     return fig
 
 
-def plot_power_law_fit(summary: dict[str, Any]) -> Figure:
+def plot_power_law_fit(summary: dict[str, Any], series: dict[str, np.ndarray]) -> Figure:
     """Fig 2: FVU and FVU after adding the linear error prediction against width, log-log."""
-    fit = fit_from_summary(summary)
+    fit = summary["power_law"]
     widths = np.asarray(summary["curve_widths"], dtype=float)
-    grid = np.geomspace(widths.min(), widths.max() * 10, 200)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.scatter(widths, summary["curve_fvu"], color="C0", zorder=3, label="SAE FVU")
-    ax.plot(grid, fit(grid), "C0-", lw=1, label=_fit_label(fit))
-    ax.axhline(fit.c, color="C0", ls=":", lw=1, label=f"asymptote c = {fit.c:.3f}")
+    ax.plot(series["grid"], series["fitted"], "C0-", lw=1, label=_fit_label(fit))
+    ax.axhline(fit["c"], color="C0", ls=":", lw=1, label=f"asymptote c = {fit['c']:.3f}")
     ax.scatter(widths, summary["curve_nonlinear_fvu"], color="C3", marker="s", zorder=3,
                label="FVU after adding x·W (nonlinear FVU)")  # fmt: skip
     ax.axhline(np.mean(summary["curve_nonlinear_fvu"]), color="C3", ls="--", lw=1,
@@ -133,10 +147,10 @@ def plot_power_law_fit(summary: dict[str, Any]) -> Figure:
     readable_log_axis(ax, "y")
     ax.set_xlabel("SAE width (latents)")
     ax.set_ylabel("FVU")
-    ci = summary["power_law"]["m_ci"]
+    ci = [math.nan if v is None else float(v) for v in fit["m_ci"]]
     ci_text = (
         f"m 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]"
-        if None not in ci and np.all(np.isfinite(ci))
+        if np.all(np.isfinite(ci))
         else "no CI: as many parameters as widths"
     )
     ax.set_title(f"Power-law fit ({ci_text})", fontsize=9)
@@ -145,11 +159,13 @@ def plot_power_law_fit(summary: dict[str, Any]) -> Figure:
     return fig
 
 
-def _contour(ax, rows: list[dict], key: str, title: str):
+def _contour(ax, rows: list[dict], series, key: str, title: str):
+    if f"contour_{key}_values" not in series:
+        raise ValueError(f"a contour needs at least 3 (width, L0) points; got {len(rows)}")
     widths = [r["width"] for r in rows]
     l0s = [max(r["l0_mean"], 1e-3) for r in rows]
-    grid = contour_grid(widths, l0s, [r[key] for r in rows])
-    filled = ax.contourf(grid.widths, grid.l0s, grid.values, levels=15, cmap="viridis")
+    grid_w, grid_l0, values = (series[f"contour_{key}_{f}"] for f in ("widths", "l0s", "values"))
+    filled = ax.contourf(grid_w, grid_l0, values, levels=15, cmap="viridis")
     ax.scatter(widths, l0s, c="w", edgecolors="k", s=14)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -161,119 +177,19 @@ def _contour(ax, rows: list[dict], key: str, title: str):
     ax.figure.colorbar(filled, ax=ax)
 
 
-def plot_error_r2_contours(summary: dict[str, Any]) -> Figure:
+def plot_error_r2_contours(summary: dict[str, Any], series: dict[str, np.ndarray]) -> Figure:
     """Fig 3: held-out R² of the error norm and of the error vector from x over (width, L0)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    _contour(axes[0], summary["saes"], "r2_norm", "R² of ‖x − x̂‖² from x")
-    _contour(axes[1], summary["saes"], "r2_vector", "R² of x − x̂ from x (mean over dims)")
+    _contour(axes[0], summary["saes"], series, "r2_norm", "R² of ‖x − x̂‖² from x")
+    _contour(axes[1], summary["saes"], series, "r2_vector", "R² of x − x̂ from x (mean over dims)")
     fig.tight_layout()
     return fig
 
 
-def plot_nonlinear_fvu_contour(summary: dict[str, Any]) -> Figure:
+def plot_nonlinear_fvu_contour(summary: dict[str, Any], series: dict[str, np.ndarray]) -> Figure:
     """Fig 11: FVU after adding the linear error prediction (nonlinear FVU) over (width, L0)."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    _contour(ax, summary["saes"], "nonlinear_error_fvu", "Nonlinear SAE FVU")
-    fig.tight_layout()
-    return fig
-
-
-def _trace_slice(data, start: int, length: int) -> slice:
-    n = data["total"].shape[1]
-    start = min(start, max(n - 2, 0))
-    return slice(start, min(start + length, n))
-
-
-def trace_zoom(span: slice, first: int = 85, last: int = 95) -> slice:
-    """Tokens of Fig 4's inset: the paper magnifies positions 85–95 of its 100-token trace; the
-    same positions of this trace, moved inside it when the trace is shorter."""
-    n = span.stop - span.start
-    width = min(last - first, max(n - 1, 1))
-    lo = min(first, max(n - 1 - width, 0))
-    return slice(span.start + lo, span.start + lo + width + 1)
-
-
-def plot_token_trace(data, start: int = 0, length: int = 100) -> Figure:
-    """Fig 4: the error norm of every width on a span of consecutive window tokens, with the
-    paper's magnified inset (:func:`trace_zoom`)."""
-    span = _trace_slice(data, start, length)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(data["widths"])))
-    zoom = trace_zoom(span)
-    inset = ax.inset_axes([0.60, 0.56, 0.38, 0.40]) if zoom.stop - zoom.start >= 2 else None
-    for row, (width, colour) in enumerate(zip(data["widths"], colours, strict=True)):
-        ax.plot(np.arange(span.start, span.stop), data["total"][row, span], color=colour, lw=1,
-                label=f"width {width}")  # fmt: skip
-        if inset is not None:
-            inset.plot(np.arange(zoom.start, zoom.stop), data["total"][row, zoom], color=colour,
-                       lw=1.2, marker=".", ms=3)  # fmt: skip
-    if inset is not None:
-        bottom, top = ax.get_ylim()  # headroom: the inset sits above the traces
-        ax.set_ylim(bottom, top + 0.8 * (top - bottom))
-        values = np.asarray(data["total"])[:, zoom]
-        lo, hi = float(values.min()), float(values.max())
-        pad = 0.08 * max(hi - lo, 1e-6)
-        inset.set_xlim(zoom.start - 0.3, zoom.stop - 0.7)
-        inset.set_ylim(lo - pad, hi + pad)
-        inset.tick_params(labelsize=6)
-        inset.set_title(f"tokens {zoom.start}–{zoom.stop - 1}", fontsize=6.5)
-        ax.indicate_inset_zoom(inset, edgecolor="0.3")
-    ax.set_xlabel("window token")
-    ax.set_ylabel("‖x − x̂‖")
-    ax.set_title("Per-token SAE error norms across widths", fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
-    fig.tight_layout()
-    return fig
-
-
-def _heatmap(ax, matrix: np.ndarray, widths, title: str, fmt: str, cmap="viridis"):
-    masked = np.ma.masked_invalid(matrix)
-    image = ax.imshow(masked, cmap=cmap)
-    for i in range(len(widths)):
-        for j in range(len(widths)):
-            if np.isfinite(matrix[i, j]):
-                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7,
-                        color="w")  # fmt: skip
-    labels = [str(w) for w in widths]
-    ax.set_xticks(range(len(widths)), labels, fontsize=7, rotation=45)
-    ax.set_yticks(range(len(widths)), labels, fontsize=7)
-    ax.set_xlabel("predicted width")
-    ax.set_ylabel("predictor width")
-    ax.set_title(title, fontsize=9)
-    ax.figure.colorbar(image, ax=ax)
-
-
-def plot_cross_width(data) -> Figure:
-    """Fig 5: held-out R² of ‖e_j‖ from [‖e_i‖, 1] (narrower row predicts wider column)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.8))
-    _heatmap(ax, data["r2_basic"], data["widths"], "R² of error norms across widths", ".2f")
-    fig.tight_layout()
-    return fig
-
-
-def plot_nonlinear_extra(data) -> Figure:
-    """Fig 12: % of the remaining variance explained by adding ‖nonlinear_i‖ as a predictor."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.8))
-    _heatmap(ax, data["extra_percent"], data["widths"],
-             "% remaining variance explained\nby adding the nonlinear error norm", ".1f", "magma")  # fmt: skip
-    fig.tight_layout()
-    return fig
-
-
-def plot_linear_nonlinear_trace(data, start: int = 0, length: int = 100) -> Figure:
-    """Fig 6: linear-error and nonlinear-error norms of every width on the token span."""
-    span = _trace_slice(data, start, length)
-    fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(data["widths"])))
-    xs = np.arange(span.start, span.stop)
-    for row, (width, colour) in enumerate(zip(data["widths"], colours, strict=True)):
-        axes[0].plot(xs, data["linear"][row, span], color=colour, lw=1, label=f"width {width}")
-        axes[1].plot(xs, data["nonlinear"][row, span], color=colour, lw=1)
-    axes[0].set_ylabel("‖x·W‖ (linear)")
-    axes[1].set_ylabel("‖e − x·W‖ (nonlinear)")
-    axes[1].set_xlabel("window token")
-    axes[0].legend(fontsize=7, ncol=2)
-    axes[0].set_title("Linear and nonlinear error norms per token", fontsize=9)
+    _contour(ax, summary["saes"], series, "nonlinear_error_fvu", "Nonlinear SAE FVU")
     fig.tight_layout()
     return fig
 
@@ -281,12 +197,13 @@ def plot_linear_nonlinear_trace(data, start: int = 0, length: int = 100) -> Figu
 def plot_norm_violin(norms: dict[str, Any]) -> Figure:
     """Fig 7: held-out R² of predicting each squared norm from x, over the sweep's SAEs."""
     results = norms["r2"]
-    values = [[results[name][target] for name in results] for target in NORM_TARGETS]
+    targets = list(next(iter(results.values())))  # the analysis's order (NORM_TARGETS)
+    values = [[results[name][target] for name in results] for target in targets]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.violinplot(values, showmeans=True)
     for i, vals in enumerate(values, start=1):
         ax.scatter(np.full(len(vals), i), vals, s=8, color="k", zorder=3)
-    ax.set_xticks(range(1, len(NORM_TARGETS) + 1), [NORM_LABELS[t] for t in NORM_TARGETS],
+    ax.set_xticks(range(1, len(targets) + 1), [NORM_LABELS[t] for t in targets],
                   rotation=20, fontsize=7)  # fmt: skip
     ax.set_ylabel("held-out R² of ‖·‖² from x")
     ax.set_title(f"Norm prediction over {len(results)} SAEs", fontsize=9)
@@ -334,14 +251,17 @@ def plot_baselines(baselines: dict[str, Any]) -> Figure:
     return fig
 
 
-def plot_probe(probe, window: int = 100, limit: int = 10000) -> Figure:
-    """Fig 14: W_dec[i]·a* against each latent's mean activation when active (sorted)."""
-    dots = np.asarray(probe["probe_dot"])[:limit]
-    acts = np.asarray(probe["mean_active"])[:limit]
+def plot_probe(probe) -> Figure:
+    """Fig 14: W_dec[i]·a* against each latent's mean activation when active (sorted), for the
+    latents the probe's ``running_mean`` covers (rule darkmatter_probe: the first probe_limit)."""
+    smooth = np.asarray(probe["running_mean"])
+    window = int(probe["running_window"])
+    dots = np.asarray(probe["probe_dot"])[: len(smooth)]
+    acts = np.asarray(probe["mean_active"])[: len(smooth)]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     xs = np.arange(len(dots))
     ax.plot(xs, dots, lw=0.4, alpha=0.4, color="C0", label="(a*)ᵀ · decoder row")
-    ax.plot(xs, running_mean(dots, window), lw=1.5, color="C1", label=f"running mean ({window})")
+    ax.plot(xs, smooth, lw=1.5, color="C1", label=f"running mean ({window})")
     if len(dots):
         lo, hi = np.percentile(dots, [1, 99])
         ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))

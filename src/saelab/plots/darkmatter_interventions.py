@@ -93,33 +93,31 @@ def plot_downstream_ce(table: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def plot_pursuit_breakdown(
-    records: Sequence[Mapping[str, Any]],
-    fit=None,
-    k_records: Sequence[Mapping[str, Any]] | None = None,
-) -> Figure:
+def plot_pursuit_breakdown(breakdown: Mapping[str, Any]) -> Figure:
     """Fig 10a: FVU against width of the encoder and of gradient pursuit at the same L0, each
     alone and plus its own linear error prediction, with the paper's breakdown drawn for
-    pursuit: ``fit`` (a power law, callable of width with ``c``, ``a``, ``m``) above its
-    asymptote c = absent features; c down to the mean nonlinear FVU of pursuit = linear error
-    (empty when c lies below it); below = nonlinear error. With ``k_records`` (pursuit on the
-    k sweep at one width), a second panel of FVU against L0."""
-    records = sorted(records, key=lambda r: r["width"])
+    pursuit (``breakdown`` from :func:`saelab.darkmatter.scaling.pursuit_breakdown`): the
+    power-law ``fit`` curve above its asymptote c = absent features; c down to the mean
+    nonlinear FVU of pursuit = linear error (empty when c lies below it); below = nonlinear
+    error. With ``k_records`` (pursuit on the k sweep at one width), a second panel of FVU
+    against L0."""
+    records, k_records = breakdown["width_records"], breakdown["k_records"]
+    fit = breakdown["fit"]
     n_panels = 2 if k_records else 1
     fig, axes = plt.subplots(1, n_panels, figsize=(7 * n_panels, 4.5), squeeze=False)
     ax = axes[0, 0]
     widths = np.asarray([r["width"] for r in records], dtype=float)
     _fvu_lines(ax, widths, records)
     nonlinear = np.asarray([r["pursuit_nonlinear_error_fvu"] for r in records])
-    grid = np.geomspace(widths.min(), widths.max() * 10, 200)
+    grid = np.asarray(breakdown["grid"])
     floor = float(nonlinear.mean())
     ax.fill_between(grid, 0, floor, color="tab:purple", alpha=0.2, label="nonlinear error")
     if fit is not None:
-        curve = fit(grid)
-        c = float(fit.c)
+        curve = np.asarray(breakdown["fit_curve"])
+        c = float(fit["c"])
         top = max(c, floor)
         ax.plot(grid, curve, ":", color="black",
-                label=f"pursuit fit FVU ≈ {c:.3f} + {fit.a:.3g} W^-{fit.m:.2f}")  # fmt: skip
+                label=f"pursuit fit FVU ≈ {c:.3f} + {fit['a']:.3g} W^-{fit['m']:.2f}")  # fmt: skip
         if c > floor:
             ax.fill_between(grid, floor, c, color="tab:orange", alpha=0.25, label="linear error")
         ax.fill_between(grid, top, np.maximum(curve, top), color="tab:red", alpha=0.15,
@@ -133,7 +131,6 @@ def plot_pursuit_breakdown(
     ax.set_title(f"widths at k = {k} ({n} tokens, pursuit at each token's L0)", fontsize=10)
     ax.legend(fontsize=7)
     if k_records:
-        k_records = sorted(k_records, key=lambda r: r["k"])
         ax = axes[0, 1]
         _fvu_lines(ax, np.asarray([r["l0_mean"] for r in k_records]), k_records)
         l0s = [r["l0_mean"] for r in k_records]

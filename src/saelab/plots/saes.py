@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -12,6 +15,7 @@ import matplotlib.pyplot as plt
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
+from saelab.metrics import fvu_key
 from saelab.plots.common import interval_yerr, readable_log_axis
 
 ARCH_COLOURS = {
@@ -21,6 +25,8 @@ ARCH_COLOURS = {
     "relu": "tab:red",
     "jumprelu": "tab:purple",
 }
+
+log = logging.getLogger(__name__)
 
 
 def _colour(arch: str) -> str:
@@ -197,3 +203,71 @@ def plot_ce_recovered(rows: Sequence[Mapping]) -> Figure:
                       "compare bars within a group, not across groups.", fontsize=8,
                       color="firebrick")  # fmt: skip
     return fig
+
+
+# ---------------------------------------------------------------- registry entries
+# The drawing functions of the registry rows (saelab.figures): inputs as scripts/plot.py loads
+# them (evaluation JSONs of the named SAEs, the trained SAEs' directories, the grid's
+# regression.json), the rows' options as keywords.
+
+
+def draw_training_curves(saes: Sequence[str]) -> Figure:
+    """Every trained SAE's train_log.jsonl (in its directory, named as the SAE) as curves."""
+    logs = {
+        Path(path).name: [
+            json.loads(line) for line in (Path(path) / "train_log.jsonl").read_text().splitlines()
+        ]
+        for path in saes
+    }
+    return plot_training_curves(logs)
+
+
+def draw_l0_fvu_frontier(
+    evaluations: Sequence[Mapping],
+    grid: Sequence[Mapping],
+    fvu: str,
+    grid_points: Sequence[Mapping],
+) -> Figure:
+    """Held-out FVU (definition ``fvu``) against L0 of the named SAEs, and the dark-matter grid
+    (its regression.json: dim-centred FVU and L0 over the analysis window)."""
+    points = []
+    for e in evaluations:
+        ce = e.get("ce_recovered") or {}
+        points.append({"name": e["sae"], "arch": e["arch"], "l0": e["l0"]["mean"],
+                       "fvu": e[fvu_key(fvu)], "hook": ce.get("hook_name")})  # fmt: skip
+    rows = [
+        {**point, "l0": regression["l0_mean"], "fvu": regression["fvu"]}
+        for point, regression in zip(grid_points, grid, strict=True)
+    ]
+    if rows and fvu != "dim_centred":
+        log.warning("the grid's FVU is dim_centred while the named SAEs show %s", fvu)
+    return plot_l0_fvu_frontier(points, fvu, rows)
+
+
+def draw_matryoshka_prefix_fvu(evaluations: Sequence[Mapping], fvu: str) -> Figure:
+    """FVU (definition ``fvu``) of every nested prefix of every Matryoshka SAE."""
+    prefixes = {}
+    for evaluation in evaluations:
+        if evaluation.get("matryoshka"):
+            rows = evaluation["matryoshka"]["prefix_fvu"]
+            prefixes[evaluation["sae"]] = {
+                "sizes": [row["n_latents"] for row in rows],
+                "fvu": [row[fvu_key(fvu)] for row in rows],
+            }
+    return plot_matryoshka_prefix_fvu(prefixes)
+
+
+def draw_ce_recovered(evaluations: Sequence[Mapping]) -> Figure:
+    """CE loss recovered and KL of every named SAE that has them."""
+    rows = []
+    for evaluation in evaluations:
+        ce = evaluation.get("ce_recovered")
+        if ce:
+            rows.append({
+                "name": evaluation["sae"], "arch": evaluation["arch"],
+                "ce_recovered_zero": ce["ce_loss_score"],
+                "ce_recovered_mean": ce["ce_loss_score_mean"], "kl": ce["kl_sae"],
+                "intervals": ce.get("intervals"),
+                "hook": ce.get("hook_name"),
+            })  # fmt: skip
+    return plot_ce_recovered(rows)

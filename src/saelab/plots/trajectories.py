@@ -300,3 +300,20 @@ __all__ = [
     "trajectory_graph_html_figure",
     "write_html_atomic",
 ]
+
+
+def draw_evolution(evolution: Mapping[str, Any], layer: int, top: int | None) -> Figure:
+    """Registry entry of ``plots/trajectories/{prompt}/evolution_L{layer}.png``: latent ranks
+    against the step at ``layer`` for the full prompt of an evolution JSON."""
+    meta = evolution["metadata"]
+    length = meta["max_prompt_length"]
+    title = f"{meta['prompt_name']}: SAE latent ranks through attention, layer {layer}" + (
+        f" (top {top})" if top else ""
+    )
+    try:
+        steps = evolution["data"][str(length)][str(layer)]["indices"]
+    except KeyError:
+        raise KeyError(
+            f"the evolution data has no layer {layer}; layers {meta['layers']}"
+        ) from None
+    return evolution_figure(steps, meta["tokens"], layer, title, top=top)

@@ -1,4 +1,4 @@
-"""Rule train_sae: a group of SAEs trained on the same batches of one activation cache, or
+"""Rules train_saes_<group>: a group of SAEs trained on the same batches of one activation cache, or
 (``source: stream``) straight from the model's forward over the tokenized corpus."""
 
 from saelab.cache import cache_manifest
