@@ -26,5 +26,9 @@ with logged(snakemake.log[0]) as log:
     losses = token_losses(model, tokens)
     savez_atomic(
         snakemake.output.npz,
-        {"rows": contexts.rows, "loss": losses.reshape(-1), "precision": np.array(precision.dtype_name)},
+        {
+            "rows": contexts.rows,
+            "loss": losses.reshape(-1),
+            "precision": np.array(precision.dtype_name),
+        },
     )

@@ -7,12 +7,8 @@ Every metric is computed in saelab.evaluate; this script only wires the rule's f
 import json
 from pathlib import Path
 
-from saelab.evaluate import (
-    evaluate_sae,
-    first_letter_absorption_from_cache,
-    heldout_reader,
-    write_metrics,
-)
+from saelab.absorption import first_letter_absorption_from_cache
+from saelab.evaluate import evaluate_sae, heldout_reader, write_metrics
 from saelab.metrics import fvu_key
 from saelab.models import configured_device, load_tokenizer
 from saelab.runtime import logged, set_torch_threads

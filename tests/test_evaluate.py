@@ -15,27 +15,28 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
+from saelab.absorption import first_letter_absorption, single_word_tokens
 from saelab.cache import TLActivationSource, build_cache
 from saelab.ce import ce_recovered
 from saelab.checks import load_config
 from saelab.config import REPO_ROOT
 from saelab.evaluate import (
     SparseCodes,
-    dead_per_group,
     encode_reconstruct,
     evaluate_sae,
-    first_letter_absorption,
     heldout_contexts,
     heldout_reader,
-    seed001_absorption_score,
-    seed001_hierarchy,
-    seed001_monosemanticity,
-    seed001_splitting_score,
-    single_word_tokens,
     write_metrics,
 )
 from saelab.saes import SAEConfig, build_sae
 from saelab.saes.io import save_sae
+from saelab.seed001 import (
+    seed001_absorption_score,
+    seed001_hierarchy,
+    seed001_monosemanticity,
+    seed001_splitting_score,
+)
+from saelab.sparsity import dead_per_group
 
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 

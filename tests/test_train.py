@@ -212,7 +212,7 @@ def test_outputs_are_complete_and_metrics_recompute_from_the_saved_sae(trained):
         recon = sae(heldout).output.double()
     x = heldout.double()
     sse = (recon - x).pow(2).sum()
-    fvu = sse / (x - x.mean()).pow(2).sum()
+    fvu = (sse / x.numel()) / x.var()  # seed 001's compute_fvu: MSE / unbiased variance
     fvu_centered = sse / (x - x.mean(dim=0)).pow(2).sum()
     assert metrics["heldout"]["tokens"] == x.shape[0]
     assert metrics["heldout"]["fvu_element_global"] == pytest.approx(fvu.item(), rel=1e-5)

@@ -1,0 +1,398 @@
+"""A simplified SAEBench-style first-letter absorption rate on single-word tokens of the corpus,
+from activations cached for them (:func:`first_letter_absorption_from_cache`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelab.cache.words import cached_word_activations, tokens_in_cache
+from saelab.evaluate import _compact, concat_codes, encode_reconstruct
+from saelab.saes.base import SAE, SparseCodes
+
+log = logging.getLogger("saelab.absorption")
+
+
+def single_word_tokens(
+    tokenizer, token_ids: Iterable[int] | None = None, min_length: int = 2
+) -> dict[int, str]:
+    """Token ids that decode to one ASCII alphabetic word of ≥ ``min_length`` letters, with or
+    without one leading space (``" the"``, ``"The"``), mapped to the word. Special tokens are
+    skipped. ``token_ids`` restricts the search (e.g. to ids present in a corpus)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = range(len(tokenizer)) if token_ids is None else sorted({int(i) for i in token_ids})
+    words = {}
+    for i in ids:
+        if i in special:
+            continue
+        text = tokenizer.decode([i])
+        word = text[1:] if text.startswith(" ") else text
+        if len(word) >= min_length and word.isascii() and word.isalpha():
+            words[i] = word
+    return words
+
+
+class LetterAbsorption(NamedTuple):
+    letter: str
+    n_train: int
+    n_test: int
+    n_true_positives: int
+    """Test tokens of this letter that the probe classifies correctly (the denominator)."""
+    n_full_absorption: int
+    full_absorption_rate: float | None
+    mean_absorption_fraction: float | None
+    main_latents: list[int]
+    main_f1: float
+    """F1 on the train tokens of "some main latent fires" for "the word starts with letter"."""
+
+
+class FirstLetterAbsorption(NamedTuple):
+    full_absorption_rate: float | None
+    """Mean over letters of the per-letter full-absorption rate; None when skipped."""
+    mean_absorption_fraction: float | None
+    """Mean over letters of the mean absorption fraction (SAEBench's headline number)."""
+    pooled_full_absorption_rate: float | None
+    """All absorbed tokens / all probe true positives."""
+    probe_accuracy: float | None
+    """Test accuracy of the first-letter probe over the letters kept."""
+    n_tokens: int
+    n_word_types: int
+    letters: dict[str, LetterAbsorption]
+    reason: str | None
+    """Why the metric was not computed (too few tokens, a transcoder), else None."""
+
+
+def _skipped(reason: str, n_tokens: int = 0, n_types: int = 0) -> FirstLetterAbsorption:
+    log.info("first-letter absorption skipped: %s", reason)
+    return FirstLetterAbsorption(None, None, None, None, n_tokens, n_types, {}, reason)
+
+
+def _cap_per_type(ids: Tensor, max_per_type: int | None, generator: torch.Generator) -> Tensor:
+    """Indices keeping at most ``max_per_type`` random occurrences of each token id."""
+    n = len(ids)
+    if max_per_type is None:
+        return torch.arange(n)
+    perm = torch.randperm(n, generator=generator)
+    sorted_ids, order = torch.sort(ids[perm], stable=True)
+    first = torch.searchsorted(sorted_ids, sorted_ids)
+    rank = torch.arange(n) - first
+    return torch.sort(perm[order[rank < max_per_type]]).values
+
+
+def _split_by_type(
+    ids: Tensor, letters: Tensor, test_fraction: float, generator: torch.Generator
+) -> Tensor:
+    """Test mask: per letter, a random ``test_fraction`` of its word types (≥ 1 each side)."""
+    test = torch.zeros(len(ids), dtype=torch.bool)
+    for letter in letters.unique().tolist():
+        types = ids[letters == letter].unique()
+        if len(types) < 2:
+            continue
+        n_test = min(len(types) - 1, max(1, round(test_fraction * len(types))))
+        chosen = types[torch.randperm(len(types), generator=generator)[:n_test]]
+        test |= torch.isin(ids, chosen) & (letters == letter)
+    return test
+
+
+def _train_probe(
+    X: Tensor, y: Tensor, n_classes: int, steps: int, lr: float, weight_decay: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Multinomial logistic regression on centred X scaled by one global RMS, full-batch Adam
+    from zero (a single scale keeps directions as in activation space; per-dimension
+    standardisation would blow up directions that barely vary in training).
+
+    Returns (W [d, C], b [C], mean [d], scale []); logits = ((x − mean)/scale) @ W + b.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        X = X.detach().clone().float()
+        mu = X.mean(dim=0)
+        scale = (X - mu).pow(2).sum(dim=1).mean().sqrt().clamp_min(1e-6)
+        Z = (X - mu) / scale
+        W = torch.zeros(X.shape[1], n_classes, requires_grad=True)
+        b = torch.zeros(n_classes, requires_grad=True)
+        opt = torch.optim.Adam([W, b], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(Z @ W + b, y) + weight_decay * W.pow(2).sum()
+            loss.backward()
+            opt.step()
+    return W.detach(), b.detach(), mu, scale
+
+
+def _f1(tp: Tensor, predicted: Tensor, actual: int) -> Tensor:
+    return 2 * tp.double() / (predicted.double() + actual).clamp_min(1)
+
+
+def _main_latents(
+    codes: SparseCodes, is_letter: Tensor, max_latents: int, jump: float
+) -> tuple[list[int], float]:
+    """The letter's main latents on train tokens: the latent with the best F1 for "fires" vs
+    "is this letter", then the next best (by single-latent F1) while the F1 of "any of them
+    fires" rises by more than ``jump`` (SAEBench: k-sparse probes with an F1-jump rule)."""
+    lat, rows = codes.latents.long(), codes.rows.long()
+    n_letter = int(is_letter.sum())
+    fires = torch.bincount(lat, minlength=codes.width)
+    tp = torch.bincount(lat[is_letter[rows]], minlength=codes.width)
+    single = _f1(tp, fires, n_letter)
+    ranked = torch.argsort(single, descending=True)[:max_latents].tolist()
+    chosen = ranked[:1]
+    best = float(single[ranked[0]])
+    for cand in ranked[1:]:
+        trial = [*chosen, cand]
+        fired = torch.zeros(codes.n_rows, dtype=torch.bool)
+        fired[rows[torch.isin(lat, torch.tensor(trial))]] = True
+        f1 = float(_f1((fired & is_letter).sum(), fired.sum(), n_letter))
+        if f1 - best <= jump:
+            break
+        chosen, best = trial, f1
+    return chosen, best
+
+
+@torch.no_grad()
+def first_letter_absorption(
+    sae: SAE,
+    acts: Tensor,
+    token_ids: Tensor,
+    words: Mapping[int, str],
+    *,
+    test_mask: Tensor | None = None,
+    test_fraction: float = 0.3,
+    max_per_type: int | None = 8,
+    min_tokens_per_letter: int = 5,
+    min_letters: int = 2,
+    probe_steps: int = 300,
+    probe_lr: float = 0.01,
+    probe_weight_decay: float = 1e-4,
+    f1_jump_threshold: float = 0.03,
+    max_main_latents: int = 10,
+    full_absorption_cos_threshold: float = 0.025,
+    fraction_cos_threshold: float = 0.1,
+    projection_threshold: float = 0.4,
+    max_absorbing_latents: int = 3,
+    batch_size: int = 2048,
+    seed: int = 0,
+) -> FirstLetterAbsorption:
+    """A simplified SAEBench first-letter absorption rate on single-word corpus tokens.
+
+    What is computed:
+
+    1. Tokens: rows of ``acts`` (the SAE's input hook) whose ``token_ids`` are in ``words``
+       (see :func:`single_word_tokens`), at most ``max_per_type`` random occurrences per token
+       type; label = the word's first letter, lower-cased. Word types are split per letter into
+       train and test (``test_fraction`` of the types), unless ``test_mask`` is given. Letters
+       with fewer than ``min_tokens_per_letter`` train or test tokens are dropped; with fewer
+       than ``min_letters`` letters left the result is skipped (``reason`` says why).
+    2. Probe: multinomial logistic regression over the kept letters on the activations,
+       centred and divided by one global RMS (Adam, ``probe_steps`` full-batch steps); letter
+       L's probe direction p_L is its weight column, unit-normalised.
+    3. Main latents of L (train tokens): the latent whose firing has the best F1 for "word
+       starts with L", plus further latents (by single F1) while the F1 of "any fires" rises
+       by more than ``f1_jump_threshold``, up to ``max_main_latents``.
+    4. On test tokens of L that the probe classifies as L (true positives), with
+       proj = x·p_L and latent projections a_i · cos(W_dec_i, p_L):
+       full absorption = no main latent fires, proj > 0, the top-projecting latent has
+       cos ≥ ``full_absorption_cos_threshold`` and carries ≥ ``projection_threshold`` of proj;
+       absorption fraction = SAEBench's formula with the top ``max_absorbing_latents``
+       non-main latents of cos ≥ ``fraction_cos_threshold`` as absorbers.
+    5. Per letter: full-absorption rate = absorbed / true positives and the mean absorption
+       fraction; overall: their means over letters (as SAEBench) and the pooled rate.
+
+    Differences from SAEBench: activations come from words in running corpus text, not from
+    ICL spelling prompts ``"{word}:"`` read at a fixed position; the probe is trained here on
+    the SAE's own hook (any hook; SAEBench reads resid_post); main latents come from
+    single-latent F1 ranking with a greedy union instead of L1-trained k-sparse probes; word
+    types, not vocabulary entries of a fixed list, are split. Thresholds are SAEBench's.
+    Transcoders are skipped (their decoder lives in another space than the probe).
+    """
+    if getattr(sae.cfg, "is_transcoder", False):
+        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+    token_ids = token_ids.long().cpu()
+    letter_of = {i: w[0].lower() for i, w in words.items() if w and w[0].isascii()}
+    if not letter_of:
+        return _skipped("no single-word tokens")
+    top_id = int(token_ids.max()) if len(token_ids) else 0
+    lookup = torch.full((max(max(letter_of), top_id) + 1,), -1)
+    for i, ch in letter_of.items():
+        lookup[i] = ord(ch) - ord("a")
+    is_word = (token_ids >= 0) & (lookup[token_ids.clamp_min(0)] >= 0)
+    rows = torch.nonzero(is_word).flatten()
+    generator = torch.Generator().manual_seed(seed)
+    rows = rows[_cap_per_type(token_ids[rows], max_per_type, generator)]
+    ids = token_ids[rows]
+    letters = lookup[ids]
+    n_types = len(ids.unique())
+    if test_mask is not None:
+        test = test_mask.bool().cpu()[rows]
+    else:
+        test = _split_by_type(ids, letters, test_fraction, generator)
+    kept = [
+        c
+        for c in letters.unique().tolist()
+        if int(((letters == c) & ~test).sum()) >= min_tokens_per_letter
+        and int(((letters == c) & test).sum()) >= min_tokens_per_letter
+    ]
+    if len(kept) < min_letters:
+        return _skipped(
+            f"only {len(kept)} letter(s) have ≥ {min_tokens_per_letter} train and test tokens "
+            f"among {len(rows)} single-word tokens of {n_types} types (need {min_letters})",
+            len(rows),
+            n_types,
+        )
+    select = torch.isin(letters, torch.tensor(kept))
+    rows, ids, letters, test = rows[select], ids[select], letters[select], test[select]
+    cls = torch.searchsorted(torch.tensor(kept), letters)
+    X = acts[rows].float().cpu()
+
+    W, b, mu, scale = _train_probe(
+        X[~test], cls[~test], len(kept), probe_steps, probe_lr, probe_weight_decay
+    )
+    predicted = (((X - mu) / scale) @ W + b).argmax(dim=1)
+    probe_accuracy = float((predicted[test] == cls[test]).double().mean())
+    directions = F.normalize(W.T, dim=1)  # [C, d]: one global scale keeps raw directions
+
+    was_training = sae.training
+    sae.eval()
+    try:
+        parts = [
+            _compact(encode_reconstruct(sae, X[lo : lo + batch_size].to(sae.device)).codes)
+            for lo in range(0, len(X), batch_size)
+        ]
+    finally:
+        sae.train(was_training)
+    codes = concat_codes(parts)
+    train_rows = torch.nonzero(~test).flatten()
+    train_codes = codes.select(torch.isin(codes.rows, train_rows))
+    remap = torch.full((len(X),), -1)
+    remap[train_rows] = torch.arange(len(train_rows))
+    train_codes = SparseCodes(
+        remap[train_codes.rows],
+        train_codes.latents,
+        train_codes.values,
+        len(train_rows),
+        codes.width,
+    )
+    W_dec = F.normalize(sae.W_dec.detach().float().cpu(), dim=1)
+
+    results: dict[str, LetterAbsorption] = {}
+    for c, code in enumerate(kept):
+        letter = chr(ord("a") + code)
+        main, main_f1 = _main_latents(
+            train_codes, cls[~test] == c, max_main_latents, f1_jump_threshold
+        )
+        tp_rows = torch.nonzero(test & (cls == c) & (predicted == c)).flatten()
+        n_full, fraction_sum = 0, 0.0
+        cos = W_dec @ directions[c]
+        for lo in range(0, len(tp_rows), batch_size):
+            chunk = tp_rows[lo : lo + batch_size]
+            full, frac = _absorption_of_rows(
+                codes,
+                chunk,
+                X[chunk] @ directions[c],
+                cos,
+                main,
+                full_absorption_cos_threshold,
+                fraction_cos_threshold,
+                projection_threshold,
+                max_absorbing_latents,
+            )
+            n_full += int(full.sum())
+            fraction_sum += float(frac.sum())
+        n_tp = len(tp_rows)
+        results[letter] = LetterAbsorption(
+            letter=letter,
+            n_train=int(((cls == c) & ~test).sum()),
+            n_test=int(((cls == c) & test).sum()),
+            n_true_positives=n_tp,
+            n_full_absorption=n_full,
+            full_absorption_rate=n_full / n_tp if n_tp else None,
+            mean_absorption_fraction=fraction_sum / n_tp if n_tp else None,
+            main_latents=main,
+            main_f1=main_f1,
+        )
+    rates = [r.full_absorption_rate for r in results.values() if r.n_true_positives]
+    fractions = [r.mean_absorption_fraction for r in results.values() if r.n_true_positives]
+    total_tp = sum(r.n_true_positives for r in results.values())
+    return FirstLetterAbsorption(
+        full_absorption_rate=float(np.mean(rates)) if rates else None,
+        mean_absorption_fraction=float(np.mean(fractions)) if fractions else None,
+        pooled_full_absorption_rate=(
+            sum(r.n_full_absorption for r in results.values()) / total_tp if total_tp else None
+        ),
+        probe_accuracy=probe_accuracy,
+        n_tokens=len(rows),
+        n_word_types=len(ids.unique()),
+        letters=results,
+        reason=None,
+    )
+
+
+def _absorption_of_rows(
+    codes: SparseCodes,
+    chunk: Tensor,
+    probe_proj: Tensor,
+    cos: Tensor,
+    main: list[int],
+    full_cos: float,
+    fraction_cos: float,
+    proportion: float,
+    max_absorbers: int,
+) -> tuple[Tensor, Tensor]:
+    """Full absorption (bool) and absorption fraction of the rows ``chunk`` of ``codes``."""
+    sub = codes.select(torch.isin(codes.rows, chunk))
+    local = torch.searchsorted(chunk, sub.rows.long())
+    dense = torch.zeros(len(chunk), codes.width)
+    dense[local, sub.latents.long()] = sub.values
+    proj = dense * cos
+    main_t = torch.tensor(main, dtype=torch.long)
+    main_fired = (dense[:, main_t] > 0).any(dim=1)
+    main_proj = proj[:, main_t].sum(dim=1)
+    top_val, top_idx = proj.max(dim=1)
+    safe = torch.where(probe_proj > 0, probe_proj, torch.ones_like(probe_proj))
+    full = (
+        ~main_fired & (probe_proj > 0) & (cos[top_idx] >= full_cos) & (top_val / safe >= proportion)
+    )
+    absorbers = proj.clone()
+    absorbers[:, main_t] = 0
+    absorbers[:, cos < fraction_cos] = 0
+    absorbers = absorbers.clamp_min(0)
+    k = min(max_absorbers, absorbers.shape[1])
+    absorbed_proj = absorbers.topk(k, dim=1).values.sum(dim=1)
+    share_ok = (probe_proj > 0) & (absorbed_proj / safe >= proportion)
+    fraction = torch.zeros(len(chunk))
+    partial = share_ok & (main_proj < probe_proj)
+    amount = torch.minimum(absorbed_proj, probe_proj - main_proj)
+    mixed = (amount / (amount + main_proj)).clamp(0, 1)
+    fraction = torch.where(partial & (main_proj > 0), mixed, fraction)
+    fraction = torch.where(partial & (main_proj <= 0), torch.ones_like(fraction), fraction)
+    return full, fraction
+
+
+def first_letter_absorption_from_cache(
+    sae: SAE,
+    cache_path: str | os.PathLike,
+    tokenizer,
+    *,
+    split: str = "all",
+    max_per_type: int | None = 8,
+    max_tokens: int = 50_000,
+    **options: Any,
+) -> FirstLetterAbsorption:
+    """:func:`first_letter_absorption` on the single-word tokens of a cache split: the
+    tokenizer picks the word types present, the cache gives their activations."""
+    if sae.cfg.is_transcoder:
+        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+    present = tokens_in_cache(cache_path, sae.cfg.hook_name, split)
+    words = single_word_tokens(tokenizer, present.tolist())
+    if not words:
+        return _skipped(f"no single-word tokens among the {len(present)} token types cached")
+    acts, ids = cached_word_activations(
+        cache_path, sae.cfg.hook_name, words, max_per_type, max_tokens, split
+    )
+    return first_letter_absorption(sae, acts, ids, words, max_per_type=max_per_type, **options)
