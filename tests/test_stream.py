@@ -251,12 +251,14 @@ def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_di
     from test_train import _Named
 
     from saelab.data import TokenizedCorpus, corpus_fingerprint, save_tokens
+    from saelab.models import resolve_model, write_manifest
     from saelab.models.tiny import _save_tiny
 
     model_dir = tmp_path / "models" / "tiny"
     model_dir.mkdir(parents=True)
     _save_tiny(tiny_lm(), model_dir / "tiny", {})
     shutil.copytree(small_tokenizer_dir, model_dir / "tokenizer")
+    write_manifest(resolve_model("tiny"), model_dir)  # last, as the train_tiny_lm rule does
     tokens, special = corpus()
     fingerprint = corpus_fingerprint(tokens, CTX, "per_context", 0)
     store = tmp_path / "tokens.zarr"
