@@ -214,3 +214,25 @@ def test_trajectories_settings_are_the_schema():
     assert _field_docstrings(TrajectoriesConfig) == {f.name for f in fields}
     assert all(f.default is dataclasses.MISSING for f in fields)
     assert all(f.default_factory is dataclasses.MISSING for f in fields)
+
+
+@pytest.mark.parametrize("configs", [["config.yaml"], ["config.yaml", "gpt2-small.yaml"],
+                                     ["config.yaml", "../tests/config/micro.yaml"]])  # fmt: skip
+def test_schema_defaults_are_filled_as_snakemake_fills_them(configs, in_preset_store):
+    """The library fills defaults without importing Snakemake; the Snakefile's check is
+    Snakemake's ``validate``: the same config comes out of both, values and key order."""
+    import copy
+    import json
+
+    from snakemake.utils import validate
+
+    from saelab.config import SCHEMA_PATH, deep_merge, validate_schema
+
+    raw: dict = {}
+    for name in configs:
+        raw = deep_merge(raw, load_yaml(REPO_ROOT / "config" / name))
+    ours, theirs = copy.deepcopy(raw), copy.deepcopy(raw)
+    validate_schema(ours)
+    validate(theirs, str(SCHEMA_PATH))
+    assert json.dumps(ours) == json.dumps(theirs)  # key order too
+    assert ours != raw  # defaults were filled

@@ -103,7 +103,7 @@ def test_the_graph_sees_every_kind_of_import():
     assert {"saelab.config", "saelab.checks", "saelab.sweeps"} <= set(graph)
     assert "saelab.config" in graph["saelab.sweeps"]  # module-level absolute
     assert "saelab.darkmatter.components" in graph["saelab.darkmatter.settings"]  # in a function
-    assert "saelab.config" in graph["saelab.models"]  # under TYPE_CHECKING
+    assert "saelab.config" in graph["saelab.models.tiny"]  # under TYPE_CHECKING
     assert "saelab.saes.base" in graph["saelab.saes"]  # a package's __init__
     assert "saelab.saes.pretrained" in graph["saelab.saes.settings"]
     assert "saelab.saes" not in graph["saelab.saes.io"]  # its own package: not an edge

@@ -254,20 +254,36 @@ def deep_merge(base: dict, override: dict) -> dict:
 def validate_schema(config: dict[str, Any]) -> None:
     """Check ``config`` against ``config/schema.yaml`` and fill its defaults in place.
 
-    Uses Snakemake's validator when it is importable (as in the Snakefile), so both places
-    read defaults the same way, and plain ``jsonschema`` otherwise.
+    Defaults are filled as Snakemake's ``validate`` fills them (the Snakefile's check): at every
+    level, each property with a ``default`` that the instance lacks is added, after the keys it
+    has, before the property's own schema is checked (so a default object gets its own
+    defaults too). A test holds the two to the same result, key order included.
     """
-    try:
-        from snakemake.utils import validate
-    except ImportError:  # pragma: no cover - snakemake is a core dependency
-        import jsonschema
+    import jsonschema
 
-        jsonschema.validate(config, load_yaml(SCHEMA_PATH))
-        return
     try:
-        validate(config, str(SCHEMA_PATH))
-    except Exception as err:  # WorkflowError wraps jsonschema's message
-        raise ConfigError(f"config does not match config/schema.yaml: {err}") from err
+        _defaults_validator_class()(_schema()).validate(config)
+    except jsonschema.ValidationError as err:
+        raise ConfigError(
+            f"config does not match config/schema.yaml: {err.message} "
+            f"(at {'.'.join(map(str, err.absolute_path)) or 'the top level'})"
+        ) from err
+
+
+@functools.cache
+def _defaults_validator_class():
+    from jsonschema import Draft202012Validator, validators
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
 
 
 @functools.cache
