@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saelab.models.splice import FromLayer, flat, hook_layer, replace_hook
+from saelab.models.splice import FromLayer, flat, hook_layer, next_token_ce, replace_hook
 
 log = logging.getLogger("saelab.evaluate")
 
@@ -88,7 +88,7 @@ class _CleanPass:
         self.lse = torch.logsumexp(self.logits, dim=-1)
         self.probs = torch.softmax(self.logits, dim=-1)
         self.targets = targets
-        self.ce = self.lse - self.logits.gather(-1, targets[..., None]).squeeze(-1)
+        self.ce = next_token_ce(self.logits, targets, self.lse)
 
     def ce_kl(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """[B, T−1] CE and KL(clean ‖ this) of a patched pass's ``logits`` [B, T, V]."""
@@ -96,7 +96,7 @@ class _CleanPass:
         for r in range(logits.shape[0]):  # one context at a time bounds the temporaries
             lg = logits[r, :-1].float()
             lse = torch.logsumexp(lg, dim=-1)
-            ce.append(lse - lg.gather(-1, self.targets[r, :, None]).squeeze(-1))
+            ce.append(next_token_ce(lg, self.targets[r], lse))
             diff = self.logits[r] - lg
             kl.append(torch.linalg.vecdot(self.probs[r], diff) - self.lse[r] + lse)
         return torch.stack(ce), torch.stack(kl)

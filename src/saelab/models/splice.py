@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -131,6 +130,16 @@ class FromLayer:
 
 
 @torch.no_grad()
+def next_token_ce(logits: Tensor, targets: Tensor, lse: Tensor | None = None) -> Tensor:
+    """Cross-entropy of each prediction, logsumexp(logits) − the target's logit, in float32
+    (``logits`` [..., V], ``targets`` [...]; ``lse``: the logits' logsumexp when the caller
+    already has it). The one CE of every CE number: CE recovered, downstream CE, token loss."""
+    logits = logits.float()
+    if lse is None:
+        lse = torch.logsumexp(logits, dim=-1)
+    return lse - logits.gather(-1, targets[..., None]).squeeze(-1)
+
+
 def masked_ce_sums(
     model, final_resid: Tensor, tokens: Tensor, loss_mask: Tensor, chunk: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +152,7 @@ def masked_ce_sums(
     for lo in range(0, len(b), chunk):
         bb, pp = b[lo : lo + chunk], p[lo : lo + chunk]
         logits = final_logits(model, final_resid[bb, pp]).float()
-        losses = F.cross_entropy(logits, tokens[bb, pp + 1], reduction="none").double()
+        losses = next_token_ce(logits, tokens[bb, pp + 1]).double()
         totals.index_add_(0, bb.cpu(), losses.cpu())
     return totals.numpy(), loss_mask.sum(dim=1).double().cpu().numpy()
 
@@ -156,12 +165,7 @@ def token_losses(model, tokens, batch_size: int = 4) -> np.ndarray:
     with torch.inference_mode():
         for b in tqdm(range(0, len(tokens), batch_size), desc="token loss", mininterval=1.0):
             batch = tokens[b : b + batch_size]
-            if model.cfg.dtype == torch.float32:
-                loss = model(batch, return_type="loss", loss_per_token=True)
-            else:  # a bf16 forward: the log-softmax over the vocabulary in float32
-                logits = model(batch, return_type="logits")[:, :-1].float()
-                loss = torch.nn.functional.cross_entropy(
-                    logits.transpose(1, 2), batch[:, 1:], reduction="none"
-                )
-            out[b : b + len(batch), :-1] = loss.float().cpu().numpy()
+            logits = model(batch, return_type="logits")[:, :-1]  # CE in float32 (bf16 too)
+            loss = next_token_ce(logits, batch[:, 1:])
+            out[b : b + len(batch), :-1] = loss.cpu().numpy()
     return out
