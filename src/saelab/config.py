@@ -209,7 +209,8 @@ def expand_sweep(
 ) -> tuple[dict[str, dict[str, Any]], list[SweepPoint]]:
     """Run specs (as in ``saes``) and points of one ``sweeps`` family: the product of its axes.
 
-    ``hook``, ``target_hook`` and ``name`` are templates over ``{layer}``, ``{width}`` and ``{k}``;
+    ``hook``, ``target_hook``, ``group`` and ``name`` are templates over ``{layer}``, ``{width}``
+    and ``{k}`` (a ``group`` template splits the family into several training groups);
     the default name is the sweep name plus one ``l``/``w``/``k`` tag per swept axis.
     """
     key = f"sweeps.{sweep}"
@@ -237,7 +238,7 @@ def expand_sweep(
         coords = dict(zip(names, values, strict=True))
         fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
         run = dict(base)
-        for field_name in ("hook", "target_hook"):
+        for field_name in ("hook", "target_hook", "group"):
             if isinstance(run.get(field_name), str):
                 run[field_name] = run[field_name].format(**fmt)
         run["width"] = coords["width"]
