@@ -185,3 +185,20 @@ def check_outputs(work: Path, preset, cooc_tokens: int, release_dir: Path) -> No
     figures = [p for p in (work / "plots").rglob("*") if p.suffix in {".png", ".pdf", ".svg"}]
     assert len(figures) >= 30 and all(p.stat().st_size > 1000 for p in figures)
     assert (work / "results" / "summary.md").stat().st_size > 0
+
+
+def test_sweep_group_template_splits_a_family_without_changing_its_saes():
+    """The overlay's memory split: a ``group`` template over the sweep's axes gives one group
+    per value; names, widths, ks and hooks are those of the one-group family."""
+    from saelab.config import expand_sweep
+
+    spec = {"arch": "topk", "hook": "blocks.8.hook_resid_pre", "width": [3072, 49152],
+            "k": [16, 128]}  # fmt: skip
+    whole, _ = expand_sweep("darkmatter", spec, 12)
+    split, _ = expand_sweep("darkmatter", {**spec, "group": "darkmatter-k{k}"}, 12)
+    assert {run["group"] for run in whole.values()} == {"darkmatter"}
+    assert {name: run["group"] for name, run in split.items()} == {
+        "darkmatter-w3072-k16": "darkmatter-k16", "darkmatter-w3072-k128": "darkmatter-k128",
+        "darkmatter-w49152-k16": "darkmatter-k16", "darkmatter-w49152-k128": "darkmatter-k128"}
+    for name, run in split.items():
+        assert {**run, "group": "darkmatter"} == whole[name]
