@@ -198,7 +198,10 @@ def test_sweep_group_template_splits_a_family_without_changing_its_saes():
     split, _ = expand_sweep("darkmatter", {**spec, "group": "darkmatter-k{k}"}, 12)
     assert {run["group"] for run in whole.values()} == {"darkmatter"}
     assert {name: run["group"] for name, run in split.items()} == {
-        "darkmatter-w3072-k16": "darkmatter-k16", "darkmatter-w3072-k128": "darkmatter-k128",
-        "darkmatter-w49152-k16": "darkmatter-k16", "darkmatter-w49152-k128": "darkmatter-k128"}
+        "darkmatter-w3072-k16": "darkmatter-k16",
+        "darkmatter-w3072-k128": "darkmatter-k128",
+        "darkmatter-w49152-k16": "darkmatter-k16",
+        "darkmatter-w49152-k128": "darkmatter-k128",
+    }
     for name, run in split.items():
         assert {**run, "group": "darkmatter"} == whole[name]
