@@ -186,8 +186,10 @@ def check_outputs(work: Path, preset, cooc_tokens: int, release_dir: Path) -> No
     evaluation = work / "data" / "analysis" / "evaluation" / "gpt2-small"
     for name in ("batchtopk", "matryoshka", "relu", "res-jb"):
         assert json.loads((evaluation / RES_JB[1] / f"{name}.json").read_text()), name
-    figures = [p for p in (work / "plots").rglob("*") if p.suffix in {".png", ".pdf", ".svg"}]
-    assert len(figures) >= 30 and all(p.stat().st_size > 1000 for p in figures)
+    for analysis in ("saes", "cooccurrence", "darkmatter", "trajectories"):
+        figures = [p for p in (work / "plots" / analysis).rglob("*") if p.suffix == ".png"]
+        assert figures and all(p.stat().st_size > 1000 for p in figures), analysis
+    assert len(list((work / "plots" / "darkmatter").glob("fig*.png"))) >= 15
     assert (work / "results" / "summary.md").stat().st_size > 0
 
 
