@@ -211,3 +211,14 @@ def test_sweep_group_template_splits_a_family_without_changing_its_saes():
     }
     for name, run in split.items():
         assert {**run, "group": "darkmatter"} == whole[name]
+
+
+def test_error_bars_of_an_interval_not_holding_its_point_are_zero():
+    """The smoke run's fig09 crashed: with 2 contexts the percentile bootstrap's lower bound was
+    the point plus 5e-13, and matplotlib refuses a negative yerr."""
+    from saelab.plots.common import interval_yerr
+
+    rows = [{"p": -41.22494561415822, "intervals": {"p": [-41.22494561415774, 4.9]}},
+            {"p": 1.0, "intervals": {"p": [0.5, 3.0]}}]  # fmt: skip
+    low, high = interval_yerr(rows, "p", "p")
+    assert low == [0.0, 0.5] and high == pytest.approx([46.12494561415822, 2.0])
