@@ -38,10 +38,12 @@ ORIGINALS = {
         ),
         # Seed 001's train_gpt2_simple.py: 1e7 tokens, batch 1024, lr 3e-4, D 12288, k 64,
         # input_unit_norm True (get_default_cfg), dead after 20 batches of 1024, checkpoint 500.
+        # input_unit_norm is the one departure: it standardises the target with statistics a
+        # transcoder cannot know at inference, and saelab refuses it (SAEConfig); raw inputs.
         "matryoshka-transcoder": (
             {**BART_TRAIN, "n_tokens": 10**7, "batch_size": 1024, "checkpoint_every": 500},
             {**BART_SAE, "arch": "matryoshka", "width": 12288, "k": 64, "loss": "bussmann",
-             "group_sizes": [768, 1536, 3072, 6912], "normalize_input": True,
+             "group_sizes": [768, 1536, 3072, 6912], "normalize_input": False,
              "dead_after_tokens": 20 * 1024},
         ),
     },
@@ -61,7 +63,7 @@ ORIGINALS = {
             {**BART_TRAIN, "n_tokens": 10**7, "batch_size": 512, "lr": 2e-4,
              "checkpoint_every": 1000},
             {**BART_SAE, "arch": "matryoshka", "width": 36864, "k": 96, "loss": "bussmann",
-             "group_sizes": [1152, 2304, 4608, 9216, 19584], "normalize_input": True,
+             "group_sizes": [1152, 2304, 4608, 9216, 19584], "normalize_input": False,
              "dead_after_tokens": 20 * 512},
         ),
     },
@@ -125,3 +127,20 @@ def test_groups_whose_cache_would_not_fit_stream(preset, in_preset_store):
         assert train["source"] == "stream", group
         corpus = cfg.corpora[cfg.caches[runs[0].cache].corpus]
         assert corpus.n_tokens * 0.95 >= train["n_tokens"], f"{group}: the corpus is too short"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_saes_are_valid_sae_configs(preset, in_preset_store):
+    """Every trained SAE of a preset is one SAEConfig accepts (the gpt2-small smoke test found
+    both transcoders asking for normalize_input, which SAEConfig refuses, at training time)."""
+    from saelab.budget import _widths
+    from saelab.saes import SAEConfig
+
+    cfg = load_config(DEFAULT, REPO_ROOT / "config" / preset)
+    shape = model_shape(resolve_model(cfg.model, tiny=cfg.tiny), cfg.tiny)
+    for runs in cfg.sae_groups().values():
+        for run in runs:
+            widths = _widths([h for h in (run.hook, run.target_hook) if h], shape)
+            kwargs = run.sae_config_kwargs(cfg.model)
+            target = run.target_hook
+            SAEConfig(**kwargs, d_in=widths[run.hook], d_out=widths[target] if target else None)

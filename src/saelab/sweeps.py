@@ -70,7 +70,8 @@ def expand_sweep(
 ) -> tuple[dict[str, dict[str, Any]], list[SweepPoint]]:
     """Run specs (as in ``saes``) and points of one ``sweeps`` family: the product of its axes.
 
-    ``hook``, ``target_hook`` and ``name`` are templates over ``{layer}``, ``{width}`` and ``{k}``;
+    ``hook``, ``target_hook``, ``group`` and ``name`` are templates over ``{layer}``, ``{width}``
+    and ``{k}`` (a ``group`` template splits the family into several training groups);
     the default name is the sweep name plus one ``l``/``w``/``k`` tag per swept axis.
     """
     key = f"sweeps.{sweep}"
@@ -98,7 +99,7 @@ def expand_sweep(
         coords = dict(zip(names, values, strict=True))
         fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
         run = dict(base)
-        for field_name in ("hook", "target_hook"):
+        for field_name in ("hook", "target_hook", "group"):
             if isinstance(run.get(field_name), str):
                 run[field_name] = run[field_name].format(**fmt)
         run["width"] = coords["width"]
@@ -192,7 +193,7 @@ def _expand_release_family(
             raise ConfigError(f"sweeps.{sweep}.name: two points of the family are named {name!r}")
         run = {**base, "pretrained": {"release": release, "sae_id": sae_id}}
         fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
-        for field_name in ("hook", "target_hook"):  # restated templates, checked on resolving
+        for field_name in ("hook", "target_hook", "group"):  # restated templates, checked on resolving
             if isinstance(run.get(field_name), str):
                 run[field_name] = run[field_name].format(**fmt)
         if isinstance(coords.get("width"), int):

@@ -182,9 +182,11 @@ def write_plotly_html(
 
 def interval_yerr(rows, key: str, metric: str):
     """Asymmetric error bars [2, n] (``yerr`` of bar/errorbar) from each row's
-    ``intervals[metric]`` ([low, high] around ``row[key]``), or None if any row lacks one."""
+    ``intervals[metric]`` ([low, high] around ``row[key]``), or None if any row lacks one.
+    A percentile bootstrap interval need not contain the point (with 2 contexts its bound is
+    the point up to rounding): a bar from the point to a bound beyond it is drawn as 0."""
     spans = [(row.get("intervals") or {}).get(metric) for row in rows]
     if any(span is None for span in spans):
         return None
-    return [[row[key] - lo for row, (lo, _) in zip(rows, spans, strict=True)],
-            [hi - row[key] for row, (_, hi) in zip(rows, spans, strict=True)]]  # fmt: skip
+    return [[max(row[key] - lo, 0.0) for row, (lo, _) in zip(rows, spans, strict=True)],
+            [max(hi - row[key], 0.0) for row, (_, hi) in zip(rows, spans, strict=True)]]  # fmt: skip
