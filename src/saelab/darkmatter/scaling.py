@@ -104,6 +104,11 @@ CI_METHOD = (
 )
 
 
+def _exp(x: float) -> float:
+    """exp that saturates at inf instead of raising (math.exp overflows above ~709.78)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def _wald_intervals(
     c: float, a_scaled: float, m: float, cov: np.ndarray, w0: float, t: float
 ) -> list[tuple[float, float]]:
@@ -117,7 +122,8 @@ def _wald_intervals(
     else:
         log_a = math.log(a_scaled) + m * log_w0
         se_log_a = math.sqrt(max(float(grad @ cov @ grad), 0.0))
-        a_ci = (math.exp(log_a - t * se_log_a), math.exp(log_a + t * se_log_a))
+        # a flat curve leaves a unidentified: its bound is then infinite, not an overflow
+        a_ci = (_exp(log_a - t * se_log_a), _exp(log_a + t * se_log_a))
     return [(c - t * se[0], c + t * se[0]), a_ci, (m - t * se[2], m + t * se[2])]
 
 
