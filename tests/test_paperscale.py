@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from conftest import SNAKEMAKE
 
-from saelab.config import REPO_ROOT, load_config
+from saelab.checks import load_config
+from saelab.config import REPO_ROOT
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 PRESET = REPO_ROOT / "config" / "gpt2-small.yaml"
@@ -166,7 +167,7 @@ def check_outputs(work: Path, preset, cooc_tokens: int, release_dir: Path) -> No
     # Co-occurrence at tau 0 of the stand-in: its firing counts are SAE-Lens's own encoding of
     # the first n non-special tokens of the main cache (split all, cache order).
     cooc = work / "data" / "analysis" / "cooccurrence" / "gpt2-small"
-    counts = load_counts(cooc / "res-jb" / "counts_tau0_0.npz")
+    counts = load_counts(cooc / RES_JB[1] / "res-jb" / "counts_tau0_0.npz")
     n = counts.n_tokens
     assert n == cooc_tokens
     cache = open_cache(work / "data" / "cache" / "gpt2-small" / "main.zarr")
@@ -196,7 +197,7 @@ def check_outputs(work: Path, preset, cooc_tokens: int, release_dir: Path) -> No
 def test_sweep_group_template_splits_a_family_without_changing_its_saes():
     """The overlay's memory split: a ``group`` template over the sweep's axes gives one group
     per value; names, widths, ks and hooks are those of the one-group family."""
-    from saelab.config import expand_sweep
+    from saelab.sweeps import expand_sweep
 
     spec = {"arch": "topk", "hook": "blocks.8.hook_resid_pre", "width": [3072, 49152],
             "k": [16, 128]}  # fmt: skip
