@@ -182,9 +182,9 @@ rule subgraph_pca_all:
     output:
         folder=directory(pca_all_series_path("{tau}")),
     log:
-        "logs/subgraph_pca/all_tau{tau}.log",
+        "logs/subgraph_pca_all/tau{tau}.log",
     benchmark:
-        "logs/benchmarks/subgraph_pca/all_tau{tau}.tsv"
+        "logs/benchmarks/subgraph_pca_all/tau{tau}.tsv"
     wildcard_constraints:
         tau=one_of(cooccurrence_tags()),
     conda:
