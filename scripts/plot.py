@@ -2,7 +2,9 @@
 
 Each input is read by its kind (JSON -> dict, JSON lines -> list of dicts, npz -> dict of arrays,
 CSV -> DataFrame, a folder -> its path; a list of inputs -> a list), then the row's drawing
-function is called with the inputs and ``params.options`` as keywords.
+function is called with the inputs and ``params.options`` as keywords. It returns a matplotlib
+Figure (saved as PNG), a plotly figure (an HTML page, plotly.js inline) or, for a folder, (file
+name, figure) pairs, saved into the folder as it fills (HTML pages share one plotly.min.js).
 """
 
 import json
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from saelab.figures import figure, resolve_draw
-from saelab.plots.common import save_figure
-from saelab.runtime import logged
+from saelab.plots.common import save_figure, write_plotly_html
+from saelab.runtime import atomic_dir, logged
 
 
 def load(path):
@@ -34,8 +37,21 @@ def load(path):
     raise ValueError(f"{path}: no reader for {path.suffix!r} (json, jsonl, npz, csv or a folder)")
 
 
-with logged(snakemake.log[0]):
+def save(fig, path, plotlyjs=True):
+    if isinstance(fig, Figure):
+        save_figure(fig, path)
+    else:  # a plotly figure
+        write_plotly_html(fig, path, plotlyjs)
+
+
+with logged(snakemake.log[0]) as log:
     row = figure(snakemake.params.figure)
     data = {name: load(value) for name, value in snakemake.input.items()}
-    fig = resolve_draw(row)(**data, **snakemake.params.options)
-    save_figure(fig, snakemake.output.figure)
+    drawn = resolve_draw(row)(**data, **snakemake.params.options)
+    if Path(row.file).suffix:
+        save(drawn, snakemake.output.figure)
+    else:
+        with atomic_dir(snakemake.output.figure) as folder:
+            for name, fig in drawn:
+                save(fig, folder / name, plotlyjs="directory")
+                log.info("%s", name)

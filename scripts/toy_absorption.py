@@ -1,39 +1,25 @@
 """Rule toy_absorption: absorption of flat vs Matryoshka SAEs on the toy feature hierarchy.
 
 ``params.toy``: HierarchyConfig fields plus archs, seeds and training settings
-(see :func:`saelab.toy.split_params`). Writes the per-arch, per-seed table (CSV) and the figure.
+(see :func:`saelab.toy.split_params`). Writes the per-arch, per-seed table (CSV, 6 digits) and
+the runs and (parent, child) pairs at full precision (JSON), which rule plot_toy_absorption draws.
 Runs train one after another on one thread each (the toy's tensors are tiny: more threads only
 slow them down), so the rule needs one thread.
 """
 
-import os
-from pathlib import Path
-
-from saelab.runtime import logged
+from saelab.runtime import logged, write_json_atomic, write_text_atomic
 
 with logged(snakemake.log[0]) as log:
-    import matplotlib.pyplot as plt
-
-    from saelab.plots.toy import plot_toy_absorption
     from saelab.toy import compare_from_params
 
     params = dict(snakemake.params.toy)
     log.info("toy absorption experiment: %s", params)
     result = compare_from_params(params)
 
-    table = Path(snakemake.output.table)
-    table.parent.mkdir(parents=True, exist_ok=True)
-    tmp_table = table.with_name(f".{table.name}.tmp")
-    result.runs.to_csv(tmp_table, index=False, float_format="%.6g")
-    os.replace(tmp_table, table)
-
-    figure = Path(snakemake.output.figure)
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    tmp_figure = figure.with_name(f".{figure.stem}.tmp{figure.suffix}")
-    fig = plot_toy_absorption(result)
-    fig.savefig(tmp_figure, dpi=150)
-    plt.close(fig)
-    os.replace(tmp_figure, figure)
+    table = result.runs.to_csv(index=False, float_format="%.6g")
+    write_text_atomic(table, snakemake.output.table)
+    records = {key: getattr(result, key).to_dict("records") for key in ("runs", "pairs")}
+    write_json_atomic(records, snakemake.output.results)
 
     for arch, row in result.by_arch().iterrows():
         log.info(

@@ -38,7 +38,7 @@ from saelab.cooccurrence.counts import (
     mean_cooccurrence_by_latent,
 )
 from saelab.cooccurrence.dashboards import load_unembedding, logit_effects, write_dashboards
-from saelab.cooccurrence.pca import pca_project, subgraph_pca, subgraph_pcas
+from saelab.cooccurrence.pca import pca_project, pca_series, subgraph_pca, subgraph_pcas
 from saelab.cooccurrence.summary import choose_subgraph, group_index, group_statistics
 from saelab.features import collect_feature_summary
 from saelab.saes import SAEConfig, build_sae
@@ -361,6 +361,71 @@ def test_subgraph_pcas_of_several_subgraphs_equal_one_pass_each(cache):
     assert isinstance(missing, ValueError) and "no token" in str(missing)
 
 
+def test_pca_figures_are_drawn_from_the_series_rule_subgraph_pca_writes(cache, tmp_path):
+    """Rules plot_pca_subgraph and plot_pca_subgraph_html draw from the npz series: the same
+    PNG and HTML bytes as drawing the PCA result itself (what rule subgraph_pca drew)."""
+    from saelab.plots.common import save_figure, write_plotly_html
+    from saelab.plots.cooccurrence import (
+        draw_pca_subgraph,
+        draw_pca_subgraph_html,
+        pca_panels,
+        pca_plotly,
+    )
+    from saelab.runtime import savez_atomic
+
+    result = subgraph_pca(identity_sae(), cache, [0, 1], max_examples=5, batch_size=4)
+    strings = ["a", " é字", "tab\t", "nul\x00", ""]  # a trailing NUL survives the npz
+    savez_atomic(tmp_path / "series.npz", pca_series(result, strings, 7))
+    with np.load(tmp_path / "series.npz") as data:
+        series = dict(data)
+    assert int(series["subgraph"]) == 7 and np.array_equal(series["coords"], result.coords)
+    ratio = ", ".join(f"{r:.2f}" for r in result.explained_variance_ratio)
+    title = f"matryoshka subgraph 7 (tau 0.5): 5 tokens, explained variance {ratio}"
+    for kind, draw, direct, save in (
+        ("png", draw_pca_subgraph, pca_panels, save_figure),
+        ("html", draw_pca_subgraph_html, pca_plotly, write_plotly_html),
+    ):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "b").mkdir(exist_ok=True)
+        save(draw(series, "matryoshka", 0.5), tmp_path / "a" / f"pca.{kind}")
+        save(direct(result.coords, strings, result.active_latent, title),
+             tmp_path / "b" / f"pca.{kind}")  # fmt: skip
+        drawn = (tmp_path / "a" / f"pca.{kind}").read_bytes()
+        assert drawn == (tmp_path / "b" / f"pca.{kind}").read_bytes(), kind
+    assert "'nul\\\\x00'" in (tmp_path / "a" / "pca.html").read_text()  # the hover's repr
+    with pytest.raises(ValueError, match="4 token strings for 5 tokens"):
+        pca_series(result, strings[:4], 7)
+
+
+def test_plot_rule_of_the_pca_folder_draws_every_series_beside_one_plotly_js(cache, tmp_path):
+    import runpy
+    from types import SimpleNamespace
+
+    from saelab.runtime import savez_atomic
+
+    series = tmp_path / "series"
+    results = subgraph_pcas(identity_sae(), cache, {10: [0, 1], 2: [0]}, max_examples=5,
+                            batch_size=4)  # fmt: skip
+    for subgraph, result in results.items():
+        strings = [f"t{i}" for i in result.token_ids]
+        savez_atomic(series / f"pca_subgraph_{subgraph}.npz", pca_series(result, strings, subgraph))
+    folder = tmp_path / "plots" / "pca_all_tau0_5"
+    snakemake = SimpleNamespace(
+        input={"folder": str(series)}, output=SimpleNamespace(figure=str(folder)),
+        params=SimpleNamespace(figure="pca_all", options={"sae": "m", "threshold": 0.5}),
+        log=[str(tmp_path / "plot.log")],
+    )  # fmt: skip
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "plot.py"),
+                   {"snakemake": snakemake})  # fmt: skip
+    names = [f"pca_subgraph_{s}.{kind}" for s in (2, 10) for kind in ("png", "html")]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, "plotly.min.js"])
+    assert not list(folder.parent.glob("*.tmp"))
+    assert 'src="plotly.min.js"' in (folder / "pca_subgraph_10.html").read_text()
+    assert "m subgraph 10 (tau 0.5)" in (folder / "pca_subgraph_10.html").read_text()
+    log = (tmp_path / "plot.log").read_text()
+    assert [line.rsplit(" ", 1)[1] for line in log.splitlines() if "pca_subgraph" in line] == names
+
+
 def test_pca_project_matches_known_directions():
     # a 4 x 2 grid in the first two of four dimensions: variances 5 and 1, uncorrelated
     grid = np.array([(x, y, 0.0, 0.0) for x in (-3, -1, 1, 3) for y in (-1, 1)]) + 7.0
@@ -561,6 +626,8 @@ def test_micro_run_pca_of_every_subgraph_in_a_size_range(micro_run, tmp_path):
         assert all('src="plotly.min.js"' in page.read_text() for page in pages)
     finally:  # keep micro_run as the default micro DAG left it (the report test reads it)
         shutil.rmtree(folder, ignore_errors=True)
+        series = micro_run / "data/analysis/cooccurrence/tiny/pca_all_tau0_0"
+        shutil.rmtree(series, ignore_errors=True)  # rule subgraph_pca_all's
 
 
 def test_summary_figures_draw_every_sae_from_the_summary_tables():

@@ -3,6 +3,7 @@ known behaviour, the flat-vs-Matryoshka result over seeds, the figure and the Sn
 
 from __future__ import annotations
 
+import json
 import math
 import runpy
 from pathlib import Path
@@ -22,6 +23,7 @@ from saelab.toy import (
     ToyHierarchy,
     absorption_report,
     compare_architectures,
+    compare_from_params,
     default_group_sizes,
     split_params,
 )
@@ -238,7 +240,7 @@ def test_arch_specs_and_params():
         compare_architectures(archs=["topk", "topk"], seeds=[0], steps=1)
 
 
-def test_script_writes_table_and_figure(tmp_path):
+def test_script_writes_the_table_and_the_runs_plot_toy_absorption_draws(tmp_path):
     params = {
         "n_parents": 2,
         "children_per_parent": 3,
@@ -253,7 +255,9 @@ def test_script_writes_table_and_figure(tmp_path):
     out = tmp_path / "toy"
     snakemake = SimpleNamespace(
         params=SimpleNamespace(toy=params),
-        output=SimpleNamespace(table=str(out / "absorption.csv"), figure=str(out / "fig.png")),
+        output=SimpleNamespace(
+            table=str(out / "absorption.csv"), results=str(out / "absorption.json")
+        ),
         log=[str(tmp_path / "logs" / "toy.log")],
         threads=1,
     )
@@ -262,6 +266,16 @@ def test_script_writes_table_and_figure(tmp_path):
     assert list(table["arch"]) == ["batchtopk"] * 2 + ["matryoshka"] * 2
     assert {"seed", "absorption_rate", "parent_recall", "child_parent_cos", "fvu"} <= set(table)
     assert table["absorption_rate"].between(0, 1).all()
-    assert (out / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["absorption.csv", "fig.png"]  # no tmp files
+    # no tmp files
+    assert sorted(p.name for p in out.iterdir()) == ["absorption.csv", "absorption.json"]
+    # rule plot_toy_absorption: the registry row's drawing function on the JSON draws, byte for
+    # byte, the figure of the comparison itself (the old rule drew that one)
+    from saelab.figures import figure, resolve_draw
+    from saelab.plots.common import save_figure
+
+    results = json.loads((out / "absorption.json").read_text())
+    assert len(results["runs"]) == 4 and results["pairs"]
+    save_figure(resolve_draw(figure("toy_absorption"))(results=results), out / "drawn.png")
+    save_figure(plot_toy_absorption(compare_from_params(params)), out / "direct.png")
+    assert (out / "drawn.png").read_bytes() == (out / "direct.png").read_bytes()
     assert "absorption rate" in Path(snakemake.log[0]).read_text()

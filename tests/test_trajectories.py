@@ -19,10 +19,14 @@ from saelab.checks import load_config
 from saelab.config import ConfigError
 from saelab.features import FeatureSummary
 from saelab.models import load_model, prepare_model, resolve_model
+from saelab.plots.common import save_figure
 from saelab.plots.trajectories import (
     HOVER_DATA_ID,
     NEWCOMER_DROPPED_COLOUR,
+    arrivals_at_last_token,
+    draw_graph,
     evolution_figure,
+    graph_from_json,
     trajectory_graph_figure,
     trajectory_graph_html_figure,
     write_html_atomic,
@@ -348,6 +352,28 @@ def test_static_graph_figure_draws_every_edge():
     assert len(ax.lines) == traced.graph.number_of_edges()
     texts = [t.get_text() for t in ax.texts]
     assert "new: 11, 9" in texts and "lens: x, y" in texts
+
+
+def test_graph_png_is_drawn_from_the_graph_json_as_from_the_traced_graph(tmp_path):
+    """Rule plot_trajectory_graph draws the PNG from the files rule trajectory_graph writes (graph
+    JSON, evolution JSON): the same figure, byte for byte, as drawing the traced graph itself."""
+    evolution = hand_evolution()
+    traced = trajectory_graph(evolution, 1)
+    write_json_atomic(traced.to_json(), tmp_path / "graph_T1.json", indent=None)
+    graph = json.loads((tmp_path / "graph_T1.json").read_text())
+    rebuilt = graph_from_json(graph)
+    assert {(u, v): d for u, v, d in rebuilt.edges(data=True)} == {
+        (u, v): {**d, "trajectories": [tuple(p) for p in d["trajectories"]]}
+        for u, v, d in traced.graph.edges(data=True)
+    }
+    lens = {int(layer): e for layer, e in evolution["logit_lens"]["4"].items()}
+    direct = trajectory_graph_figure(
+        traced.graph, evolution["metadata"]["tokens"], [0, 1, 2], 1, lens,
+        arrivals_at_last_token(traced.graph, 3), "hand: SAE trajectory graph, final rank <= 1",
+    )  # fmt: skip
+    save_figure(direct, tmp_path / "direct.png")
+    save_figure(draw_graph(graph, evolution), tmp_path / "drawn.png")
+    assert (tmp_path / "drawn.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
 
 
 def test_html_opens_in_headless_chromium_with_hover_data(tmp_path):

@@ -10,7 +10,9 @@ Plain data: no Snakemake and no matplotlib import here. Names in a row refer to
 - ``inputs`` / ``params`` / ``targets``: functions of ``workflow/rules/common.smk``
   (``inputs(wildcards)`` -> named input paths, ``params(wildcards)`` -> the drawing options,
   ``targets()`` -> one dict of wildcard values per file that the config asks for);
-- ``draw``: ``"module:function"``, called as ``function(inputs, options) -> Figure``;
+- ``draw``: ``"module:function"``, called as ``function(**inputs, **options)``; it returns a
+  matplotlib Figure (a ``.png`` file), a plotly figure (a ``.html`` file) or, for a folder, an
+  iterable of (file name, figure) pairs;
 - ``rule``: for files an analysis rule writes itself (tables, HTML pages, folders), that rule.
 """
 
@@ -76,7 +78,8 @@ FIGURES: tuple[FigureRow, ...] = (
          "sae_figure_targets", inputs="sae_evaluations_input",
          draw="saelab.plots.saes:draw_ce_recovered"),
     _row("toy_absorption", "plots/saes/toy_absorption.png", "toy_absorption.rst", "SAEs",
-         "sae_figure_targets", rule="toy_absorption"),
+         "sae_figure_targets", inputs="toy_absorption_input",
+         draw="saelab.plots.toy:plot_toy_absorption"),
     # ---------------------------------------------------------------- co-occurrence
     _row("subgraph_sizes", "plots/cooccurrence/subgraph_sizes_tau{tau}.png",
          "cooccurrence_subgraph_sizes.rst", "Co-occurrence", "cooccurrence_tau_targets",
@@ -95,13 +98,17 @@ FIGURES: tuple[FigureRow, ...] = (
          inputs="cooccurrence_by_index_inputs", params="cooccurrence_plot_params",
          draw=f"{_CO}:draw_cooccurrence_by_index"),
     _row("pca_subgraph", "plots/cooccurrence/pca_subgraph_tau{tau}.png", "cooccurrence_pca.rst",
-         "Co-occurrence", "representative_targets", rule="subgraph_pca"),
+         "Co-occurrence", "representative_targets", inputs="pca_subgraph_input",
+         params="pca_plot_params", draw=f"{_CO}:draw_pca_subgraph"),
     _row("pca_subgraph_html", "plots/cooccurrence/pca_subgraph_tau{tau}.html",
          "cooccurrence_pca_html.rst", "Co-occurrence", "representative_targets",
-         rule="subgraph_pca"),
+         inputs="pca_subgraph_input", params="pca_plot_params",
+         draw=f"{_CO}:draw_pca_subgraph_html"),
+    # a folder: the drawing function gives (file name, figure) pairs, PNG and HTML per subgraph
     _row("pca_all", "plots/cooccurrence/pca_all_tau{tau}", "cooccurrence_pca_all.rst",
-         "Co-occurrence", "pca_all_targets", rule="subgraph_pca_all",
-         patterns=("pca_subgraph_{subgraph}.png",)),
+         "Co-occurrence", "pca_all_targets", inputs="pca_all_input", params="pca_plot_params",
+         draw=f"{_CO}:draw_pca_all", patterns=("pca_subgraph_{subgraph}.png",)),
+    # HTML documents (pages of text per latent), not figures: the analysis writes them
     _row("dashboard_pages", "plots/cooccurrence/dashboards", None, "Co-occurrence",
          "dashboard_targets", rule="feature_dashboards"),
     _row("dashboards", "plots/cooccurrence/dashboards.html", "feature_dashboards.rst",
@@ -163,7 +170,10 @@ FIGURES: tuple[FigureRow, ...] = (
     # ---------------------------------------------------------------- trajectories
     _row("trajectory_graph", "plots/trajectories/{prompt}/graph_T{T}.png",
          "trajectory_graph.rst", "Trajectories", "trajectory_graph_targets",
-         rule="trajectory_graph", subcategory="{prompt}"),
+         inputs="trajectory_graph_plot_input", draw="saelab.plots.trajectories:draw_graph",
+         subcategory="{prompt}"),
+    # an HTML document: its hover describes each latent (feature summaries and the tokenizer),
+    # so the analysis rule writes it beside the graph JSON the PNG is drawn from
     _row("trajectory_graph_html", "plots/trajectories/{prompt}/graph_T{T}.html",
          "trajectory_graph_html.rst", "Trajectories", "trajectory_graph_targets",
          rule="trajectory_graph", subcategory="{prompt}"),

@@ -435,6 +435,14 @@ def subgraph_pca_params(wildcards):
     }
 
 
+def pca_subgraph_series_path(tau):
+    return f"{cooccurrence_dir()}/pca_subgraph_tau{tau}.npz"
+
+
+def pca_all_series_path(tau):
+    return f"{cooccurrence_dir()}/pca_all_tau{tau}"
+
+
 def dashboard_params(wildcards):
     return dict(COOC["dashboards"])
 
@@ -487,14 +495,16 @@ def trajectory_evolution_params(wildcards):
     }
 
 
+def trajectory_graph_path(prompt, T):
+    return f"data/analysis/trajectories/{MODEL_ID}/{prompt}/graph_T{T}.json"
+
+
 def trajectory_graph_outputs():
-    """Per T: the traced graph (JSON), its PNG and its HTML, each a report item."""
+    """Per T: the traced graph (JSON; rule plot_trajectory_graph draws its PNG) and its
+    interactive HTML (a report item)."""
     outputs = {}
     for T in TRAJ.T:
-        outputs[f"graph_T{T}"] = (
-            f"data/analysis/trajectories/{MODEL_ID}/{{prompt}}/graph_T{T}.json"
-        )
-        outputs[f"png_T{T}"] = registry_output("trajectory_graph", T=T)
+        outputs[f"graph_T{T}"] = trajectory_graph_path("{prompt}", T)
         outputs[f"html_T{T}"] = registry_output("trajectory_graph_html", T=T)
     return outputs
 
@@ -704,7 +714,6 @@ def darkmatter_norms_params(wildcards):
 
 from saelab.darkmatter.settings import union
 
-
 # ------------------------------------------------------------------ which SAEs
 # Checked and resolved once, when the config was parsed (saelab.darkmatter.settings); None
 # when the analysis is off, and then no function below is called.
@@ -896,13 +905,17 @@ def summary_command():
 
 # ------------------------------------------------------------------ figures
 # The figure registry (saelab.figures) is the one table of figures: plots.smk makes a rule per
-# drawn row, analysis rules write their rows' files through registry_output, and rule all asks
-# for every row's files through figure_targets. A row names the functions below.
+# drawn row, analysis rules write their rows' files through registry_output (HTML documents and
+# tables only: figures are drawn by plot rules from the series the analyses write), and rule
+# all asks for every row's files through figure_targets. A row names the functions below.
+# Rule and script names correspond one to one (rule x runs scripts/x.py), except that every
+# generated rule plot_<id> runs the one scripts/plot.py.
 #: Wildcard patterns of the registry's file names.
 FIGURE_WILDCARDS = {
     "tau": one_of(cooccurrence_tags()),
     "prompt": one_of(TRAJ.prompt_names) or "$^",
     "layer": r"\d+",
+    "T": r"\d+",
 }
 
 
@@ -1060,6 +1073,32 @@ def dmi_pursuit_breakdown_input(wildcards):
 
 def dmi_components_table_input(wildcards):
     return {"table": dmi_path("components.json")}
+
+
+def toy_absorption_input(wildcards):
+    return {"results": "data/analysis/toy/absorption.json"}
+
+
+def pca_subgraph_input(wildcards):
+    return {"series": pca_subgraph_series_path(wildcards.tau)}
+
+
+def pca_all_input(wildcards):
+    return {"folder": pca_all_series_path(wildcards.tau)}
+
+
+def pca_plot_params(wildcards):
+    return {
+        "sae": representative_sae(),
+        "threshold": cooccurrence_threshold(wildcards.tau),
+    }
+
+
+def trajectory_graph_plot_input(wildcards):
+    return {
+        "graph": trajectory_graph_path(wildcards.prompt, wildcards.T),
+        "evolution": trajectory_evolution_input(wildcards),
+    }
 
 
 def trajectory_evolution_plot_input(wildcards):

@@ -143,15 +143,16 @@ rule representative_subgraph:
 
 
 rule subgraph_pca:
-    """PCA of the representative subgraph's partial reconstructions (PNG and plotly HTML)."""
+    """PCA of the representative subgraph's partial reconstructions: the series its figures
+    show (rules plot_pca_subgraph, plot_pca_subgraph_html draw the PNG and the plotly HTML).
+    """
     input:
         choice=representative_choice_input,
         sae=representative_sae_input,
         cache=representative_cache_input,
         tokenizer=tokenizer_input,
     output:
-        figure=registry_output("pca_subgraph"),
-        html=registry_output("pca_subgraph_html"),
+        series=pca_subgraph_series_path("{tau}"),
     log:
         "logs/subgraph_pca/tau{tau}.log",
     benchmark:
@@ -166,24 +167,24 @@ rule subgraph_pca:
         runtime=15,
     params:
         pca=subgraph_pca_params,
-        mode="representative",
     script:
         "../../scripts/subgraph_pca.py"
 
 
 rule subgraph_pca_all:
-    """PCA of every subgraph whose size lies in pca.all_in_size_range (a folder of figures)."""
+    """PCA of every subgraph whose size lies in pca.all_in_size_range: a folder of series, one
+    per subgraph (rule plot_pca_all draws them)."""
     input:
         unpack(representative_inputs),
         sae=representative_sae_input,
         cache=representative_cache_input,
         tokenizer=tokenizer_input,
     output:
-        folder=registry_output("pca_all"),
+        folder=directory(pca_all_series_path("{tau}")),
     log:
-        "logs/subgraph_pca/all_tau{tau}.log",
+        "logs/subgraph_pca_all/tau{tau}.log",
     benchmark:
-        "logs/benchmarks/subgraph_pca/all_tau{tau}.tsv"
+        "logs/benchmarks/subgraph_pca_all/tau{tau}.tsv"
     wildcard_constraints:
         tau=one_of(cooccurrence_tags()),
     conda:
@@ -194,9 +195,8 @@ rule subgraph_pca_all:
         runtime=30,
     params:
         pca=subgraph_pca_params,
-        mode="all",
     script:
-        "../../scripts/subgraph_pca.py"
+        "../../scripts/subgraph_pca_all.py"
 
 
 rule feature_dashboards:

@@ -116,10 +116,11 @@ rule evaluate_sae:
 
 
 rule toy_absorption:
-    """The Matryoshka paper's toy: absorption of a parent feature by flat vs Matryoshka SAEs."""
+    """The Matryoshka paper's toy: absorption of a parent feature by flat vs Matryoshka SAEs
+    (the table, and the runs and pairs rule plot_toy_absorption draws)."""
     output:
         table="data/analysis/toy/absorption.csv",
-        figure=registry_output("toy_absorption"),
+        results="data/analysis/toy/absorption.json",
     log:
         "logs/toy_absorption/toy.log",
     benchmark:

@@ -1,6 +1,6 @@
 # SAE feature trajectories through attention (issue 6, methods §6): per prompt, the evolution
 # data (per-source-token attention decomposition, SAE latents at each step, logit lens), then
-# one trajectory graph (PNG + interactive HTML) per final-rank filter T, and the rank evolution
+# one trajectory graph (JSON + interactive HTML; plot rules draw its PNG) per final-rank filter T, and the rank evolution
 # plot of the chosen layers. SAEs: the per-layer family `trajectories.sweep`, trained here or
 # released (a `sweeps` family with `pretrained`, rule pretrained_sae).
 
@@ -35,7 +35,8 @@ rule trajectory_evolution:
 
 rule trajectory_graph:
     """Newcomers (final rank <= T), edges per prompt length, the backward trace; for every T the
-    graph as JSON, PNG and interactive HTML (hover: each newcomer latent with its description).
+    graph as JSON (rule plot_trajectory_graph draws its PNG) and interactive HTML (hover: each
+    newcomer latent with its description).
     One job per prompt: loading the 262k-token gemma tokenizer costs more than a graph.
     """
     input:

@@ -8,8 +8,9 @@ partial reconstruction r_t = Σ_{i∈S} f_i(x_t)·W_dec[i] (no bias), keep the f
 
 from __future__ import annotations
 
+import json
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -163,3 +164,17 @@ def subgraph_pca(
     if isinstance(result, ValueError):
         raise result
     return result
+
+
+def pca_series(result: SubgraphPCA, token_strings: list[str], subgraph: int) -> dict[str, Any]:
+    """What the PCA figures of ``subgraph`` show (rules plot_pca_*), as npz arrays: the fields
+    of ``result``, the subgraph id and each token's string (``token_strings_json``: the UTF-8
+    bytes of a JSON list, as a numpy string array would drop a token's trailing NULs)."""
+    if len(token_strings) != len(result.coords):
+        raise ValueError(f"{len(token_strings)} token strings for {len(result.coords)} tokens")
+    text = json.dumps(list(token_strings), ensure_ascii=False).encode("utf-8")
+    return {
+        **result._asdict(),
+        "subgraph": np.int64(subgraph),
+        "token_strings_json": np.frombuffer(text, dtype=np.uint8),
+    }

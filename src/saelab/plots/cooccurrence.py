@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -207,3 +210,36 @@ def pca_plotly(coords: np.ndarray, token_strings: list[str], active_latent: np.n
             fig.update_yaxes(title_text=f"PC{b + 1}", row=r + 1, col=c + 1)
     fig.update_layout(title=title, height=850, width=1350)
     return fig
+
+
+def _pca_args(series: dict, sae: str, threshold: float) -> tuple:
+    """(coords, token strings, active latent, title) of one subgraph's PCA series
+    (:func:`saelab.cooccurrence.pca.pca_series`)."""
+    raw = np.asarray(series["token_strings_json"], dtype=np.uint8).tobytes()
+    strings = json.loads(raw.decode("utf-8"))
+    ratio = ", ".join(f"{r:.2f}" for r in series["explained_variance_ratio"])
+    title = (f"{sae} subgraph {int(series['subgraph'])} (tau {threshold}): {len(strings)} tokens, "
+             f"explained variance {ratio}")  # fmt: skip
+    return series["coords"], strings, series["active_latent"], title
+
+
+def draw_pca_subgraph(series: dict, sae: str, threshold: float) -> Figure:
+    """Registry entry of ``pca_subgraph_tau{tau}.png``: :func:`pca_panels` of the series."""
+    return pca_panels(*_pca_args(series, sae, threshold))
+
+
+def draw_pca_subgraph_html(series: dict, sae: str, threshold: float):
+    """Registry entry of ``pca_subgraph_tau{tau}.html``: :func:`pca_plotly` of the series."""
+    return pca_plotly(*_pca_args(series, sae, threshold))
+
+
+def draw_pca_all(folder: str, sae: str, threshold: float) -> Iterator[tuple[str, object]]:
+    """Registry entry of the folder ``pca_all_tau{tau}``: for each ``pca_subgraph_<id>.npz`` of
+    ``folder`` (by id), its PNG and its HTML page, one at a time."""
+    paths = sorted(Path(folder).glob("pca_subgraph_*.npz"),
+                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))  # fmt: skip
+    for path in paths:
+        with np.load(path) as data:
+            args = _pca_args(dict(data), sae, threshold)
+        yield f"{path.stem}.png", pca_panels(*args)
+        yield f"{path.stem}.html", pca_plotly(*args)

@@ -317,3 +317,39 @@ def draw_evolution(evolution: Mapping[str, Any], layer: int, top: int | None) ->
             f"the evolution data has no layer {layer}; layers {meta['layers']}"
         ) from None
     return evolution_figure(steps, meta["tokens"], layer, title, top=top)
+
+
+def graph_title(prompt_name: str, T: int) -> str:
+    """Title of a prompt's trajectory graph (PNG and HTML)."""
+    return f"{prompt_name}: SAE trajectory graph, final rank <= {T}"
+
+
+def graph_from_json(data: Mapping[str, Any]) -> nx.DiGraph:
+    """The traced graph of a graph JSON (:func:`saelab.trajectories.graph.graph_to_json`), its
+    edges in the file's order, with the attributes the figures read."""
+    graph = nx.DiGraph()
+    for edge in data["edges"]:
+        graph.add_edge(
+            tuple(edge["from"]),
+            tuple(edge["to"]),
+            num_trajectories=edge["num_trajectories"],
+            best_final_position=edge["best_final_position"],
+            trajectories=[(t["final_position"], t["sae_index"]) for t in edge["trajectories"]],
+            empty=edge["empty"],
+            length=edge["length"],
+        )
+    return graph
+
+
+def draw_graph(graph: Mapping[str, Any], evolution: Mapping[str, Any]) -> Figure:
+    """Registry entry of ``plots/trajectories/{prompt}/graph_T{T}.png``: the traced graph of a
+    graph JSON, with the full prompt's logit lens from its evolution JSON."""
+    meta = graph["metadata"]
+    T = int(meta["filter_T"])
+    full = int(evolution["metadata"]["max_prompt_length"])
+    lens = {int(layer): entry for layer, entry in evolution["logit_lens"][str(full)].items()}
+    traced = graph_from_json(graph)
+    return trajectory_graph_figure(
+        traced, meta["tokens"], [int(layer) for layer in meta["layers"]], T, lens,
+        arrivals_at_last_token(traced, full - 1), graph_title(meta["prompt_name"], T),
+    )  # fmt: skip
