@@ -1,0 +1,20 @@
+"""The toy feature hierarchy: generator invariants, the absorption metric on hand-built SAEs with
+known behaviour, the flat-vs-Matryoshka result over seeds, the figure and the Snakemake script."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from saelab.plots.toy import plot_toy_absorption
+
+
+def test_plot_toy_absorption(comparison):
+    fig = plot_toy_absorption(comparison)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 4  # absorption, child-parent cosine, recall heatmap, colour bar
+    runs_only = plot_toy_absorption({"runs": comparison.runs.to_dict("records")})
+    assert len(runs_only.axes) == 2
+    with pytest.raises(ValueError, match="runs"):
+        plot_toy_absorption({"runs": pd.DataFrame()})

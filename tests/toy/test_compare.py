@@ -1,0 +1,106 @@
+"""The toy feature hierarchy: generator invariants, the absorption metric on hand-built SAEs with
+known behaviour, the flat-vs-Matryoshka result over seeds, the figure and the Snakemake script."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from scipy.stats import mannwhitneyu
+
+from saelab.toy import (
+    ArchSpec,
+    compare_architectures,
+    split_params,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flat_saes_absorb_and_matryoshka_does_not(comparison):
+    runs = comparison.runs
+    print("\n" + runs.round(3).to_string())
+    flat = runs[runs["arch"].isin(["topk", "batchtopk"])]
+    matryoshka = runs[runs["arch"] == "matryoshka"]
+    assert len(flat) == 6 and len(matryoshka) == 3
+    # Observed over seeds 0-9: absorption topk 0.70-0.76, batchtopk 0.44-0.69, matryoshka 0.00
+    # (0.06 on seed 2: one of its 16 pairs absorbed); child-parent cosine topk 0.54-0.60,
+    # batchtopk 0.31-0.45, matryoshka -0.00-0.08.
+    assert (flat["absorption_rate"] > 0.3).all()
+    assert flat["absorption_rate"].mean() > 0.5
+    assert (matryoshka["absorption_rate"] < 0.15).all()
+    assert matryoshka["absorption_rate"].mean() < 0.1
+    # Every seed separates: the least-absorbing flat run absorbs far more than any Matryoshka one
+    # (which makes the one-sided rank test as significant as 6 vs 3 runs allow, p = 1/84).
+    assert flat["absorption_rate"].min() - matryoshka["absorption_rate"].max() > 0.25
+    test = mannwhitneyu(
+        flat["absorption_rate"], matryoshka["absorption_rate"], alternative="greater"
+    )
+    assert test.pvalue < 0.05
+    # Matryoshka's parent latents fire with (nearly) every child; the flat child latents carry
+    # the parent direction, Matryoshka's do not.
+    assert (matryoshka["parent_recall"] > 0.85).all()
+    assert (flat["child_parent_cos"] > 0.15).all()
+    assert (matryoshka["child_parent_cos"] < 0.15).all()
+    assert flat["child_parent_cos"].mean() - matryoshka["child_parent_cos"].mean() > 0.25
+    # All reconstruct what they keep (k = 2 cannot afford the low-magnitude extras).
+    assert (runs["fvu"] < 0.2).all()
+
+
+def test_comparison_tables(comparison):
+    pairs = comparison.pairs
+    assert set(pairs["arch"]) == {"topk", "batchtopk", "matryoshka"}
+    assert len(pairs) == 9 * 16
+    by_arch = comparison.by_arch()
+    assert list(by_arch.index) == ["topk", "batchtopk", "matryoshka"]
+    assert (by_arch["count"] == 3).all()
+    report = comparison.reports[("matryoshka", 0)]
+    assert report.cosines.shape == (28, 28)
+
+
+# ------------------------------------------------------------------------------ plumbing
+def test_arch_specs_and_params():
+    spec = ArchSpec.parse("matryoshka:bussmann")
+    assert (spec.name, spec.arch, spec.loss) == ("matryoshka:bussmann", "matryoshka", "bussmann")
+    spec = ArchSpec.parse({"name": "m8", "arch": "matryoshka", "group_sizes": [8, 20], "aux_k": 4})
+    assert spec.loss is None and spec.group_sizes == [8, 20] and spec.sae_kwargs == {"aux_k": 4}
+    with pytest.raises(ValueError, match="shared training settings"):
+        ArchSpec.parse({"arch": "topk", "k": 4})
+    toy_cfg, run = split_params({"n_parents": 3, "d_model": 40, "seeds": [1], "steps": 10})
+    assert toy_cfg.n_parents == 3 and run == {"seeds": [1], "steps": 10}
+    with pytest.raises(ValueError, match="unknown toy setting"):
+        split_params({"n_parent": 3})
+    with pytest.raises(ValueError, match="unique"):
+        compare_architectures(archs=["topk", "topk"], seeds=[0], steps=1)
+
+
+def test_script_writes_table_and_figure(tmp_path):
+    params = {
+        "n_parents": 2,
+        "children_per_parent": 3,
+        "n_extra": 2,
+        "d_model": 16,
+        "archs": ["batchtopk", "matryoshka"],
+        "seeds": [0, 1],
+        "steps": 20,
+        "batch_size": 256,
+        "n_eval": 1024,
+    }
+    out = tmp_path / "toy"
+    snakemake = SimpleNamespace(
+        params=SimpleNamespace(toy=params),
+        output=SimpleNamespace(table=str(out / "absorption.csv"), figure=str(out / "fig.png")),
+        log=[str(tmp_path / "logs" / "toy.log")],
+        threads=1,
+    )
+    runpy.run_path(str(REPO / "scripts" / "toy_absorption.py"), {"snakemake": snakemake})
+    table = pd.read_csv(out / "absorption.csv")
+    assert list(table["arch"]) == ["batchtopk"] * 2 + ["matryoshka"] * 2
+    assert {"seed", "absorption_rate", "parent_recall", "child_parent_cos", "fvu"} <= set(table)
+    assert table["absorption_rate"].between(0, 1).all()
+    assert (out / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["absorption.csv", "fig.png"]  # no tmp files
+    assert "absorption rate" in Path(snakemake.log[0]).read_text()
