@@ -1,4 +1,6 @@
-"""Budgets stated when the DAG is built (saelab.budget): cache bytes against a cache written to
+"""Tests of ``saelab.budget``; the Snakemake dry run went to tests/e2e/test_budget.py.
+
+Budgets stated when the DAG is built (saelab.budget): cache bytes against a cache written to
 disk, a stop with the number, the free space, the key to change and the streaming way out, both
 with a mocked free-space figure and from a real `snakemake -n`."""
 

@@ -1,4 +1,6 @@
-"""saelab.evaluate: sparsity, prefix FVU, CE recovered, seed-001
+"""Tests of ``saelab.evaluate``; CE, seed001 and absorption tests are in their own files.
+
+saelab.evaluate: sparsity, prefix FVU, CE recovered, seed-001
 metrics and first-letter absorption, each on a small example whose answer is known."""
 
 from __future__ import annotations

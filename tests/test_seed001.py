@@ -1,5 +1,6 @@
-"""saelab.evaluate: sparsity, prefix FVU, CE recovered, seed-001
-metrics and first-letter absorption, each on a small example whose answer is known."""
+"""Tests of ``saelab.seed001``, moved from tests/test_evaluate.py.
+
+Notes shared with the other tests moved from tests/test_evaluate.py: ``tests/test_evaluate.py``."""
 
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ def test_killed_streaming_training_resumes_bitwise(tmp_path):
     """Two real SIGKILLs at random points (after a random checkpoint, plus a random delay, so
     mid-step or mid-checkpoint), then a run to the end: bitwise the uninterrupted weights."""
     killed = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), root=str(killed))
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).resolve().parents[1]), root=str(killed))
     rng = random.Random(int(os.environ.get("SAELAB_KILL_SEED", time.time_ns() % 2**31)))
     last = 0
     for _ in range(2):

@@ -1,4 +1,6 @@
-"""Training: SAEs learn synthetic sparse data, groups share batches, schedules, outputs, exact
+"""Tests of ``saelab.train``; the training/ package's tests went to tests/training/.
+
+Training: SAEs learn synthetic sparse data, groups share batches, schedules, outputs, exact
 resume after a real SIGKILL, and divergence that stops without touching the last checkpoint."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from saelab.train import (
     build_saes,
     train_saes,
 )
+from tests.training.conftest import one_thread  # noqa: F401 (autouse: one torch thread here too)
 from tests.training.helpers import (
     BATCH,
     D_SRC,
@@ -33,15 +36,6 @@ from tests.training.helpers import (
     _Named,
     widths_of,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny SAEs: one thread is faster (and exact resume needs a fixed thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", sorted(GROUP))

@@ -1,4 +1,6 @@
-"""The zarr activation cache: contents, stopping early, resume after a real kill, the reader."""
+"""Tests of ``saelab.cache.sources``, moved from tests/test_cache.py.
+
+Notes shared with the other tests moved from tests/test_cache.py: ``tests/cache/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The dark matter of SAEs (core): info, regressions, scaling law, per-token, norms, noise."""
+"""Tests of ``saelab.darkmatter.info``, moved from tests/test_darkmatter.py.
+
+Notes shared with the other tests moved from tests/test_darkmatter.py: ``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 

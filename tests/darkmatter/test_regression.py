@@ -1,8 +1,6 @@
-"""The dark matter of SAEs (core): info, regressions, scaling law, per-token, norms, noise.
+"""Tests of ``saelab.darkmatter.regression``, moved from tests/test_darkmatter.py and tests/test_darkmatter_interventions.py.
 
-Dark-matter interventions (methods §5.5-5.8): gradient pursuit, downstream CE, predicting the
-error from other components, training on the error and detection scoring, each on a small
-problem whose answer is known; plus the end-to-end outputs of the micro DAG."""
+Notes shared with the other tests moved from tests/test_darkmatter.py and tests/test_darkmatter_interventions.py: ``tests/darkmatter/__init__.py``, ``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 

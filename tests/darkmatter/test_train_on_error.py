@@ -1,6 +1,6 @@
-"""Dark-matter interventions (methods §5.5-5.8): gradient pursuit, downstream CE, predicting the
-error from other components, training on the error and detection scoring, each on a small
-problem whose answer is known; plus the end-to-end outputs of the micro DAG."""
+"""Tests of ``saelab.darkmatter.train_on_error``, moved from tests/test_darkmatter_interventions.py.
+
+Notes shared with the other tests moved from tests/test_darkmatter_interventions.py: ``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Tests of saelab.data: corpora, tokenisation into contexts, and the token store."""
+"""Tests of ``saelab.data.contexts``, moved from tests/test_data.py.
+
+Notes shared with the other tests moved from tests/test_data.py: ``tests/data/__init__.py``."""
 
 from __future__ import annotations
 

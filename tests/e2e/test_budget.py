@@ -1,6 +1,6 @@
-"""Budgets stated when the DAG is built (saelab.budget): cache bytes against a cache written to
-disk, a stop with the number, the free space, the key to change and the streaming way out, both
-with a mocked free-space figure and from a real `snakemake -n`."""
+"""End-to-end tests (they run Snakemake) moved from tests/test_budget.py.
+
+Notes shared with the other tests moved from tests/test_budget.py: ``tests/test_budget.py``."""
 
 from __future__ import annotations
 

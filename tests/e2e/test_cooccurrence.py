@@ -1,5 +1,6 @@
-"""saelab.cooccurrence: counts, normalisation, both "Jaccards", the bisection, subgraphs, group
-statistics, PCA and the feature pages, each on a hand-computed example."""
+"""End-to-end tests (they run Snakemake) moved from tests/test_cooccurrence.py.
+
+Notes shared with the other tests moved from tests/test_cooccurrence.py: ``tests/cooccurrence/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The paper presets are the originals' full recipes (methods.md §1.2, §2, §3.4): loaded the way
+"""End-to-end tests (they run Snakemake) moved from tests/test_presets.py.
+
+The paper presets are the originals' full recipes (methods.md §1.2, §2, §3.4): loaded the way
 Snakemake loads them (merged over the offline default), every SAE's effective training and SAE
 settings equal the original's, nothing short-run is inherited, and groups whose cache would not
 fit a disk budget stream from the model."""

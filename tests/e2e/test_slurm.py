@@ -1,4 +1,6 @@
-"""The SLURM profile on a real SLURM cluster: a one-node cluster on this machine
+"""End-to-end tests (they run Snakemake) moved from tests/test_slurm.py.
+
+The SLURM profile on a real SLURM cluster: a one-node cluster on this machine
 (workflow/profiles/slurm/local-cluster.sh, Debian's slurmctld, slurmd, munge, and slurmdbd on a
 local MariaDB) runs a slice of the micro DAG through sbatch; its outputs equal a local run's.
 Settings the cluster does not have stop the run before any sbatch, naming what to change."""

@@ -1,4 +1,6 @@
-"""The Snakemake workflow: lint, bad configs fail before any job, the SLURM profile asks for GPUs,
+"""End-to-end tests (they run Snakemake) moved from tests/test_workflow.py.
+
+The Snakemake workflow: lint, bad configs fail before any job, the SLURM profile asks for GPUs,
 and the whole DAG runs end to end on the micro config."""
 
 from __future__ import annotations

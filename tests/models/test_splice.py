@@ -1,4 +1,6 @@
-"""saelab.models.splice against TransformerLens's own forward: the final logits of residual
+"""Tests of ``saelab.models.splice``, moved from tests/test_splice.py.
+
+saelab.models.splice against TransformerLens's own forward: the final logits of residual
 vectors, passes that start at a layer with a hook replaced, and their next-token CE."""
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Tests of saelab.models: offline loading, the hub-offline error, the tiny LM.
+"""Tests of ``saelab.models.tiny``, moved from tests/test_models.py.
 
-HF models here are small random-weight ones built with transformers, so the TransformerLens
-conversion is checked against the HF forward pass without the hub. The gemma-3-270m test
-(``-m slow``) dequantizes the packaged GGUF, about a minute, unless ``SAELAB_MODELS_DIR``
-already holds a prepared ``gemma-3-270m``."""
+Notes shared with the other tests moved from tests/test_models.py: ``tests/models/__init__.py``."""
 
 from __future__ import annotations
 

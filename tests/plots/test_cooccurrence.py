@@ -1,9 +1,6 @@
-"""saelab.cooccurrence: counts, normalisation, both "Jaccards", the bisection, subgraphs, group
-statistics, PCA and the feature pages, each on a hand-computed example.
+"""Tests of ``saelab.plots.cooccurrence``, moved from tests/test_cooccurrence.py and tests/test_plots.py.
 
-Shared figure helpers (saelab.plots.common) and the SAE-stage figures (saelab.plots.saes):
-readable log axes and token counts, fonts for any script, stable bytes, the frontier with the
-dark-matter grid, CE bars grouped by splice hook."""
+Notes shared with the other tests moved from tests/test_cooccurrence.py and tests/test_plots.py: ``tests/cooccurrence/__init__.py``, ``tests/plots/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Shared figure helpers (saelab.plots.common) and the SAE-stage figures (saelab.plots.saes):
-readable log axes and token counts, fonts for any script, stable bytes, the frontier with the
-dark-matter grid, CE bars grouped by splice hook."""
+"""Tests of ``saelab.plots.saes``, moved from tests/test_plots.py.
+
+Notes shared with the other tests moved from tests/test_plots.py: ``tests/plots/__init__.py``."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import torch
 
 sae_lens = pytest.importorskip("sae_lens")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MICRO = REPO / "tests" / "config" / "micro.yaml"
 
 

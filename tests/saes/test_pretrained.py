@@ -1,9 +1,6 @@
-"""Released (pretrained) SAE-Lens SAEs: sae_lens's own loaders, saelab's format, the config.
+"""Tests of ``saelab.saes.pretrained``, moved from tests/test_pretrained.py.
 
-Every comparison is against sae_lens itself: its ``load_from_disk``, its ``from_pretrained``
-loaders, its ``encode``/``decode`` and its ``evals.get_recons_loss``. Local releases are built
-with sae_lens's own ``save_model`` (random weights, small sizes) in a store laid out as
-``hf download`` writes a release."""
+Notes shared with the other tests moved from tests/test_pretrained.py: ``tests/saes/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Tests of saelab.saes: every architecture's invariants on hand-built or brute-force-checked
-examples, the sparse decoder and encoder gradients, decoder upkeep, the aux loss and dead
-counter, bias conventions, transcoders, and the SAE-Lens round trip in both directions.
+"""Tests of ``saelab.saes.relu``, moved from tests/test_saes.py.
 
-Hand-built SAEs use identity-like weights so that every code and loss can be written down; the
-random cases compare against a dense brute-force implementation. sae_lens is imported only by
-the tests that need it (it takes a few seconds)."""
+Notes shared with the other tests moved from tests/test_saes.py: ``tests/saes/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The toy feature hierarchy: generator invariants, the absorption metric on hand-built SAEs with
-known behaviour, the flat-vs-Matryoshka result over seeds, the figure and the Snakemake script."""
+"""Tests of ``saelab.toy.absorption``, moved from tests/test_toy.py.
+
+Notes shared with the other tests moved from tests/test_toy.py: ``tests/toy/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The toy feature hierarchy: generator invariants, the absorption metric on hand-built SAEs with
-known behaviour, the flat-vs-Matryoshka result over seeds, the figure and the Snakemake script."""
+"""Tests of ``saelab.toy.compare``, moved from tests/test_toy.py.
+
+Notes shared with the other tests moved from tests/test_toy.py: ``tests/toy/__init__.py``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from saelab.toy import (
     split_params,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_flat_saes_absorb_and_matryoshka_does_not(comparison):

@@ -1,5 +1,6 @@
-"""Training: SAEs learn synthetic sparse data, groups share batches, schedules, outputs, exact
-resume after a real SIGKILL, and divergence that stops without touching the last checkpoint."""
+"""Tests of ``saelab.training.checkpoint``, moved from tests/test_train.py.
+
+Notes shared with the other tests moved from tests/test_train.py: ``tests/test_train.py``."""
 
 from __future__ import annotations
 
@@ -22,16 +23,6 @@ from saelab.train import (
     train_saes,
 )
 from tests.training.helpers import BATCH, RESUME_CFG, RESUME_SPECS, SRC, widths_of
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny SAEs: one thread is faster (and exact resume needs a fixed thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 KILL_SCRIPT = textwrap.dedent(
     """

@@ -1,22 +1,13 @@
-"""Training: SAEs learn synthetic sparse data, groups share batches, schedules, outputs, exact
-resume after a real SIGKILL, and divergence that stops without touching the last checkpoint."""
+"""Tests of ``saelab.training.group``, moved from tests/test_train.py.
+
+Notes shared with the other tests moved from tests/test_train.py: ``tests/test_train.py``."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from saelab.cache import ActivationReader
 from tests.training.helpers import BATCH, GROUP_STEPS, SRC, TGT
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny SAEs: one thread is faster (and exact resume needs a fixed thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_group_saes_see_the_same_batches_in_reader_order(trained):

@@ -1,5 +1,8 @@
-"""Training: SAEs learn synthetic sparse data, groups share batches, schedules, outputs, exact
-resume after a real SIGKILL, and divergence that stops without touching the last checkpoint.
+"""Tests of ``saelab.training.loop``, moved from tests/test_train.py and tests/test_training_loop.py.
+
+Notes shared with the other tests moved from tests/test_train.py: ``tests/test_train.py``.
+
+Notes of tests/test_training_loop.py:
 
 The one training loop (saelab.training.loop): one update against a hand-written update in
 dictionary_learning's order, the batch-FVU loss by hand, k-annealing by hand, the options'
@@ -34,16 +37,6 @@ from saelab.training.loop import (
     run_steps,
 )
 from tests.training.helpers import BATCH, SRC, widths_of
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny SAEs: one thread is faster (and exact resume needs a fixed thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------ small pieces
 

@@ -1,5 +1,6 @@
-"""Training: SAEs learn synthetic sparse data, groups share batches, schedules, outputs, exact
-resume after a real SIGKILL, and divergence that stops without touching the last checkpoint."""
+"""Tests of ``saelab.training.outputs``, moved from tests/test_train.py.
+
+Notes shared with the other tests moved from tests/test_train.py: ``tests/test_train.py``."""
 
 from __future__ import annotations
 
@@ -14,15 +15,6 @@ from saelab.train import (
     default_checkpoint_dir,
 )
 from tests.training.helpers import BATCH, D_SRC, GROUP_STEPS, SRC
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny SAEs: one thread is faster (and exact resume needs a fixed thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_outputs_are_complete_and_metrics_recompute_from_the_saved_sae(trained):

@@ -10,7 +10,7 @@ from saelab.trajectories.decompose import (
     layer_hook_names,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 PROMPT = "Max, Mark and Smith are in the dark room. Smith left. Mark gave flashlight to"

@@ -1,7 +1,6 @@
-"""Tests of saelab.trajectories: the attention decomposition against the model's own hooks
-(tiny random GPT-2, Gemma-2 and Gemma-3 models loaded through saelab.models), the newcomer rule,
-edges and backward trace on a hand-built evolution, the figures, the HTML in headless Chromium,
-the config checks, and the micro DAG end to end."""
+"""Tests of ``saelab.trajectories.describe``, moved from tests/test_trajectories.py.
+
+Notes shared with the other tests moved from tests/test_trajectories.py: ``tests/trajectories/__init__.py``."""
 
 from __future__ import annotations
 
