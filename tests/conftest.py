@@ -119,6 +119,8 @@ def in_preset_store(tmp_path, monkeypatch):
     return tmp_path
 
 
+# The synthetic cache and the trained group of tests/test_train.py and tests/training/ (moved
+# verbatim from tests/test_train.py; a module's own `cache` fixture takes precedence).
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache") / "synthetic.zarr")

@@ -1,4 +1,7 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_evaluate.py)."""
+"""Helpers moved verbatim from tests/test_evaluate.py, used by
+tests/test_absorption.py
+tests/test_ce.py
+tests/test_evaluate.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_cache.py)."""
+"""Helpers moved verbatim from tests/test_cache.py, used by
+tests/cache/conftest.py
+tests/cache/test_build.py
+tests/cache/test_checked.py
+tests/cache/test_reader.py."""
 
 from __future__ import annotations
 

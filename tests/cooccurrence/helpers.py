@@ -1,4 +1,9 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_cooccurrence.py)."""
+"""Helpers moved verbatim from tests/test_cooccurrence.py, used by
+tests/cooccurrence/conftest.py
+tests/cooccurrence/test_collect.py
+tests/cooccurrence/test_counts.py
+tests/cooccurrence/test_dashboards.py
+tests/cooccurrence/test_pca.py."""
 
 from __future__ import annotations
 

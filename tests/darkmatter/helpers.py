@@ -1,4 +1,7 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_darkmatter.py)."""
+"""Helpers moved verbatim from tests/test_darkmatter.py, used by
+tests/darkmatter/test_norms.py
+tests/darkmatter/test_regression.py
+tests/plots/test_darkmatter.py."""
 
 from __future__ import annotations
 

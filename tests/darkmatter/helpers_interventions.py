@@ -1,4 +1,6 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_darkmatter_interventions.py)."""
+"""Helpers moved verbatim from tests/test_darkmatter_interventions.py, used by
+tests/darkmatter/test_scoring.py
+tests/e2e/test_darkmatter_interventions.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_data.py)."""
+"""Helpers of data/conftest.py, data/test_contexts.py (moved verbatim from tests/test_data.py)."""
 
 from __future__ import annotations
 

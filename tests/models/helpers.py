@@ -1,4 +1,8 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_models.py)."""
+"""Helpers moved verbatim from tests/test_models.py, used by
+tests/models/conftest.py
+tests/models/test_load.py
+tests/models/test_tiny.py
+tests/models/test_tokenizer.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_plots.py)."""
+"""Helpers of plots/test_common.py, plots/test_saes.py (moved verbatim from tests/test_plots.py)."""
 
 from __future__ import annotations
 

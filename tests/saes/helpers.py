@@ -1,4 +1,13 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_saes.py)."""
+"""Helpers moved verbatim from tests/test_saes.py, used by
+tests/saes/test_base.py
+tests/saes/test_batchtopk.py
+tests/saes/test_config.py
+tests/saes/test_io.py
+tests/saes/test_jumprelu.py
+tests/saes/test_relu.py
+tests/saes/test_sparse.py
+tests/saes/test_topk.py
+tests/test_groups.py."""
 
 from __future__ import annotations
 

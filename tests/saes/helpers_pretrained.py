@@ -1,4 +1,6 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_pretrained.py)."""
+"""Helpers moved verbatim from tests/test_pretrained.py, used by
+tests/e2e/test_pretrained.py
+tests/saes/test_pretrained.py."""
 
 from __future__ import annotations
 

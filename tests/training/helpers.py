@@ -1,4 +1,13 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_train.py)."""
+"""Helpers moved verbatim from tests/test_train.py, used by
+tests/conftest.py
+tests/test_precision.py
+tests/test_stream.py
+tests/test_tracking.py
+tests/test_train.py
+tests/training/test_checkpoint.py
+tests/training/test_group.py
+tests/training/test_loop.py
+tests/training/test_outputs.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Helpers shared by the tests of this folder (moved verbatim from tests/test_trajectories.py)."""
+"""Helpers moved verbatim from tests/test_trajectories.py, used by
+tests/e2e/test_trajectories.py
+tests/plots/test_trajectories.py
+tests/trajectories/test_decompose.py
+tests/trajectories/test_evolution.py
+tests/trajectories/test_graph.py
+tests/trajectories/test_settings.py."""
 
 from __future__ import annotations
 
