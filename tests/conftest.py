@@ -14,6 +14,7 @@ import pytest
 
 from saelab.config import REPO_ROOT
 from saelab.models import train_bpe_tokenizer
+from saelab.toy import HierarchyConfig, compare_architectures
 from saelab.train import TrainConfig, build_saes, train_saes
 from tests.training.helpers import (
     BATCH,
@@ -149,4 +150,14 @@ def trained(cache, tmp_path_factory):
     results = train_saes(cache, saes, cfg, out_dirs, progress=False)
     return SimpleNamespace(
         saes=saes, results=results, out_dirs=out_dirs, seen=seen, cfg=cfg, cache=cache
+    )
+
+
+# The toy comparison of tests/toy/test_compare.py and tests/plots/test_toy.py (moved from
+# tests/test_toy.py; session scope so that the two modules share one ~40 s CPU run, as before).
+@pytest.fixture(scope="session")
+def comparison():
+    """The default toy and training settings, three seeds of each architecture."""
+    return compare_architectures(
+        HierarchyConfig(), archs=["topk", "batchtopk", "matryoshka"], seeds=[0, 1, 2]
     )
