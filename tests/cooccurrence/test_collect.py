@@ -1,6 +1,7 @@
 """Tests of ``saelab.cooccurrence.collect``, moved from tests/test_cooccurrence.py.
 
-Notes shared with the other tests moved from tests/test_cooccurrence.py: ``tests/cooccurrence/__init__.py``."""
+Notes shared with the other tests moved from tests/test_cooccurrence.py:
+``tests/cooccurrence/__init__.py``."""
 
 from __future__ import annotations
 

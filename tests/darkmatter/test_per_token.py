@@ -1,6 +1,7 @@
 """Tests of ``saelab.darkmatter.per_token``, moved from tests/test_darkmatter.py.
 
-Notes shared with the other tests moved from tests/test_darkmatter.py: ``tests/darkmatter/__init__.py``."""
+Notes shared with the other tests moved from tests/test_darkmatter.py:
+``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 

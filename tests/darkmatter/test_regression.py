@@ -1,6 +1,8 @@
-"""Tests of ``saelab.darkmatter.regression``, moved from tests/test_darkmatter.py and tests/test_darkmatter_interventions.py.
+"""Tests of ``saelab.darkmatter.regression``, moved from tests/test_darkmatter.py and
+tests/test_darkmatter_interventions.py.
 
-Notes shared with the other tests moved from tests/test_darkmatter.py and tests/test_darkmatter_interventions.py: ``tests/darkmatter/__init__.py``, ``tests/darkmatter/__init__.py``."""
+Notes shared with the other tests moved from tests/test_darkmatter.py and
+tests/test_darkmatter_interventions.py: ``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 
@@ -99,9 +101,6 @@ def test_regression_files_round_trip(tmp_path):
         json.loads((tmp_path / "regression.json").read_text())
     )
     assert not list(tmp_path.glob(".*tmp*"))
-
-
-torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------ train on error

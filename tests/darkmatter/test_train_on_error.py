@@ -1,6 +1,7 @@
 """Tests of ``saelab.darkmatter.train_on_error``, moved from tests/test_darkmatter_interventions.py.
 
-Notes shared with the other tests moved from tests/test_darkmatter_interventions.py: ``tests/darkmatter/__init__.py``."""
+Notes shared with the other tests moved from tests/test_darkmatter_interventions.py:
+``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """End-to-end tests (they run Snakemake) moved from tests/test_cooccurrence.py.
 
-Notes shared with the other tests moved from tests/test_cooccurrence.py: ``tests/cooccurrence/__init__.py``."""
+Notes shared with the other tests moved from tests/test_cooccurrence.py:
+``tests/cooccurrence/__init__.py``."""
 
 from __future__ import annotations
 

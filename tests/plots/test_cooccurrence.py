@@ -1,6 +1,8 @@
-"""Tests of ``saelab.plots.cooccurrence``, moved from tests/test_cooccurrence.py and tests/test_plots.py.
+"""Tests of ``saelab.plots.cooccurrence``, moved from tests/test_cooccurrence.py and
+tests/test_plots.py.
 
-Notes shared with the other tests moved from tests/test_cooccurrence.py and tests/test_plots.py: ``tests/cooccurrence/__init__.py``, ``tests/plots/__init__.py``."""
+Notes shared with the other tests moved from tests/test_cooccurrence.py and tests/test_plots.py:
+``tests/cooccurrence/__init__.py``, ``tests/plots/__init__.py``."""
 
 from __future__ import annotations
 

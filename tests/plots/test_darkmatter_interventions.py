@@ -1,6 +1,8 @@
-"""Tests of ``saelab.plots.darkmatter_interventions``, moved from tests/test_darkmatter_interventions.py.
+"""Tests of ``saelab.plots.darkmatter_interventions``, moved from
+tests/test_darkmatter_interventions.py.
 
-Notes shared with the other tests moved from tests/test_darkmatter_interventions.py: ``tests/darkmatter/__init__.py``."""
+Notes shared with the other tests moved from tests/test_darkmatter_interventions.py:
+``tests/darkmatter/__init__.py``."""
 
 from __future__ import annotations
 

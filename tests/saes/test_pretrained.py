@@ -1,6 +1,7 @@
 """Tests of ``saelab.saes.pretrained``, moved from tests/test_pretrained.py.
 
-Notes shared with the other tests moved from tests/test_pretrained.py: ``tests/saes/__init__.py``."""
+Notes shared with the other tests moved from tests/test_pretrained.py:
+``tests/saes/__init__.py``."""
 
 from __future__ import annotations
 

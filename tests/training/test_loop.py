@@ -1,4 +1,5 @@
-"""Tests of ``saelab.training.loop``, moved from tests/test_train.py and tests/test_training_loop.py.
+"""Tests of ``saelab.training.loop``, moved from tests/test_train.py and
+tests/test_training_loop.py.
 
 Notes shared with the other tests moved from tests/test_train.py: ``tests/test_train.py``.
 

@@ -1,6 +1,7 @@
 """Tests of ``saelab.trajectories.graph``, moved from tests/test_trajectories.py.
 
-Notes shared with the other tests moved from tests/test_trajectories.py: ``tests/trajectories/__init__.py``."""
+Notes shared with the other tests moved from tests/test_trajectories.py:
+``tests/trajectories/__init__.py``."""
 
 from __future__ import annotations
 
