@@ -8,11 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 from pydoc_data.topics import topics
+from types import SimpleNamespace
 
 import pytest
 
 from saelab.config import REPO_ROOT
 from saelab.models import train_bpe_tokenizer
+from saelab.toy import HierarchyConfig, compare_architectures
+from saelab.train import TrainConfig, build_saes, train_saes
+from tests.training.helpers import (
+    BATCH,
+    DEAD_TOKENS,
+    GROUP_STEPS,
+    LOG_EVERY,
+    group_specs,
+    make_cache,
+    widths_of,
+)
 
 MICRO = REPO_ROOT / "tests" / "config" / "micro.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile")]
@@ -106,3 +118,46 @@ def in_preset_store(tmp_path, monkeypatch):
     for preset in PRESET_RELEASES:
         placeholder_releases(tmp_path, preset)
     return tmp_path
+
+
+# The synthetic cache and the trained group of tests/test_train.py and tests/training/ (moved
+# verbatim from tests/test_train.py; a module's own `cache` fixture takes precedence).
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_cache(tmp_path_factory.mktemp("cache") / "synthetic.zarr")
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory):
+    """The whole group trained in one pass; each SAE's training inputs recorded."""
+    root = tmp_path_factory.mktemp("group")
+    saes = build_saes(group_specs(), widths_of(cache))
+    seen: dict[str, list[float]] = {name: [] for name in saes}
+    for name, sae in saes.items():
+        original = sae.forward
+
+        def spy(x, target=None, _name=name, _original=original, _sae=sae):
+            if _sae.training:
+                seen[_name].append(float(x.double().sum()))
+            return _original(x, target)
+
+        sae.forward = spy
+    cfg = TrainConfig(
+        n_tokens=GROUP_STEPS * BATCH, batch_size=BATCH, lr=1e-2, log_every=LOG_EVERY,
+        checkpoint_every=100, seed=3, dead_tokens=DEAD_TOKENS,
+    )  # fmt: skip
+    out_dirs = {name: root / name for name in saes}
+    results = train_saes(cache, saes, cfg, out_dirs, progress=False)
+    return SimpleNamespace(
+        saes=saes, results=results, out_dirs=out_dirs, seen=seen, cfg=cfg, cache=cache
+    )
+
+
+# The toy comparison of tests/toy/test_compare.py and tests/plots/test_toy.py (moved from
+# tests/test_toy.py; session scope so that the two modules share one ~40 s CPU run, as before).
+@pytest.fixture(scope="session")
+def comparison():
+    """The default toy and training settings, three seeds of each architecture."""
+    return compare_architectures(
+        HierarchyConfig(), archs=["topk", "batchtopk", "matryoshka"], seeds=[0, 1, 2]
+    )

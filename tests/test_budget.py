@@ -1,22 +1,23 @@
-"""Budgets stated when the DAG is built (saelab.budget): cache bytes against a cache written to
+"""Tests of ``saelab.budget``; the Snakemake dry run went to tests/e2e/test_budget.py.
+
+Budgets stated when the DAG is built (saelab.budget): cache bytes against a cache written to
 disk, a stop with the number, the free space, the key to change and the streaming way out, both
 with a mocked free-space figure and from a real `snakemake -n`."""
 
 from __future__ import annotations
 
-import shutil
 from collections import namedtuple
 
 import numpy as np
 import pytest
 import torch
-from conftest import MICRO, snakemake
 
 from saelab import budget
 from saelab.budget import BudgetError, cache_bytes, check_disk, model_shape, plan
 from saelab.cache import build_cache
 from saelab.checks import load_config
 from saelab.models import resolve_model
+from tests.conftest import MICRO
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +80,3 @@ def test_complete_caches_are_not_counted_again(micro, tmp_path):
 
 def micro_cache_bytes(micro, info):
     return cache_bytes(micro, "main", model_shape(info, micro.tiny))
-
-
-def test_the_dag_stops_before_any_job_when_a_cache_cannot_fit(tmp_path):
-    free = shutil.disk_usage(tmp_path).free
-    # The layers cache (2 layers x 64 x 4 B per token) alone: twice the free space.
-    tokens = int(free // (2 * 64 * 4) * 2)
-    overlay = tmp_path / "huge.yaml"
-    overlay.write_text(
-        f"corpora:\n  python-docs:\n    n_tokens: {tokens}\ncaches:\n  layers:\n    n_tokens: null\n"
-    )
-    result = snakemake(tmp_path, "-n", "--configfile", str(MICRO), str(overlay), check=False)
-    out = result.stdout + result.stderr
-    assert result.returncode != 0, out[-2000:]
-    assert "saelab budget: cache layers:" in out
-    assert "caches.layers.n_tokens" in out
-    assert "budget: the caches and corpora still to be written need" in out
-    assert "training.source: stream" in out
-    assert not (tmp_path / "data").exists()

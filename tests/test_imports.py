@@ -4,8 +4,7 @@ The graph is read from the source with ``ast`` (no module is imported, so this r
 under a second): absolute and relative imports, at module level and inside functions or
 ``TYPE_CHECKING`` blocks alike. Importing ``a.b.c`` also runs the packages ``a.b`` and ``a``,
 so an import reaches the ``__init__`` of every package above the module it names, except the
-importer's own packages (a package's ``__init__`` importing its submodules is the usual shape).
-"""
+importer's own packages (a package's ``__init__`` importing its submodules is the usual shape)."""
 
 from __future__ import annotations
 

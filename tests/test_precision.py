@@ -3,8 +3,7 @@ the SAE step, training, the cache forward and the CE (within bf16's tolerance), 
 a bf16 run, and the lean training step against the straightforward computation.
 
 This host may have no native bf16 (then torch emulates it and a bf16 matmul is slow), so every
-bf16 computation here is tiny.
-"""
+bf16 computation here is tiny."""
 
 from __future__ import annotations
 
@@ -258,9 +257,8 @@ def test_lean_step_equals_the_straightforward_computation():
 
 
 def _train(cache, root: Path, precision: str):
-    from test_train import BATCH, SRC, widths_of
-
     from saelab.train import TrainConfig, build_saes, train_saes
+    from tests.training.helpers import BATCH, SRC, widths_of
 
     specs = {
         "btk": {"arch": "batchtopk", "k": 4, "width": 64, "hook_name": SRC},
@@ -278,7 +276,7 @@ def _train(cache, root: Path, precision: str):
 
 @pytest.fixture(scope="module")
 def train_cache(tmp_path_factory):
-    from test_train import make_cache
+    from tests.training.helpers import make_cache
 
     torch.set_num_threads(1)
     return make_cache(tmp_path_factory.mktemp("cache") / "synthetic.zarr")
@@ -326,10 +324,9 @@ def _tl_pair(model):
 def test_bf16_cache_activations_agree_with_fp32(small_tokenizer_dir, tmp_path, monkeypatch):
     """The transformers cache backend loaded in bf16 (what precision: bfloat16 runs) writes
     float16 values within bf16's tolerance of the fp32 forward's."""
-    from hf_models import HF_CASES, perturb_norms, save_hf
-
     from saelab.cache import activation_source, build_cache, open_cache
     from saelab.models import prepare_model, resolve_model
+    from tests.hf_models import HF_CASES, perturb_norms, save_hf
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)

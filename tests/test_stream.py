@@ -203,7 +203,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {tests!r})
     from pathlib import Path
-    from test_stream import train_streamed
+    from tests.test_stream import train_streamed
     torch.set_num_threads(1)
     train_streamed(Path({root!r}), on_checkpoint=lambda step: print(step, flush=True))
     """
@@ -214,7 +214,7 @@ def test_killed_streaming_training_resumes_bitwise(tmp_path):
     """Two real SIGKILLs at random points (after a random checkpoint, plus a random delay, so
     mid-step or mid-checkpoint), then a run to the end: bitwise the uninterrupted weights."""
     killed = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), root=str(killed))
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).resolve().parents[1]), root=str(killed))
     rng = random.Random(int(os.environ.get("SAELAB_KILL_SEED", time.time_ns() % 2**31)))
     last = 0
     for _ in range(2):
@@ -248,11 +248,10 @@ def test_train_script_streams_from_the_saved_model_and_tokens(small_tokenizer_di
     import runpy
     from types import SimpleNamespace
 
-    from test_train import _Named
-
     from saelab.data import TokenizedCorpus, corpus_fingerprint, save_tokens
     from saelab.models import resolve_model, write_manifest
     from saelab.models.tiny import _save_tiny
+    from tests.training.helpers import _Named
 
     model_dir = tmp_path / "models" / "tiny"
     model_dir.mkdir(parents=True)
@@ -292,9 +291,7 @@ def test_a_bf16_forward_streams_float32_activations_close_to_fp32():
     tokens, _ = corpus()
     contexts = np.arange(4)
     fp32 = ModelProvider(TLActivationSource(tiny_lm(), HOOKS), tokens)(contexts)
-    bf16 = ModelProvider(TLActivationSource(tiny_lm().to(torch.bfloat16), HOOKS), tokens)(
-        contexts
-    )
+    bf16 = ModelProvider(TLActivationSource(tiny_lm().to(torch.bfloat16), HOOKS), tokens)(contexts)
     for hook in HOOKS:
         assert bf16[hook].dtype == torch.float32
         scale = float(fp32[hook].abs().max())

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_train import BATCH, SRC, _Named, make_cache
 
 from saelab.checks import load_config
 from saelab.tracking import (
@@ -20,6 +19,7 @@ from saelab.tracking import (
     tracker_for,
 )
 from saelab.train import TrainConfig
+from tests.training.helpers import BATCH, SRC, _Named, make_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,73 @@
+"""Tests of ``saelab.cache.reader``, moved from tests/test_cache.py.
+
+Notes shared with the other tests moved from tests/test_cache.py: ``tests/cache/__init__.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import zarr
+
+from saelab.cache import (
+    ActivationReader,
+)
+from tests.cache.helpers import BATCH, CTX, HOOKS, N_CONTEXTS
+
+# ------------------------------------------------------------------ reader
+
+
+def test_reader_splits_cover_every_non_special_row_once(built):
+    path, _, _, special = built
+    keep = set(np.flatnonzero(~special.reshape(-1)))
+    seen = {}
+    for split in ("train", "heldout"):
+        reader = ActivationReader(path, HOOKS[0], 10, split=split, drop_last=False, buffer_chunks=2)
+        rows = np.concatenate([r for _, r in reader.batches(with_rows=True)])
+        assert len(rows) == len(set(rows)), "a row was yielded twice in one epoch"
+        seen[split] = set(rows)
+    assert seen["train"].isdisjoint(seen["heldout"])
+    assert seen["train"] | seen["heldout"] == keep
+    heldout_contexts = {r // CTX for r in seen["heldout"]}
+    assert heldout_contexts == {N_CONTEXTS - 1}  # 5% of 24 contexts rounds to one
+
+
+def test_reader_batches_mix_sequences_and_match_the_arrays(built):
+    path, *_ = built
+    group = zarr.open_group(path, mode="r")
+    reader = ActivationReader(path, [HOOKS[1], HOOKS[2]], 32, seed=3, buffer_chunks=4)
+    (mid, mlp), rows = next(reader.batches(with_rows=True))
+    assert mid.dtype == torch.float32 and mid.shape == (32, 32)
+    np.testing.assert_array_equal(mid.numpy(), group[HOOKS[1]][:][rows])
+    np.testing.assert_array_equal(mlp.numpy(), group[HOOKS[2]][:][rows])
+    contexts = rows // CTX
+    assert len(set(contexts)) >= 8, "a shuffled batch should draw from many sequences"
+    # Same seed, same order; the next epoch reshuffles.
+    again = ActivationReader(path, [HOOKS[1], HOOKS[2]], 32, seed=3, buffer_chunks=4)
+    _, rows_again = next(again.batches(with_rows=True))
+    np.testing.assert_array_equal(rows, rows_again)
+    _, rows_epoch2 = next(again.batches(with_rows=True))
+    assert not np.array_equal(rows, rows_epoch2)
+
+
+def test_reader_memory_is_bounded_by_the_buffer(built, monkeypatch):
+    path, *_ = built
+    reader = ActivationReader(path, HOOKS[0], 8, buffer_chunks=2)
+    reads = []
+    original = reader._read_block
+
+    def counting(start, stop):
+        reads.append((start, stop))
+        return original(start, stop)
+
+    monkeypatch.setattr(reader, "_read_block", counting)
+    batches = reader.batches()
+    next(batches)
+    assert len(reads) == 2, "the first batch should need only buffer_chunks chunks"
+    assert all(stop - start <= BATCH * CTX for start, stop in reads)
+
+
+def test_read_all_is_in_row_order(built):
+    path, *_ = built
+    group = zarr.open_group(path, mode="r")
+    everything = ActivationReader(path, HOOKS[0], 8, split="all", exclude_special=False).read_all()
+    np.testing.assert_array_equal(everything.numpy(), group[HOOKS[0]][:])
