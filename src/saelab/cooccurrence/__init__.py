@@ -12,6 +12,8 @@ but remain independently interpretable").
 * :mod:`~saelab.cooccurrence.dashboards`: static HTML feature pages.
 """
 
+from typing import TYPE_CHECKING
+
 from saelab.cooccurrence.counts import (
     CooccurrenceCounts,
     dense_pair_counts,
@@ -31,6 +33,9 @@ from saelab.cooccurrence.graph import (
     largest_component_size,
     node_info_table,
 )
+
+if TYPE_CHECKING:  # loaded lazily by __getattr__ below; named here for type checkers
+    from saelab.cooccurrence.collect import cooccurrence_from_cache
 
 __all__ = [
     "CooccurrenceCounts",

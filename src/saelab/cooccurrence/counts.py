@@ -130,7 +130,7 @@ def dense_pair_counts(
 def _with_diagonal(matrix: sp.coo_matrix, value: float) -> sp.csr_matrix:
     """``matrix`` with every diagonal entry (stored or not) set to ``value``."""
     off = matrix.row != matrix.col
-    width = matrix.shape[0]
+    width = matrix.shape[0]  # pyright: ignore[reportOptionalSubscript]  # scipy's inferred shape is None
     diag = np.arange(width)
     row = np.concatenate([matrix.row[off], diag])
     col = np.concatenate([matrix.col[off], diag])
@@ -140,7 +140,7 @@ def _with_diagonal(matrix: sp.coo_matrix, value: float) -> sp.csr_matrix:
     return out
 
 
-def normalised_cooccurrence(cc: CooccurrenceCounts, diagonal: float | None = 1.0):
+def normalised_cooccurrence(cc: CooccurrenceCounts, diagonal: float | None = 1.0) -> sp.csr_matrix:
     """N_ij = C_ij / max(n_i, n_j) (float32 CSR), the diagonal set to ``diagonal`` (the
     original: 1; ``None`` keeps C_ii / n_i, i.e. 1 for latents that fire, absent otherwise).
 
@@ -151,7 +151,8 @@ def normalised_cooccurrence(cc: CooccurrenceCounts, diagonal: float | None = 1.0
     data = (coo.data / den).astype(np.float32)
     result = sp.coo_matrix((data, (coo.row, coo.col)), shape=coo.shape)
     if diagonal is None:
-        return result.tocsr()
+        # a coo_matrix's tocsr() is a csr_matrix; pyright infers scipy's shared code as csr_array
+        return result.tocsr()  # pyright: ignore[reportReturnType]
     return _with_diagonal(result, diagonal)
 
 
@@ -179,7 +180,7 @@ def seed000_jaccard(cc: CooccurrenceCounts) -> sp.csr_matrix:
 
 def without_diagonal(matrix: sp.spmatrix) -> sp.csr_matrix:
     """A copy with the diagonal removed (the graph of co-occurrence between distinct latents)."""
-    coo = matrix.tocoo()
+    coo = matrix.tocoo()  # pyright: ignore[reportAttributeAccessIssue]  # scipy's spmatrix mixin declares no tocoo
     off = coo.row != coo.col
     out = sp.csr_matrix((coo.data[off], (coo.row[off], coo.col[off])), shape=coo.shape)
     out.sort_indices()

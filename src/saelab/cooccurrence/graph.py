@@ -27,7 +27,7 @@ def thresholded(matrix: sp.spmatrix, theta: float) -> sp.csr_matrix:
     return _edges_at(without_diagonal(matrix).tocoo(), theta)
 
 
-def _edges_at(off_diagonal: sp.coo_matrix, theta: float) -> sp.csr_matrix:
+def _edges_at(off_diagonal: sp.coo_matrix | sp.coo_array, theta: float) -> sp.csr_matrix:
     keep = off_diagonal.data >= theta
     out = sp.csr_matrix(
         (off_diagonal.data[keep], (off_diagonal.row[keep], off_diagonal.col[keep])),

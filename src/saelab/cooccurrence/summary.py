@@ -8,7 +8,7 @@ latent index for latent index. Subgraph statistics exclude singletons and the gi
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -30,10 +30,12 @@ def group_index(width: int, group_sizes: list[int]) -> np.ndarray:
 
 def giant_subgraph_id(node_info: pd.DataFrame) -> int | None:
     """Id of the largest subgraph if it has more than one node (the smallest id on ties)."""
-    sizes = node_info.groupby("subgraph_id")["subgraph_size"].first()
-    if sizes.empty or sizes.max() < 2:
+    # pandas annotates these reductions and masks loosely; the values are a Series and an int
+    sizes = cast(pd.Series, node_info.groupby("subgraph_id")["subgraph_size"].first())
+    if sizes.empty or cast(int, sizes.max()) < 2:
         return None
-    return int(sizes[sizes == sizes.max()].index.min())
+    ties = cast(pd.Series, sizes[sizes == sizes.max()])
+    return int(cast(int, ties.index.min()))
 
 
 class GroupStatistics(NamedTuple):
@@ -56,9 +58,10 @@ def _corr(x: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
     spearman = scipy.stats.spearmanr(x, y)
     return {
         "n": len(x),
-        "pearson_r": float(pearson.statistic),
-        "pearson_p": float(pearson.pvalue),
-        "spearman_r": float(spearman.statistic),
+        # scipy's result classes are built at runtime; pyright cannot see their fields
+        "pearson_r": float(pearson.statistic),  # pyright: ignore[reportAttributeAccessIssue]
+        "pearson_p": float(pearson.pvalue),  # pyright: ignore[reportAttributeAccessIssue]
+        "spearman_r": float(spearman.statistic),  # pyright: ignore[reportAttributeAccessIssue]
     }
 
 
@@ -134,7 +137,7 @@ def summarise_sae(
         float(means[lo : lo + n].mean())
         for lo, n in zip(table["first_latent"], table["n_latents"], strict=True)
     ]
-    subgraph_sizes = node_info.groupby("subgraph_id")["subgraph_size"].first()
+    subgraph_sizes = cast(pd.Series, node_info.groupby("subgraph_id")["subgraph_size"].first())
     record = {
         "group_sizes": list(group_sizes),
         "pretend_groups": counts.meta.get("arch") != "matryoshka",
@@ -181,10 +184,11 @@ def choose_subgraph(
     giant = giant_subgraph_id(node_info)
     candidates = table[table["subgraph_id"] != (giant if giant is not None else -1)]
     lo, hi = size_range
-    within = candidates[(candidates["subgraph_size"] >= lo) & (candidates["subgraph_size"] <= hi)]
+    sizes = candidates["subgraph_size"]
+    within = cast(pd.DataFrame, candidates[(sizes >= lo) & (sizes <= hi)])
     if not within.empty:
         return int(within.sort_values("total_firing", ascending=False)["subgraph_id"].iloc[0])
-    multi = candidates[candidates["subgraph_size"] >= 2]
+    multi = cast(pd.DataFrame, candidates[sizes >= 2])
     if not multi.empty:
         return int(multi.sort_values("subgraph_size", ascending=False)["subgraph_id"].iloc[0])
     if giant is not None:

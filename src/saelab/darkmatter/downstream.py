@@ -26,7 +26,7 @@ dominates on gemma-3's 262k vocabulary, is applied only at the positions whose l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -154,12 +154,12 @@ def spliced_ce_per_context(
     for lo in range(0, len(contexts.tokens), batch_size):
         hi = min(lo + batch_size, len(contexts.tokens))
         tokens = contexts.tokens[lo:hi].to(device)
-        clean = contexts.acts[lo:hi].to(device)
+        clean_acts = contexts.acts[lo:hi].to(device)
         window = contexts.window[lo:hi].to(device)
         loss_mask = contexts.loss_mask[lo:hi].to(device)
         first, last = int(offsets[lo]), int(offsets[hi])
         for name in sums:
-            act = clean.clone()
+            act = clean_acts.clone()
             if name != "clean":
                 act[window] = replacements[name][first:last].to(device, act.dtype)
             final = final_resid_with(model, tokens, hook, act)
@@ -192,7 +192,9 @@ def percent_intervals(
 
         return statistic
 
-    statistics = {f"ce_{name}": (lambda s, name=name: s[name] / s["n"]) for name in per_context}
+    statistics: dict[str, Callable[[Any], Any]] = {
+        f"ce_{name}": (lambda s, name=name: s[name] / s["n"]) for name in per_context
+    }
     statistics["linear_percent"] = percent("sae_linear")
     statistics["nonlinear_percent"] = percent("sae_nonlinear")
     found = bootstrap_sums(units, statistics, n_resamples=n_resamples, seed=seed, level=level)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import zarr
 
 from saelab.runtime import atomic_dir
+
+if TYPE_CHECKING:
+    from saelab.cache.checked import CheckedArray
 
 # torch and saelab.evaluate are imported where SAEs run: readers of an info group (every
 # downstream rule) then start without importing torch.
@@ -140,7 +143,7 @@ def encode_window(sae, x: np.ndarray, batch_size: int = 4096, device: str = "cpu
 
 
 def compute_sae_info(
-    sae, cache_path: str | os.PathLike, cfg: WindowConfig, name: str, device: str = "cpu"
+    sae, cache_path: str | Path, cfg: WindowConfig, name: str, device: str = "cpu"
 ) -> SAEInfo:
     """Encode the analysis window of ``cache_path`` with ``sae`` (an SAE, not a transcoder)."""
     from saelab.cache import ActivationReader
@@ -159,7 +162,8 @@ def compute_sae_info(
     except ValueError as err:
         raise SAEInfoError(str(err)) from err
     # Read the contiguous span that holds the rows, then pick them (one sequential read).
-    span = np.asarray(group[hook][int(rows[0]) : int(rows[-1]) + 1], dtype=np.float32)
+    acts = cast("CheckedArray", group[hook])  # a cache's hooks are arrays, not groups
+    span = np.asarray(acts[int(rows[0]) : int(rows[-1]) + 1], dtype=np.float32)
     x = np.ascontiguousarray(span[rows - rows[0]])
     del span
     x_hat, l0, idx, val = encode_window(sae, x, cfg.batch_size, device)
@@ -174,7 +178,7 @@ def compute_sae_info(
         latent_idx=idx,
         latent_val=val,
         rows=rows,
-        token_ids=np.asarray(group["tokens"][:], dtype=np.int64)[rows],
+        token_ids=np.asarray(cast("CheckedArray", group["tokens"])[:], dtype=np.int64)[rows],
         position=reader.position_of(rows).astype(np.int32),
         attrs={
             "sae": name,
@@ -210,5 +214,5 @@ def load_sae_info(path: str | os.PathLike) -> SAEInfo:
     group = zarr.open_group(path, mode="r")
     if "sae_info" not in group.attrs:
         raise SAEInfoError(f"{path} is not an SAE info group (no 'sae_info' attributes)")
-    arrays = {name: np.asarray(group[name][...]) for name in INFO_ARRAYS}
-    return SAEInfo(**arrays, attrs=dict(group.attrs["sae_info"]))
+    arrays = {name: np.asarray(cast(zarr.Array, group[name])[...]) for name in INFO_ARRAYS}
+    return SAEInfo(**arrays, attrs=dict(cast(dict, group.attrs["sae_info"])))

@@ -175,7 +175,7 @@ def fit_power_law(widths: Sequence[float], fvus: Sequence[float]) -> PowerLawFit
         cis = [(math.nan, math.nan)] * 3
     return PowerLawFit(
         float(c), float(a), float(m),
-        *(tuple(float(v) for v in ci) for ci in cis),
+        *((float(lo), float(hi)) for lo, hi in cis),
         rmse=float(math.sqrt(sse / len(W))), n_points=len(W), method="scipy.optimize.curve_fit",
         ci_method=CI_METHOD,
     )  # fmt: skip
@@ -211,23 +211,23 @@ def pursuit_power_law(records: Sequence[dict[str, Any]]) -> PowerLawFit | None:
 
 def breakdown(
     fit: PowerLawFit,
-    curve_widths: Sequence[float],
+    curve_widths: Sequence[float] | np.ndarray,
     nonlinear_fvus: Sequence[float],
     widths: Sequence[float] | None = None,
     pursuit_fvus: Sequence[float] | None = None,
 ) -> Breakdown:
     """Areas of Fig 1 at ``widths`` (default: the curve's widths)."""
-    curve_widths = np.asarray(curve_widths, dtype=np.float64)
-    W = curve_widths if widths is None else np.asarray(widths, dtype=np.float64)
+    curve = np.asarray(curve_widths, dtype=np.float64)
+    W = curve if widths is None else np.asarray(widths, dtype=np.float64)
     fitted = fit(W)
     level = float(np.mean(nonlinear_fvus))
     pursuit = None
     if pursuit_fvus is not None:
-        order = np.argsort(curve_widths)
+        order = np.argsort(curve)
         # Linear in log width between the points, constant beyond them (np.interp clamps).
         pursuit = np.interp(
             np.log(W),
-            np.log(curve_widths[order]),
+            np.log(curve[order]),
             np.asarray(pursuit_fvus, dtype=np.float64)[order],
         )
     floor = pursuit if pursuit is not None else np.full_like(W, level)

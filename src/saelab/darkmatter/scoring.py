@@ -247,11 +247,19 @@ def parse_binary_list(text: str, n: int) -> np.ndarray:
     return out
 
 
-def make_scorer(name: str, token_ids: np.ndarray, render=None, **options: Any):
-    """The scorer called ``name`` (one of :data:`SCORERS`)."""
+def make_scorer(
+    name: str,
+    token_ids: np.ndarray,
+    render: Callable[[int], str] | None = None,
+    **options: Any,
+):
+    """The scorer called ``name`` (one of :data:`SCORERS`); ``llm`` needs ``render`` (token
+    index -> the snippet shown to the model)."""
     if name == "token_set":
         return TokenSetScorer(token_ids, **options)
     if name == "llm":
+        if render is None:
+            raise ValueError("scorer 'llm' needs render (token index -> snippet text), got None")
         return LLMScorer(render, **options)
     raise ValueError(f"unknown scorer {name!r}; use one of {SCORERS}")
 

@@ -9,6 +9,7 @@ import os
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 import numpy as np
@@ -144,7 +145,9 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> np.ndarray:
         return decades
     if len(decades) > max_ticks:  # many decades: every n-th power of ten
         return decades[:: int(np.ceil(len(decades) / max_ticks))]
-    ticks = ticker.MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    locator = ticker.MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10])
+    # matplotlib's stubs say Sequence[float]; tick_values returns an ndarray
+    ticks = cast(np.ndarray, locator.tick_values(lo, hi))
     return ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9)) & (ticks > 0)]
 
 
@@ -155,7 +158,9 @@ def readable_log_axis(ax, which: str = "x", max_ticks: int = 6) -> None:
         raise ValueError(f"which must be 'x' or 'y', got {which!r}")
     axis = ax.xaxis if which == "x" else ax.yaxis
     lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
-    axis.set_major_locator(ticker.FixedLocator(log_ticks(lo, hi, max_ticks)))
+    # FixedLocator takes any array (np.asarray inside); its stub says Sequence[float]
+    locs = log_ticks(lo, hi, max_ticks)
+    axis.set_major_locator(ticker.FixedLocator(locs))  # pyright: ignore[reportArgumentType]
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _plain(value)))
     axis.set_minor_formatter(ticker.NullFormatter())
 
@@ -185,8 +190,9 @@ def interval_yerr(rows, key: str, metric: str):
     ``intervals[metric]`` ([low, high] around ``row[key]``), or None if any row lacks one.
     A percentile bootstrap interval need not contain the point (with 2 contexts its bound is
     the point up to rounding): a bar from the point to a bound beyond it is drawn as 0."""
-    spans = [(row.get("intervals") or {}).get(metric) for row in rows]
-    if any(span is None for span in spans):
+    found = [(row.get("intervals") or {}).get(metric) for row in rows]
+    spans = [span for span in found if span is not None]
+    if len(spans) != len(found):
         return None
     return [[max(row[key] - lo, 0.0) for row, (lo, _) in zip(rows, spans, strict=True)],
             [max(hi - row[key], 0.0) for row, (_, hi) in zip(rows, spans, strict=True)]]  # fmt: skip

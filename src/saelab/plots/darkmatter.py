@@ -116,7 +116,7 @@ def plot_scaling_breakdown(summary: dict[str, Any], series: dict[str, np.ndarray
     ax.set_title("Dark matter of SAEs: breakdown of FVU" + ("" if pursuit else " (no pursuit)"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     (x0, x1), (y0, y1) = breakdown_zoom(widths, series)
-    inset = ax.inset_axes([0.5, 0.6, 0.47, 0.36])
+    inset = ax.inset_axes((0.5, 0.6, 0.47, 0.36))
     _draw_breakdown(inset, series, widths, fvus, nonlinear_fvus, fit, summary["curve_k"],
                     labels=False)  # fmt: skip
     inset.set_xlim(x0, x1)

@@ -32,7 +32,7 @@ def plot_token_trace(data, start: int = 0, length: int = 100) -> Figure:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(data["widths"])))
     zoom = trace_zoom(span)
-    inset = ax.inset_axes([0.60, 0.56, 0.38, 0.40]) if zoom.stop - zoom.start >= 2 else None
+    inset = ax.inset_axes((0.60, 0.56, 0.38, 0.40)) if zoom.stop - zoom.start >= 2 else None
     for row, (width, colour) in enumerate(zip(data["widths"], colours, strict=True)):
         ax.plot(np.arange(span.start, span.stop), data["total"][row, span], color=colour, lw=1,
                 label=f"width {width}")  # fmt: skip

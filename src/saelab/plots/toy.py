@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -42,8 +42,10 @@ def _table(results: Any, key: str) -> pd.DataFrame | None:
 def _spread_bars(ax, runs: pd.DataFrame, column: str, order: list[str]) -> None:
     """Mean bar per architecture, min-max whisker, one dot per seed."""
     grouped = runs.groupby("arch", sort=False)[column]
-    means = grouped.mean().reindex(order)
-    lows, highs = grouped.min().reindex(order), grouped.max().reindex(order)
+    # pandas annotates a groupby reduction as a scalar union; on one column it is a Series
+    means = cast(pd.Series, grouped.mean()).reindex(order)
+    lows = cast(pd.Series, grouped.min()).reindex(order)
+    highs = cast(pd.Series, grouped.max()).reindex(order)
     x = np.arange(len(order))
     ax.bar(x, means, color=[_colour(a) for a in order], alpha=0.75, width=0.6)
     ax.errorbar(x, means, yerr=[means - lows, highs - means], fmt="none", ecolor="black",
@@ -76,7 +78,7 @@ def plot_toy_absorption(results: Any) -> Figure:
         raise ValueError("results need a non-empty 'runs' table")
     pairs = _table(results, "pairs")
     order = list(dict.fromkeys(runs["arch"]))
-    n_seeds = runs.groupby("arch")["seed"].nunique()
+    n_seeds = cast(pd.Series, runs.groupby("arch")["seed"].nunique())
     has_pairs = pairs is not None and not pairs.empty
     ratios = [1, 1, 1.6] if has_pairs else [1, 1]
     fig = plt.figure(figsize=(13 if has_pairs else 9, 4.6), constrained_layout=True)
@@ -93,13 +95,14 @@ def plot_toy_absorption(results: Any) -> Figure:
     ax.axhline(1 / math.sqrt(2), color="gray", ls="--", lw=0.8)
     ax.text(len(order) - 0.5, 1 / math.sqrt(2), "parent + child", ha="right", va="bottom",
             fontsize=7, color="gray")  # fmt: skip
-    ax.set_ylim(min(0.0, float(runs["child_parent_cos"].min()) - 0.05), 1.0)
+    ax.set_ylim(min(0.0, float(cast(float, runs["child_parent_cos"].min())) - 0.05), 1.0)
     ax.set_ylabel("cos(child latent decoder, parent direction)")
     ax.set_title("Parent direction in child latents")
 
-    if has_pairs:
+    if has_pairs and pairs is not None:
         ax = fig.add_subplot(grid[0, 2])
-        recall = pairs.groupby(["arch", "parent", "child"], sort=False)["parent_recall"].mean()
+        by_pair = pairs.groupby(["arch", "parent", "child"], sort=False)["parent_recall"]
+        recall = cast(pd.Series, by_pair.mean())
         table = recall.unstack(["parent", "child"]).reindex(order).sort_index(axis=1)
         image = ax.imshow(table.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis",
                           aspect="auto")  # fmt: skip

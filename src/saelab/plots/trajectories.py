@@ -16,6 +16,7 @@ import itertools
 
 import matplotlib.pyplot as plt
 import networkx as nx
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -104,7 +105,7 @@ def trajectory_graph_figure(
         for i, (text, colour) in enumerate(notes):
             ax.annotate(text, (1.01, layer), xycoords=("axes fraction", "data"), fontsize=7,
                         color=colour, va="center", xytext=(0, 5 - 10 * i), textcoords="offset points")  # fmt: skip
-    mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=RANK_CMAP)
+    mappable = ScalarMappable(norm=norm, cmap=RANK_CMAP)
     fig.colorbar(mappable, ax=ax, pad=0.16, fraction=0.03, label="best final rank of the newcomers")
     handles = [
         Line2D([], [], color="grey", lw=1, label="fewest trajectories"),
@@ -152,7 +153,7 @@ def trajectory_graph_html_figure(
                 showlegend=False,
             )
         )
-    nodes = sorted(graph.nodes())
+    nodes: list[tuple[int, int]] = sorted(graph.nodes())
     hover = []
     for t, layer in nodes:
         head = f"<b>T{t} {_short(tokens[t], 30)!s} · layer {layer}</b>"

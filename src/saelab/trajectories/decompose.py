@@ -96,7 +96,7 @@ def check_decomposable(model: HookedTransformer) -> None:
 
 def layer_weights(model: HookedTransformer, layer: int) -> LayerWeights:
     """W_O, b_O and the post-attention norm of block ``layer``."""
-    from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     block = model.blocks[layer]
     post_norm = None

@@ -13,6 +13,10 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saelab.features import FeatureSummary
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org/api/feature/{model}/{source}/{index}"
 
@@ -23,7 +27,7 @@ class DescriptionError(RuntimeError):
 
 def describe_from_summaries(
     wanted: Iterable[tuple[int, int]],
-    summaries: Mapping[int, object],
+    summaries: Mapping[int, FeatureSummary],
     tokenizer,
     n_tokens: int = 5,
 ) -> dict[tuple[int, int], str]:
@@ -86,7 +90,7 @@ def describe_from_neuronpedia(
 
 def node_hover_texts(
     traced,
-    summaries: Mapping[int, object],
+    summaries: Mapping[int, FeatureSummary],
     tokenizer,
     n_tokens: int = 5,
     neuronpedia: Mapping[str, object] | None = None,

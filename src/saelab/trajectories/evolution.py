@@ -86,6 +86,11 @@ def logit_lens(
     and the unembedding: the same as patching the last layer's resid_post with each vector
     (the original's ``analyze_layer_contributions_to_prediction``), at the cost of one
     unembedding per vector instead of a forward pass."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError(
+            f"the logit lens needs a model with a tokenizer; {model.cfg.model_name} has none"
+        )
     results = []
     for start in range(0, len(residuals), chunk):
         # direct: TransformerLens's Unembed makes W_U contiguous on every call, which costs
@@ -94,7 +99,7 @@ def logit_lens(
         probs = torch.softmax(logits, dim=-1)
         top = probs.topk(n_top, dim=-1)
         for ids, values in zip(top.indices.tolist(), top.values.tolist(), strict=True):
-            tokens = [model.tokenizer.decode([i]) for i in ids]
+            tokens = [tokenizer.decode([i]) for i in ids]
             results.append(
                 {
                     "top_tokens": tokens,
