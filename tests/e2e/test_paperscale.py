@@ -26,10 +26,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.conftest import SNAKEMAKE
 
 from saelab.checks import load_config
 from saelab.config import REPO_ROOT
+from tests.conftest import SNAKEMAKE
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 PRESET = REPO_ROOT / "config" / "gpt2-small.yaml"
@@ -58,6 +58,7 @@ def build_gpt2_small(out: Path) -> Path:
 def build_res_jb(root: Path, l0: int = 32) -> Path:
     """The res-jb stand-in in ``root/data/releases``, saved by SAE-Lens (``save_model``)."""
     from sae_lens.loading.pretrained_saes_directory import get_repo_id_and_folder_name
+
     from tests.e2e.test_pretrained import sparse_release
 
     release, sae_id = RES_JB
