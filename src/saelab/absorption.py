@@ -316,8 +316,13 @@ def first_letter_absorption(
             main_latents=main,
             main_f1=main_f1,
         )
-    rates = [r.full_absorption_rate for r in results.values() if r.n_true_positives]
-    fractions = [r.mean_absorption_fraction for r in results.values() if r.n_true_positives]
+    # Both are None exactly when a letter has no true positives.
+    rates = [r.full_absorption_rate for r in results.values() if r.full_absorption_rate is not None]
+    fractions = [
+        r.mean_absorption_fraction
+        for r in results.values()
+        if r.mean_absorption_fraction is not None
+    ]
     total_tp = sum(r.n_true_positives for r in results.values())
     return FirstLetterAbsorption(
         full_absorption_rate=float(np.mean(rates)) if rates else None,

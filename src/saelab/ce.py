@@ -175,7 +175,8 @@ def hook_means(
     """Mean activation (flattened width) of each hook over the ``positions`` (bool [n, ctx],
     default all) of ``tokens``; forwards stop after the deepest hook's block."""
     layers = [hook_layer(h) for h in hook_names]
-    stop = None if any(layer is None for layer in layers) else max(layers) + 1
+    known = [layer for layer in layers if layer is not None]
+    stop = None if len(known) < len(layers) else max(known) + 1
     sums: dict[str, Tensor] = {}
     count = 0
     for lo in range(0, len(tokens), batch_size):
@@ -291,7 +292,8 @@ def ce_recovered(
         by_target.setdefault(target, []).append(name)
         hooks_used.update((source, target))
     layers = [hook_layer(h) for h in hooks_used]
-    start = 0 if any(layer is None for layer in layers) else min(layers)
+    known = [layer for layer in layers if layer is not None]
+    start = 0 if len(known) < len(layers) else min(known)
     means = dict(mean_activations or {})
     missing = [h for h in by_target if h not in means]
     if missing:

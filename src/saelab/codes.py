@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, CacheError
@@ -153,7 +154,9 @@ class CollectedCodes(NamedTuple):
     """Rows streamed (special ones included)."""
 
 
-def collect_codes(batches: Iterable[CodeBatch], latent_dtype=np.int64) -> CollectedCodes:
+def collect_codes(
+    batches: Iterable[CodeBatch], latent_dtype: DTypeLike = np.int64
+) -> CollectedCodes:
     """Every entry of ``batches`` in stream order, with global rows."""
     rows, latents, values = [], [], []
     n_rows = 0

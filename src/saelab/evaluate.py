@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,14 +62,16 @@ def encode_reconstruct(sae: SAE, x: Tensor, prefixes: bool = False) -> Reconstru
     codes = sae.infer_codes(xn)
 
     def denormalize(out: Tensor) -> Tensor:
-        return out * std + mean if mean is not None else out
+        # _normalize returns a mean and a std together, or neither.
+        return out * std + mean if mean is not None and std is not None else out
 
     output = denormalize(sae.decode(codes))
     prefix_outputs = None
-    if prefixes and hasattr(sae, "prefix_contributions"):
+    prefix_contributions = getattr(sae, "prefix_contributions", None)
+    if prefixes and prefix_contributions is not None:
         running = sae.b_dec.expand(x.shape[0], -1)
         prefix_outputs = []
-        for contribution in sae.prefix_contributions(codes):
+        for contribution in prefix_contributions(codes):
             running = running + contribution
             prefix_outputs.append(denormalize(running))
     return Reconstruction(codes, output, prefix_outputs)
@@ -168,8 +170,8 @@ def evaluate_sae(
             if rec.prefix_outputs is not None:
                 if not prefix_accs:
                     prefix_accs = [FVUAccumulator() for _ in rec.prefix_outputs]
-                for acc, out in zip(prefix_accs, rec.prefix_outputs, strict=True):
-                    acc.update(y, out)
+                for acc, prefix_output in zip(prefix_accs, rec.prefix_outputs, strict=True):
+                    acc.update(y, prefix_output)
             sparsity.update(rec.codes)
             if seed001:
                 kept_codes.append(_compact(rec.codes))
@@ -214,7 +216,7 @@ def evaluate_sae(
     if per_latent:
         out["latent_frequencies"] = sp.frequencies.tolist()
     if is_matryoshka:
-        bounds = sae.group_bounds
+        bounds = cast(list[tuple[int, int]], sae.group_bounds)  # a Matryoshka SAE's
         dead = dead_per_group(sp.firing_counts, bounds)
         out["matryoshka"] = {
             "group_sizes": [hi - lo for lo, hi in bounds],
@@ -244,7 +246,13 @@ def heldout_reader(sae: SAE, cache_path: str | os.PathLike, batch_size: int = 40
 
     hooks: str | list[str] = sae.cfg.hook_name
     if sae.cfg.is_transcoder:
-        hooks = [sae.cfg.hook_name, sae.cfg.target_hook_name]
+        target = sae.cfg.target_hook_name
+        if target is None:
+            raise ValueError(
+                f"the transcoder's cfg.target_hook_name is None (d_in {sae.cfg.d_in}, d_out "
+                f"{sae.cfg.d_out}): cannot tell which cached hook it reconstructs"
+            )
+        hooks = [sae.cfg.hook_name, target]
     options = {"split": "heldout", "shuffle": False, "drop_last": False, **kwargs}
     return ActivationReader(cache_path, hooks, batch_size, **options)
 

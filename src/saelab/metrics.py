@@ -167,7 +167,8 @@ class FVUAccumulator:
                 return
             mb = y.mean(dim=0)
             m2b = (y - mb).pow(2).sum(dim=0)
-            if self.mean is None:
+            # mean, m2 and sse are set together: all None before the first non-empty batch.
+            if self.mean is None or self.m2 is None or self.sse is None:
                 self.n, self.mean, self.m2, self.sse = nb, mb, m2b, err
                 return
             total = self.n + nb
@@ -178,7 +179,7 @@ class FVUAccumulator:
             self.n = total
 
     def stats(self) -> FVUStats:
-        if self.mean is None:
+        if self.mean is None or self.m2 is None or self.sse is None:
             import torch
 
             empty = torch.zeros(0, dtype=torch.float64)

@@ -32,9 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ class CacheProvider:
 
 
 def training_contexts(
-    n_contexts: int, heldout_fraction: float, exclude: list[tuple[int, int]] = ()
+    n_contexts: int, heldout_fraction: float, exclude: Sequence[tuple[int, int]] = ()
 ) -> tuple[np.ndarray, range]:
     """(training context ids, held-out contexts): the held-out slice is the last
     ``heldout_fraction`` of the contexts (:func:`saelab.cache.heldout_split`), and every
@@ -118,7 +118,7 @@ class ActivationStream:
         batch_contexts: int = 16,
         seed: int = 0,
         heldout_fraction: float = 0.05,
-        exclude: list[tuple[int, int]] = (),
+        exclude: Sequence[tuple[int, int]] = (),
         exclude_special: bool = True,
         dtype: torch.dtype = torch.float32,
         identity: dict[str, Any] | None = None,
@@ -267,7 +267,9 @@ class ActivationStream:
 
     def _refill(self) -> None:
         rows = [self.rows[self.cursor :]]
-        acts = [[a[self.cursor :]] for a in self.acts] if self.acts is not None else None
+        acts: list[list[torch.Tensor]] | None = (
+            [[a[self.cursor :]] for a in self.acts] if self.acts is not None else None
+        )
         n = len(rows[0])
         target = self.capacity
         if self.total_batches is not None:
@@ -290,7 +292,8 @@ class ActivationStream:
         perm = self.rng.permutation(n)
         self.rows = np.concatenate(rows)[perm]
         take = torch.from_numpy(perm)
-        self.acts = [torch.cat(parts)[take] for parts in acts]
+        # Set: by the leftover of the last buffer, or else by the loop's forwards.
+        self.acts = [torch.cat(parts)[take] for parts in cast(list[list[torch.Tensor]], acts)]
         if target < self.capacity:  # the end of the run: every whole batch left
             self.emit_end = n // self.batch_size * self.batch_size
         else:
@@ -316,7 +319,8 @@ class ActivationStream:
         span = slice(self.cursor, self.cursor + self.batch_size)
         self.cursor += self.batch_size
         self.emitted += 1
-        return tuple(a[span] for a in self.acts), self.rows[span]
+        acts = cast(list[torch.Tensor], self.acts)  # _refill has set it
+        return tuple(a[span] for a in acts), self.rows[span]
 
     # ---------------------------------------------------------------- held-out
     def heldout_batches(self, max_tokens: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:

@@ -347,18 +347,21 @@ def train_saes(
         len(saes), total, total - start, start, seconds, tokens_per_s,
     )  # fmt: skip
 
-    if isinstance(stream, ActivationStream):
+    if isinstance(cache_path, ActivationStream):  # then it is ``stream``
         # The stream's held-out slice only: its training tokens are not read back for a top-up.
-        heldout = heldout_metrics(stream.heldout_batches(), hooks, saes, cfg.eval_tokens)
+        heldout = heldout_metrics(cache_path.heldout_batches(), hooks, saes, cfg.eval_tokens)
     else:
         heldout = evaluate_heldout(cache_path, saes, cfg)
     results = {}
     for trainee in trainees:
-        if trainee.name not in last_records:  # resumed at the very end: read the log
-            last_records[trainee.name] = _last_log_record(trainee.log_path)
+        final_train: dict[str, Any] | None
+        if trainee.name in last_records:
+            final_train = last_records[trainee.name]
+        else:  # resumed at the very end: read the log
+            final_train = _last_log_record(trainee.log_path)
         metrics = write_outputs(
             trainee, cache_path=cache_path, fingerprint=fingerprint, manifest=manifest,
-            steps=total, final_train=last_records[trainee.name], heldout=heldout[trainee.name],
+            steps=total, final_train=final_train, heldout=heldout[trainee.name],
             seconds=seconds, tokens_per_s=tokens_per_s, resumed_from=start, precision=precision,
         )  # fmt: skip
         results[trainee.name] = TrainResult(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -129,7 +129,8 @@ def build_cache(
         _create_group(partial, hooks, widths, layout, dtype, tokens, special_mask, checksum)
         _atomic_write_json(partial / PROGRESS_FILE, {"identity": identity, "contexts_done": 0})
     group = zarr.open_group(partial, mode="r+")
-    arrays = {hook: group[hook] for hook in hooks}
+    # _create_group made every hook an array.
+    arrays = {hook: cast(zarr.Array, group[hook]) for hook in hooks}
 
     t0 = time.perf_counter()
     bar = tqdm(
@@ -171,13 +172,13 @@ def build_cache(
                         f"{hook}: activations are {value.shape[1]} wide, expected {widths[hook]}"
                     )
                 # torch's float16 cast is ~10x faster than numpy's astype, and bit-identical.
-                cast = value.to("cpu", torch_dtype)
-                if not torch.isfinite(cast).all():
+                converted = value.to("cpu", torch_dtype)
+                if not torch.isfinite(converted).all():
                     raise CacheError(
                         f"{hook}: non-finite activations in contexts {first}..{last - 1} after "
                         f"the cast to {dtype} (float16 overflows above 65504); use dtype: float32"
                     )
-                stored[hook] = cast.numpy()
+                stored[hook] = converted.numpy()
             if pending is not None:
                 pending.result()  # re-raises a failed write here, before more work is queued
             pending = writer.submit(commit, rows, stored, first, last)
@@ -218,7 +219,7 @@ def _create_group(partial, hooks, widths, layout: _Layout, dtype, tokens, specia
             compressors=checksum_codecs() if checksum else None,
             fill_value=0,
         )
-    extra = {"compressors": checksum_codecs()} if checksum else {}
+    extra: dict[str, Any] = {"compressors": checksum_codecs()} if checksum else {}
     group.create_array("tokens", data=tokens.reshape(-1).astype(np.int32), chunks=(rows,), **extra)
     group.create_array(
         "special_mask", data=special_mask.reshape(-1).astype(bool), chunks=(rows,), **extra

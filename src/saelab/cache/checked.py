@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,11 @@ def checksum_codecs() -> list[Crc32cCodec]:
 
 def has_checksum(array: zarr.Array) -> bool:
     """Whether every chunk of ``array`` carries a crc32c (caches from saelab < 0.x do not)."""
-    return any(isinstance(codec, Crc32cCodec) for codec in array.metadata.codecs)
+    metadata = array.metadata
+    # Only zarr v3 arrays have codecs (a crc32c is a v3 codec); saelab writes v3 only.
+    return metadata.zarr_format == 3 and any(
+        isinstance(codec, Crc32cCodec) for codec in metadata.codecs
+    )
 
 
 def rebuild_command(store: str | Path) -> str:
@@ -83,7 +88,8 @@ class CheckedArray:
     def __len__(self) -> int:
         return self._array.shape[0]
 
-    def __getitem__(self, selection):
+    def __getitem__(self, selection) -> Any:
+        """What zarr returns for ``selection``: an ndarray (a numpy scalar for an integer)."""
         try:
             return self._array[selection]
         except Exception as err:
@@ -130,11 +136,14 @@ class CheckedGroup:
     def __contains__(self, name) -> bool:
         return name in self._group
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> CheckedArray:
         item = self._group[name]
-        if isinstance(item, zarr.Array):
-            return CheckedArray(item, self._store, name, self._rebuild)
-        return item
+        if not isinstance(item, zarr.Array):
+            raise CacheError(
+                f"{self._store}: {name!r} is a group, not an array; caches and token stores hold "
+                f"arrays only. Rebuild the store: {self._rebuild}"
+            )
+        return CheckedArray(item, self._store, name, self._rebuild)
 
     def verify(self, names: list[str] | None = None) -> None:
         """Read every chunk of ``names`` (every array by default); raise on the first bad one."""
@@ -144,7 +153,7 @@ class CheckedGroup:
                 raise bad
 
 
-def open_cache(path: str | Path) -> CheckedGroup:
+def open_cache(path: str | os.PathLike) -> CheckedGroup:
     """Open a complete cache read-only, with a clear error if it is missing or unfinished.
 
     Its arrays are :class:`CheckedArray`: a chunk that fails its checksum raises a
@@ -164,5 +173,5 @@ def open_cache(path: str | Path) -> CheckedGroup:
     return CheckedGroup(group, path, rebuild_command(path))
 
 
-def cache_manifest(path: str | Path) -> dict[str, Any]:
+def cache_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return dict(open_cache(path).attrs[MANIFEST_KEY])

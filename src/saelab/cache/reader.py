@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -67,7 +67,7 @@ class ActivationReader:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | os.PathLike,
         hooks: str | list[str],
         batch_size: int,
         *,
@@ -84,7 +84,7 @@ class ActivationReader:
         self.group = open_cache(path)
         self.manifest = dict(self.group.attrs[MANIFEST_KEY])
         self.single = isinstance(hooks, str)
-        self.hooks = [hooks] if self.single else list(hooks)
+        self.hooks: list[str] = [hooks] if isinstance(hooks, str) else list(hooks)
         for hook in self.hooks:
             if hook not in self.manifest["hooks"]:
                 raise CacheError(

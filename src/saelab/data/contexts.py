@@ -55,7 +55,7 @@ def shuffle_documents(docs: Iterable[str], seed: int, buffer_size: int = 10_000)
     if isinstance(docs, Sequence) and not isinstance(docs, str):
         listed: Sequence[str] = docs
         for index in rng.permutation(len(listed)):
-            yield listed[index]
+            yield listed[int(index)]
         return
     buffer: list[str] = []
     for doc in docs:

@@ -72,7 +72,8 @@ def load_hf_model(
 
     path = _hf_weights_dir(info, Path(model_dir))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.to(device).eval()
+    # transformers types .to's self as a generation mixin; the model is a PreTrainedModel.
+    return model.to(device).eval()  # pyright: ignore[reportArgumentType]
 
 
 def load_model(
@@ -103,7 +104,7 @@ def _load_gguf_tl(info: ModelInfo, model_dir: Path, device: str, dtype: torch.dt
 
     hf_model = load_hf_model(info, model_dir, "cpu", dtype)
     return HookedTransformer.from_pretrained_no_processing(
-        info.tl_name,
+        info.require_tl_name(),
         hf_model=hf_model,
         tokenizer=load_tokenizer(model_dir),
         device=device,

@@ -9,7 +9,7 @@ import shutil
 import socket
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 import torch
@@ -112,7 +112,8 @@ def _dequantized_gguf_model(gguf_dir: Path, gguf_name: str) -> PreTrainedModel:
     if quantizer is not None:
         quantizer.remove_quantization_config(hf_model)
     if hasattr(hf_model.config, "quantization_config"):
-        del hf_model.config.quantization_config
+        # Set at runtime by the GGUF loader; PreTrainedConfig does not declare it.
+        del hf_model.config.quantization_config  # pyright: ignore[reportAttributeAccessIssue]
     return hf_model
 
 
@@ -132,7 +133,8 @@ def _prepare_hub_local(info: ModelInfo, model_dir: Path) -> Path:
     """A hub model whose weights are in a local directory: copy only the tokenizer."""
     from transformers import AutoTokenizer
 
-    hf_dir = _check_hf_dir(info.model_path, "model_path")
+    # prepare_model calls this only for a hub model with a model_path.
+    hf_dir = _check_hf_dir(cast(str, info.model_path), "model_path")
     (model_dir / MANIFEST_NAME).unlink(missing_ok=True)
     with _staging_dir(model_dir) as staging:
         try:
@@ -198,6 +200,7 @@ def _prepare_hub_download(info: ModelInfo, model_dir: Path) -> Path:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
     from transformers import AutoTokenizer
 
+    repo_id = info.require_tl_name()
     reason = hub_unreachable_reason()
     if reason is not None:
         raise ModelError(_hub_offline_help(info, reason))
@@ -207,9 +210,9 @@ def _prepare_hub_download(info: ModelInfo, model_dir: Path) -> Path:
         # Only what transformers needs: skip TF/Flax/ONNX copies of the weights.
         patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
         try:
-            snapshot_download(info.tl_name, local_dir=hf_dir, allow_patterns=patterns)
+            snapshot_download(repo_id, local_dir=hf_dir, allow_patterns=patterns)
             if not any(hf_dir.glob("*.safetensors")):
-                snapshot_download(info.tl_name, local_dir=hf_dir, allow_patterns=["*.bin"])
+                snapshot_download(repo_id, local_dir=hf_dir, allow_patterns=["*.bin"])
         except GatedRepoError as err:
             raise ModelError(
                 f"{info.tl_name!r} is gated on the hub: accept its licence on huggingface.co and "

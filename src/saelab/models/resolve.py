@@ -29,6 +29,15 @@ class ModelInfo:
     model_path: str | None = None
     """Local HF-format directory holding the weights of a hub model (offline use)."""
 
+    def require_tl_name(self) -> str:
+        """``tl_name``, which every gguf and hub model has; a :class:`ModelError` otherwise."""
+        if self.tl_name is None:
+            raise ModelError(
+                f"model {self.model_id!r} (source {self.source!r}) has no TransformerLens/hub "
+                "name (tl_name); only gguf and hub models have one"
+            )
+        return self.tl_name
+
 
 #: Models whose shape is known without the hub. Keys are the names a config may use.
 KNOWN_MODELS: dict[str, ModelInfo] = {
@@ -45,7 +54,10 @@ KNOWN_MODELS: dict[str, ModelInfo] = {
 
 
 def _official_tl_names() -> list[str]:
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+    # A module-level list that transformer_lens does not re-export (no __all__ entry).
+    from transformer_lens.loading_from_pretrained import (
+        OFFICIAL_MODEL_NAMES,  # pyright: ignore[reportPrivateImportUsage]
+    )
 
     return list(OFFICIAL_MODEL_NAMES)
 

@@ -28,6 +28,8 @@ from saelab.saes.sparse import SparseCodes, gather_decode, stable_sort
 
 class MatryoshkaSAE(BatchTopKSAE):
     arch = "matryoshka"
+    group_bounds: list[tuple[int, int]]
+    """[lo, hi) latents of each group, smallest first."""
 
     def __init__(self, cfg: SAEConfig):
         if not cfg.group_sizes:

@@ -145,10 +145,11 @@ def absorption_report(
             )
     pairs = pd.DataFrame(pair_rows)
     return AbsorptionResult(
-        mean_absorption=float(pairs["absorption_rate"].mean()),
-        mean_parent_recall=float(pairs["parent_recall"].mean()),
-        mean_child_parent_cos=float(pairs["child_latent_parent_cos"].mean()),
-        min_parent_recall=float(pairs["parent_recall"].min()),
+        # pandas-stubs type a column's mean/min as Series | Any; on a float column it is a scalar.
+        mean_absorption=float(pairs["absorption_rate"].mean()),  # pyright: ignore[reportArgumentType]
+        mean_parent_recall=float(pairs["parent_recall"].mean()),  # pyright: ignore[reportArgumentType]
+        mean_child_parent_cos=float(pairs["child_latent_parent_cos"].mean()),  # pyright: ignore[reportArgumentType]
+        min_parent_recall=float(pairs["parent_recall"].min()),  # pyright: ignore[reportArgumentType]
         fvu=float(out.fvu),
         l0=float(fires.sum(1).float().mean()),
         dead_fraction=float((~fires.any(0)).float().mean()),

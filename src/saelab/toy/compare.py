@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -80,7 +80,8 @@ class ToyComparison:
     def by_arch(self) -> pd.DataFrame:
         """Mean, std, min and max of the absorption rate per architecture, in run order."""
         grouped = self.runs.groupby("arch", sort=False)["absorption_rate"]
-        return grouped.agg(["mean", "std", "min", "max", "count"])
+        # A list of aggregations gives a DataFrame (pandas-stubs: Series | DataFrame).
+        return cast(pd.DataFrame, grouped.agg(["mean", "std", "min", "max", "count"]))
 
 
 def _run_one(
@@ -165,7 +166,7 @@ def compare_architectures(
         )
     pairs = pd.concat(pair_frames, ignore_index=True)
     front = ["arch", "seed"]
-    pairs = pairs[front + [c for c in pairs.columns if c not in front]]
+    pairs = cast(pd.DataFrame, pairs[front + [c for c in pairs.columns if c not in front]])
     return ToyComparison(pd.DataFrame(runs), pairs, reports)
 
 

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -92,7 +92,7 @@ class BatchStream:
     def __next__(self):
         if self._it is None:
             self._open()
-        batch = next(self._it, None)
+        batch = next(cast(Iterator, self._it), None)  # _open has set it
         if batch is None:
             if self.consumed == 0:
                 raise TrainError(

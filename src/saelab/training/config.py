@@ -4,7 +4,7 @@ what it returns, and its errors."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from saelab.config import section_defaults
 from saelab.precision import PrecisionError, check_precision
@@ -88,7 +88,7 @@ class TrainConfig:
     (memory: shuffle_contexts x context_len x hook widths x 4 bytes, up to twice that)."""
 
     def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
+        self.betas = cast(tuple[float, float], tuple(float(b) for b in self.betas))
         if self.source not in ("cache", "stream"):
             raise TrainError(f"source {self.source!r} is not allowed; use 'cache' or 'stream'")
         if self.shuffle_contexts < 1:

@@ -3,7 +3,7 @@ cache's widths."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from saelab.saes import SAE, SAEConfig, build_sae
 from saelab.training.config import TrainError
@@ -44,7 +44,7 @@ def check_widths(saes: dict[str, SAE], widths: dict[str, int]) -> None:
                 raise TrainError(
                     f"SAE {name!r}: hook {hook!r} is not in the cache; it holds {sorted(widths)}"
                 )
-            if int(widths[hook]) != int(dim):
+            if int(widths[hook]) != int(cast(int, dim)):  # SAEConfig sets d_out (default d_in)
                 raise TrainError(
                     f"SAE {name!r}: {what} = {dim} but hook {hook!r} is {widths[hook]} wide in "
                     f"the cache; build the SAE from the cache's widths"

@@ -254,6 +254,8 @@ class SAEStepper:
 
     def window_record(self, step: int, batch_size: int) -> dict[str, Any]:
         """The log line of the window that ended at ``step`` (resets the window)."""
+        if self.window_sum is None:
+            raise RuntimeError(f"window_record at step {step}: no step was taken since the last")
         means = (self.window_sum / max(self.window_steps, 1)).tolist()
         record: dict[str, Any] = {"step": step, "tokens": step * batch_size}
         record["lr"] = self.factor * self.base_lr

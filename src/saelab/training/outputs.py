@@ -33,7 +33,7 @@ TRAIN_DEAD_DEFINITION = (
 def write_outputs(
     trainee: Trainee,
     *,
-    cache_path: Path,
+    cache_path: Path | ActivationStream,
     fingerprint: str,
     manifest: dict[str, Any],
     steps: int,
