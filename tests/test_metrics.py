@@ -112,7 +112,7 @@ def test_numpy_dim_centred_equals_the_torch_one():
 
 
 def test_error_sae_loss_is_the_dim_centred_fvu():
-    from saelab.darkmatter.train_on_error import batch_fvu
+    from saelab.training.loop import batch_fvu
 
     target = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     # SSE 1 over SST 2 + 2 (per-dimension means 1 and 2)
