@@ -96,6 +96,7 @@ def train_rule(group: str) -> str:
     return "train_saes_" + re.sub(r"\W", "_", group)
 
 
+@pytest.mark.slow
 @pytest.mark.paperscale
 def test_gpt2_small_preset_dag_at_real_width(tmp_path, monkeypatch):
     """Every rule the gpt2-small preset schedules runs once, at the preset's widths and hooks,
