@@ -39,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from saelab.cache import heldout_split, open_cache
+from saelab.cache import heldout_split, open_cache, split_rows
 
 log = logging.getLogger("saelab.stream")
 
@@ -220,7 +220,7 @@ class ActivationStream:
     def _recompute(self, rows: np.ndarray) -> list[torch.Tensor] | None:
         if len(rows) == 0:
             return None
-        contexts = np.unique(rows // self.ctx)
+        contexts = np.unique(split_rows(rows, self.ctx)[0])
         index = np.searchsorted(self.train_ids, contexts)  # train_ids is sorted
         known = index < len(self.train_ids)
         known[known] = self.train_ids[index[known]] == contexts[known]
@@ -313,7 +313,7 @@ class ActivationStream:
         return self.next_with_rows()[0]
 
     def next_with_rows(self) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
-        """The next batch and its global row ids (``row // context_len`` is the context)."""
+        """The next batch and its global row ids (``saelab.cache.split_rows`` gives the contexts)."""
         if self.acts is None or self.cursor + self.batch_size > self.emit_end:
             self._refill()
         span = slice(self.cursor, self.cursor + self.batch_size)
