@@ -39,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from saelab.cache import heldout_split, open_cache, split_rows
+from saelab.cache import heldout_split, open_cache, rows_of_contexts, split_rows
 
 log = logging.getLogger("saelab.stream")
 
@@ -76,7 +76,7 @@ class CacheProvider:
         self.hooks = list(hooks)
 
     def __call__(self, contexts: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = (contexts[:, None] * self.ctx + np.arange(self.ctx)).reshape(-1)
+        rows = rows_of_contexts(contexts, self.ctx)
         first, last = int(rows[0]), int(rows[-1]) + 1
         contiguous = last - first == len(rows)
         out = {}
@@ -252,7 +252,7 @@ class ActivationStream:
 
     def _forward(self, contexts: np.ndarray) -> tuple[np.ndarray, list[torch.Tensor]]:
         acts = self.provider(contexts)
-        rows = (contexts[:, None] * self.ctx + np.arange(self.ctx)).reshape(-1)
+        rows = rows_of_contexts(contexts, self.ctx)
         keep = ~self.special[contexts].reshape(-1) if self.exclude_special else None
         out = []
         for hook in self.hooks:

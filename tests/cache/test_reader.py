@@ -11,6 +11,7 @@ import zarr
 from saelab.cache import (
     ActivationReader,
     context_rows,
+    rows_of_contexts,
     split_rows,
 )
 from tests.cache.helpers import BATCH, CTX, HOOKS, N_CONTEXTS
@@ -30,6 +31,8 @@ def test_split_rows_and_context_rows_by_hand():
     assert np.array_equal(contexts * 8 + positions, rows)
     for c in range(5):
         assert np.all(contexts[context_rows(c, c + 1, 8)] == c)
+    # contexts 3 and 1 of 4 tokens, in the order given
+    assert rows_of_contexts(np.array([3, 1]), 4).tolist() == [12, 13, 14, 15, 4, 5, 6, 7]
 
 
 def test_reader_contexts_and_positions_use_split_rows(built):

@@ -35,7 +35,13 @@ from saelab.cache.checked import (
     open_cache,
     rebuild_command,
 )
-from saelab.cache.reader import ActivationReader, context_rows, heldout_split, split_rows
+from saelab.cache.reader import (
+    ActivationReader,
+    context_rows,
+    heldout_split,
+    rows_of_contexts,
+    split_rows,
+)
 from saelab.cache.sources import (
     HFActivationSource,
     TLActivationSource,
@@ -66,5 +72,6 @@ __all__ = [
     "open_cache",
     "probe_widths",
     "rebuild_command",
+    "rows_of_contexts",
     "split_rows",
 ]

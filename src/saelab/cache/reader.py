@@ -34,6 +34,11 @@ def context_rows(first: int, last: int, context_len: int) -> slice:
     return slice(first * context_len, last * context_len)
 
 
+def rows_of_contexts(contexts: np.ndarray, context_len: int) -> np.ndarray:
+    """The global cache rows of every context in ``contexts`` (any order), context by context."""
+    return (np.asarray(contexts)[:, None] * context_len + np.arange(context_len)).reshape(-1)
+
+
 class Contexts(NamedTuple):
     """Whole contexts of a cache split."""
 
