@@ -26,7 +26,7 @@ with logged(snakemake.log[0]) as log:
     def render(index: int) -> str:
         """The example's context up to it, the token itself marked <<like this>>."""
         row = int(info.rows[index])
-        start = max(row - context_tokens, (row // ctx) * ctx)
+        start = max(row - context_tokens, row - int(info.position[index]))  # its context's start
         ids = np.asarray(group["tokens"][start : row + 1], dtype=np.int64).tolist()
         return tokenizer.decode(ids[:-1]) + "<<" + tokenizer.decode(ids[-1:]) + ">>"
 

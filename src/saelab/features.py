@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from saelab.cache.reader import split_rows
 from saelab.codes import code_batches, collect_codes, sae_reader
 from saelab.runtime import load_npz, savez_atomic
 from saelab.saes.base import SAE
@@ -137,9 +138,10 @@ def context_windows(
     top row's context or the rows read (``tokens`` holds rows ``first_row ..``), and their ids."""
     offsets = np.arange(-before, after + 1)
     window = top_rows[..., None] + offsets
-    valid = (top_rows[..., None] >= 0) & (
-        window // context_len == top_rows[..., None] // context_len
+    same_context = (
+        split_rows(window, context_len)[0] == split_rows(top_rows, context_len)[0][..., None]
     )
+    valid = (top_rows[..., None] >= 0) & same_context
     valid &= (window >= first_row) & (window < first_row + len(tokens))
     window = np.where(valid, window, -1)
     ids = np.where(valid, tokens[np.clip(window - first_row, 0, len(tokens) - 1)], -1)

@@ -39,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from saelab.cache import heldout_split, open_cache
+from saelab.cache import heldout_split, open_cache, rows_of_contexts, split_rows
 
 log = logging.getLogger("saelab.stream")
 
@@ -76,7 +76,7 @@ class CacheProvider:
         self.hooks = list(hooks)
 
     def __call__(self, contexts: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = (contexts[:, None] * self.ctx + np.arange(self.ctx)).reshape(-1)
+        rows = rows_of_contexts(contexts, self.ctx)
         first, last = int(rows[0]), int(rows[-1]) + 1
         contiguous = last - first == len(rows)
         out = {}
@@ -220,7 +220,7 @@ class ActivationStream:
     def _recompute(self, rows: np.ndarray) -> list[torch.Tensor] | None:
         if len(rows) == 0:
             return None
-        contexts = np.unique(rows // self.ctx)
+        contexts = np.unique(split_rows(rows, self.ctx)[0])
         index = np.searchsorted(self.train_ids, contexts)  # train_ids is sorted
         known = index < len(self.train_ids)
         known[known] = self.train_ids[index[known]] == contexts[known]
@@ -252,7 +252,7 @@ class ActivationStream:
 
     def _forward(self, contexts: np.ndarray) -> tuple[np.ndarray, list[torch.Tensor]]:
         acts = self.provider(contexts)
-        rows = (contexts[:, None] * self.ctx + np.arange(self.ctx)).reshape(-1)
+        rows = rows_of_contexts(contexts, self.ctx)
         keep = ~self.special[contexts].reshape(-1) if self.exclude_special else None
         out = []
         for hook in self.hooks:
@@ -313,7 +313,7 @@ class ActivationStream:
         return self.next_with_rows()[0]
 
     def next_with_rows(self) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
-        """The next batch and its global row ids (``row // context_len`` is the context)."""
+        """The next batch and its global row ids (``saelab.cache.split_rows`` gives the contexts)."""
         if self.acts is None or self.cursor + self.batch_size > self.emit_end:
             self._refill()
         span = slice(self.cursor, self.cursor + self.batch_size)

@@ -10,10 +10,39 @@ import zarr
 
 from saelab.cache import (
     ActivationReader,
+    context_rows,
+    rows_of_contexts,
+    split_rows,
 )
 from tests.cache.helpers import BATCH, CTX, HOOKS, N_CONTEXTS
 
 # ------------------------------------------------------------------ reader
+
+
+def test_split_rows_and_context_rows_by_hand():
+    # contexts of 8 tokens: row 0 is context 0 position 0, row 13 context 1 position 5, ...
+    contexts, positions = split_rows(np.array([0, 7, 8, 13, 23, 24]), 8)
+    assert contexts.tolist() == [0, 0, 1, 1, 2, 3]
+    assert positions.tolist() == [0, 7, 0, 5, 7, 0]
+    assert [int(v) for v in split_rows(13, 8)] == [1, 5]  # a single row
+    assert context_rows(1, 3, 8) == slice(8, 24)  # contexts 1 and 2
+    rows = np.arange(8 * 5)
+    contexts, positions = split_rows(rows, 8)
+    assert np.array_equal(contexts * 8 + positions, rows)
+    for c in range(5):
+        assert np.all(contexts[context_rows(c, c + 1, 8)] == c)
+    # contexts 3 and 1 of 4 tokens, in the order given
+    assert rows_of_contexts(np.array([3, 1]), 4).tolist() == [12, 13, 14, 15, 4, 5, 6, 7]
+
+
+def test_reader_contexts_and_positions_use_split_rows(built):
+    path, *_ = built
+    reader = ActivationReader(path, HOOKS[0], 10, split="heldout")
+    first, last = reader.context_range
+    assert reader.row_range == (first * CTX, last * CTX)
+    rows = np.array([0, CTX - 1, CTX, 5 * CTX + 3])
+    assert reader.context_of(rows).tolist() == [0, 0, 1, 5]
+    assert reader.position_of(rows).tolist() == [0, CTX - 1, 0, 3]
 
 
 def test_reader_splits_cover_every_non_special_row_once(built):

@@ -35,7 +35,13 @@ from saelab.cache.checked import (
     open_cache,
     rebuild_command,
 )
-from saelab.cache.reader import ActivationReader, heldout_split
+from saelab.cache.reader import (
+    ActivationReader,
+    context_rows,
+    heldout_split,
+    rows_of_contexts,
+    split_rows,
+)
 from saelab.cache.sources import (
     HFActivationSource,
     TLActivationSource,
@@ -59,10 +65,13 @@ __all__ = [
     "build_cache",
     "cache_manifest",
     "checksum_codecs",
+    "context_rows",
     "has_checksum",
     "heldout_split",
     "hf_supports",
     "open_cache",
     "probe_widths",
     "rebuild_command",
+    "rows_of_contexts",
+    "split_rows",
 ]

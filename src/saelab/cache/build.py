@@ -18,6 +18,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from saelab.cache.checked import MANIFEST_KEY, PROGRESS_FILE, CacheError, checksum_codecs
+from saelab.cache.reader import context_rows
 from saelab.cache.sources import probe_widths
 
 
@@ -161,7 +162,7 @@ def build_cache(
             last = min(first + batch_contexts, layout.n_contexts)
             batch = torch.from_numpy(tokens[first:last].astype(np.int64)).to(device)
             acts = source(batch)
-            rows = slice(first * layout.context_len, last * layout.context_len)
+            rows = context_rows(first, last, layout.context_len)
             stored = {}
             for hook in hooks:
                 if hook not in acts:

@@ -21,6 +21,24 @@ def heldout_split(n_contexts: int, heldout_fraction: float) -> int:
     return n_contexts - n_heldout
 
 
+def split_rows(rows, context_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The context and the position in it of each global cache row (int or array):
+    ``row = context * context_len + position``. The one place that splits rows; readers and
+    callers holding rows but no open reader (an SAE info, top-activation rows) use it."""
+    rows = np.asarray(rows)
+    return rows // context_len, rows % context_len
+
+
+def context_rows(first: int, last: int, context_len: int) -> slice:
+    """The global cache rows of contexts [first, last): the inverse of :func:`split_rows`."""
+    return slice(first * context_len, last * context_len)
+
+
+def rows_of_contexts(contexts: np.ndarray, context_len: int) -> np.ndarray:
+    """The global cache rows of every context in ``contexts`` (any order), context by context."""
+    return (np.asarray(contexts)[:, None] * context_len + np.arange(context_len)).reshape(-1)
+
+
 class Contexts(NamedTuple):
     """Whole contexts of a cache split."""
 
@@ -47,7 +65,7 @@ def window_rows(
         raise ValueError(f"window {window} holds no position of contexts of {context_len} tokens")
     first, last = row_range
     rows = np.arange(first, last, dtype=np.int64)
-    pos = rows % context_len
+    pos = split_rows(rows, context_len)[1]
     keep = (pos >= start) & (pos < stop) & ~special_mask[first:last]
     rows = rows[keep][:n_tokens]
     if len(rows) == 0:
@@ -114,7 +132,8 @@ class ActivationReader:
         self.context_len = int(ctx)
         self.context_range = (first, last)
         """The split's contexts [first, last)."""
-        self.row_range = (first * ctx, last * ctx)
+        rows = context_rows(first, last, ctx)
+        self.row_range = (rows.start, rows.stop)
         """The split's rows [first, last): row = context * context_len + position."""
         chunk = self.manifest["chunk_rows"]
         starts = range(self.row_range[0] - self.row_range[0] % chunk, self.row_range[1], chunk)
@@ -124,15 +143,15 @@ class ActivationReader:
         self._special = self.group["special_mask"]
 
     # ----------------------------------------------------------------- contexts and windows
-    # The one place that knows row = context * context_len + position.
+    # row = context * context_len + position lives in split_rows and context_rows.
 
     def context_of(self, rows) -> np.ndarray:
         """The context of each global cache row."""
-        return np.asarray(rows) // self.context_len
+        return split_rows(rows, self.context_len)[0]
 
     def position_of(self, rows) -> np.ndarray:
         """The position of each global cache row in its context."""
-        return np.asarray(rows) % self.context_len
+        return split_rows(rows, self.context_len)[1]
 
     def rows_for_tokens(self, n_tokens: int) -> int:
         """``n_tokens`` rounded up to whole contexts, capped at the split's rows."""
@@ -148,7 +167,7 @@ class ActivationReader:
         if n_contexts is not None:
             last = min(last, first + n_contexts)
         ctx = self.context_len
-        rows = slice(first * ctx, last * ctx)
+        rows = context_rows(first, last, ctx)
         tokens = np.asarray(self.group["tokens"][rows], dtype=np.int64).reshape(-1, ctx)
         special = np.asarray(self.group["special_mask"][rows], dtype=bool).reshape(-1, ctx)
         return Contexts(tokens, special, np.arange(rows.start, rows.stop, dtype=np.int64))
@@ -190,7 +209,7 @@ class ActivationReader:
 
     def batches(self, with_rows: bool = False) -> Iterator:
         """One pass over the split. Yields a tensor (one hook) or a tuple (several hooks);
-        with ``with_rows`` also the global row indices (``row // context_len`` is the context)."""
+        with ``with_rows`` also the global row indices (:func:`split_rows` gives their contexts)."""
         # Each call is a new epoch with its own permutation, even if the last was not finished.
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saelab.cache.reader import context_rows, split_rows
 from saelab.darkmatter.regression import ErrorParts
 from saelab.models.splice import final_resid_with, masked_ce_sums
 
@@ -60,17 +61,17 @@ def contexts_from_info(info, cache_group, n_contexts: int) -> DownstreamContexts
     with their tokens and clean activations read from the cache group."""
     ctx = int(info.attrs["context_len"])
     hook = info.attrs["hook"]
-    context_of = np.asarray(info.rows) // ctx
+    context_of = split_rows(info.rows, ctx)[0]
     chosen = list(dict.fromkeys(context_of.tolist()))[:n_contexts]
     if not chosen:
         raise ValueError("the SAE info holds no tokens to splice")
     tokens, acts, window, loss_mask, index = [], [], [], [], []
     special_all = cache_group["special_mask"]
     for c in chosen:
-        lo, hi = c * ctx, (c + 1) * ctx
-        tokens.append(np.asarray(cache_group["tokens"][lo:hi], dtype=np.int64))
-        acts.append(np.asarray(cache_group[hook][lo:hi], dtype=np.float32))
-        special = np.asarray(special_all[lo:hi], dtype=bool)
+        rows_c = context_rows(c, c + 1, ctx)
+        tokens.append(np.asarray(cache_group["tokens"][rows_c], dtype=np.int64))
+        acts.append(np.asarray(cache_group[hook][rows_c], dtype=np.float32))
+        special = np.asarray(special_all[rows_c], dtype=bool)
         rows = np.nonzero(context_of == c)[0]
         pos = np.asarray(info.position)[rows]
         mask = np.zeros(ctx, dtype=bool)

@@ -83,7 +83,7 @@ class SAEInfo(NamedTuple):
     latent_val: np.ndarray
     """Their activations [N, kmax] float32, 0 padded."""
     rows: np.ndarray
-    """Row of each token in the cache [N] int64 (``row // context_len`` is its context)."""
+    """Row of each token in the cache [N] int64 (``saelab.cache.split_rows`` gives its context)."""
     token_ids: np.ndarray
     """Token id [N] int64."""
     position: np.ndarray

@@ -40,6 +40,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from saelab.cache.reader import split_rows
+
 SCORERS = ("token_set", "llm")
 
 
@@ -103,7 +105,7 @@ def explanation_mask(rows: np.ndarray, context_len: int) -> np.ndarray:
     """True for tokens of the first half of the contexts (in order of first appearance): the
     explanation half; the rest is the detection half. Splitting by context keeps a detection
     example from sharing a context with an explanation example."""
-    contexts = np.asarray(rows) // context_len
+    contexts = split_rows(rows, context_len)[0]
     order = list(dict.fromkeys(contexts.tolist()))
     return np.isin(contexts, order[: len(order) // 2])
 
