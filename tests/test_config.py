@@ -111,10 +111,18 @@ def test_sweeps_expand_to_one_named_run_per_point():
 
 # ------------------------------------------------------------------ typed sections
 def _section_classes():
-    from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+    from saelab.sections import (
+        BudgetSection,
+        CooccurrenceSection,
+        EvaluationSection,
+        TrackingSection,
+        TrainingSection,
+    )
     from saelab.sections_darkmatter import DarkmatterSection
 
     return {
+        "tracking": TrackingSection,
+        "budget": BudgetSection,
         "training": TrainingSection,
         "evaluation": EvaluationSection,
         "cooccurrence": CooccurrenceSection,
@@ -140,7 +148,9 @@ def _field_docstrings(cls) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("section", ["training", "evaluation", "cooccurrence", "darkmatter"])
+@pytest.mark.parametrize(
+    "section", ["tracking", "budget", "training", "evaluation", "cooccurrence", "darkmatter"]
+)
 def test_typed_sections_are_the_schema(section):
     """One field per schema key (nested objects as nested sections), each documented, none
     with a default of its own: the schema stays the one place of keys and defaults."""
@@ -148,16 +158,20 @@ def test_typed_sections_are_the_schema(section):
 
     schema = load_yaml(REPO_ROOT / "config" / "schema.yaml")["properties"]
 
-    def check(cls, props, key):
+    def check(cls, props, key, required=()):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         assert set(fields) == set(props), key
+        # keys with neither a default nor required are None when absent, and only those
+        optional = {name for name, prop in props.items() if "default" not in prop}
+        assert cls.OPTIONAL == optional - set(required), key
         assert _field_docstrings(cls) == set(fields), key
         for name, field in fields.items():
             assert field.default is dataclasses.MISSING, f"{key}.{name} has a default"
             assert field.default_factory is dataclasses.MISSING, f"{key}.{name} has a default"
             if "properties" in props[name]:
                 assert name in cls.NESTED, f"{key}.{name}"
-                check(cls.NESTED[name], props[name]["properties"], f"{key}.{name}")
+                sub = props[name]
+                check(cls.NESTED[name], sub["properties"], f"{key}.{name}", sub.get("required", ()))
         assert set(cls.NESTED) <= set(fields)
 
     check(_section_classes()[section], schema[section]["properties"], section)
@@ -190,6 +204,22 @@ def test_typed_sections_read_as_the_validated_dicts():
         cfg.darkmatter.noise.seed = 1
     with pytest.raises(KeyError):
         cfg.evaluation["nope"]
+
+
+def test_typed_tracking_and_budget():
+    """An absent tracking.wandb is None and absent from the mapping view (tracking off); a set
+    one is typed, with the schema's defaults."""
+    micro = REPO_ROOT / "tests" / "config" / "micro.yaml"
+    cfg = load_config(micro)
+    assert cfg.tracking.wandb is None and dict(cfg.tracking) == {} and not cfg.tracking
+    assert cfg.tracking.get("wandb") is None and cfg.budget.check_disk is True
+    cfg = load_config(
+        micro, overrides={"tracking": {"wandb": {"project": "p"}}, "budget": {"check_disk": False}}
+    )
+    assert cfg.tracking.wandb.project == "p" and cfg.tracking.wandb.mode == "online"
+    assert cfg.tracking["wandb"] == {"project": "p", "entity": None, "mode": "online",
+                                     "dir": "logs/wandb"}  # fmt: skip
+    assert type(cfg.tracking["wandb"]) is dict and cfg.budget.check_disk is False
 
 
 def test_typed_sections_name_unknown_and_missing_keys():

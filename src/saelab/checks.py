@@ -30,7 +30,13 @@ from saelab.cooccurrence.settings import check_cooccurrence
 from saelab.darkmatter.settings import check_darkmatter
 from saelab.models import ModelError, ModelInfo, resolve_model
 from saelab.saes.settings import resolve_pretrained
-from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+from saelab.sections import (
+    BudgetSection,
+    CooccurrenceSection,
+    EvaluationSection,
+    TrackingSection,
+    TrainingSection,
+)
 from saelab.sections_darkmatter import DarkmatterSection
 from saelab.sweeps import expand_cache_hooks, expand_runs
 from saelab.trajectories.settings import resolve_trajectories
@@ -75,7 +81,8 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         ),
         darkmatter=DarkmatterSection.from_dict(config["darkmatter"], "darkmatter", ConfigError),
         trajectories=dict(config.get("trajectories", {})),
-        tracking=dict(config.get("tracking") or {}),
+        tracking=TrackingSection.from_dict(config["tracking"], "tracking", ConfigError),
+        budget=BudgetSection.from_dict(config["budget"], "budget", ConfigError),
         pretrained_dir=str(config.get("pretrained_dir", "data/releases")),
         raw=config,
     )

@@ -21,7 +21,13 @@ import yaml
 from saelab.groups import resolve_group_sizes
 from saelab.hooks import HookError, parse_hook
 from saelab.runtime import dataclass_from_dict
-from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+from saelab.sections import (
+    BudgetSection,
+    CooccurrenceSection,
+    EvaluationSection,
+    TrackingSection,
+    TrainingSection,
+)
 from saelab.sections_darkmatter import DarkmatterSection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -201,8 +207,10 @@ class PipelineConfig:
     """The dark-matter analysis section (saelab.darkmatter)."""
     trajectories: dict[str, Any]
     """The trajectory analysis section (typed by saelab.trajectories.settings)."""
-    tracking: dict[str, Any]
+    tracking: TrackingSection
     """Optional run tracking (``tracking.wandb``; saelab.tracking)."""
+    budget: BudgetSection
+    """Checks made when the DAG is built (saelab.budget)."""
     pretrained_dir: str
     """Local store of released SAEs (saelab.saes.pretrained), relative to the working directory."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -24,6 +24,9 @@ class Section(Mapping[str, Any]):
 
     NESTED: ClassVar[dict[str, type[Section]]] = {}
     """Keys whose value is itself a section (an object with properties in the schema)."""
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+    """Keys the schema gives no default (absent = off): None when absent, and left out of the
+    mapping view, as of the validated dict."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], key: str, error: type[Exception] = ValueError):
@@ -31,7 +34,7 @@ class Section(Mapping[str, Any]):
         missing key is an ``error`` naming it (the schema fills every default, so a missing key
         means the dict was not validated)."""
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name not in cls.OPTIONAL]
         if missing:
             raise error(f"{key}: missing key(s) {missing}; validate the config against the schema")
         values = {
@@ -39,6 +42,7 @@ class Section(Mapping[str, Any]):
                    if name in cls.NESTED and value is not None else value)
             for name, value in data.items()
         }  # fmt: skip
+        values.update({name: None for name in cls.OPTIONAL if name not in data})
         section = dataclass_from_dict(cls, values, key, error)
         object.__setattr__(section, "_order", tuple(data))  # the mapping view keeps it
         return section
@@ -269,3 +273,39 @@ class CooccurrenceSection(Section):
     """PCA of the representative subgraph's activations (rule subgraph_pca)."""
     dashboards: CooccurrenceDashboards
     """Per-latent HTML pages of the representative subgraph (rule feature_dashboards)."""
+
+
+@dataclass(frozen=True, eq=False)
+class BudgetSection(Section):
+    """Checks made when the DAG is built (saelab.budget), before any job runs."""
+
+    check_disk: bool
+    """Stop when the caches still to be written exceed the free space under data/ (the check
+    states every cache's bytes and every training group's peak memory either way)."""
+
+
+@dataclass(frozen=True, eq=False)
+class WandbSection(Section):
+    """Weights & Biases: one run per training group (every train_log.jsonl record as
+    {sae}/{metric}) and one per SAE evaluation. Absent = off."""
+
+    project: str
+    """W&B project."""
+    entity: str | None
+    """W&B entity (team or user); null = the default entity."""
+    mode: str
+    """offline needs no network and writes under dir (wandb sync uploads it later)."""
+    dir: str
+    """Where W&B writes its run files."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrackingSection(Section):
+    """Optional run tracking (saelab.tracking); off by default."""
+
+    NESTED: ClassVar[dict[str, type[Section]]] = {"wandb": WandbSection}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"wandb"})
+
+    wandb: WandbSection | None
+    """Weights & Biases: one run per training group (every train_log.jsonl record as
+    {sae}/{metric}) and one per SAE evaluation. Absent (None) = off."""

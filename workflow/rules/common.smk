@@ -28,7 +28,7 @@ from saelab.budget import BudgetError, check_disk, describe, group_mem_mb, plan
 if workflow.is_main_process:
     BUDGET = plan(CFG, MODEL, "data")
     print(describe(BUDGET), file=sys.stderr)
-    if CFG.raw["budget"]["check_disk"]:
+    if CFG.budget.check_disk:
         try:
             check_disk(BUDGET, "data")
         except BudgetError as err:
