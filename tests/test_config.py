@@ -111,23 +111,9 @@ def test_sweeps_expand_to_one_named_run_per_point():
 
 # ------------------------------------------------------------------ typed sections
 def _section_classes():
-    from saelab.sections import (
-        BudgetSection,
-        CooccurrenceSection,
-        EvaluationSection,
-        TrackingSection,
-        TrainingSection,
-    )
-    from saelab.sections_darkmatter import DarkmatterSection
+    from saelab.config import TYPED_SECTIONS
 
-    return {
-        "tracking": TrackingSection,
-        "budget": BudgetSection,
-        "training": TrainingSection,
-        "evaluation": EvaluationSection,
-        "cooccurrence": CooccurrenceSection,
-        "darkmatter": DarkmatterSection,
-    }
+    return TYPED_SECTIONS
 
 
 def _field_docstrings(cls) -> set[str]:
@@ -149,7 +135,7 @@ def _field_docstrings(cls) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "section", ["tracking", "budget", "training", "evaluation", "cooccurrence", "darkmatter"]
+    "section", ["tracking", "budget", "toy", "training", "evaluation", "cooccurrence", "darkmatter"]
 )
 def test_typed_sections_are_the_schema(section):
     """One field per schema key (nested objects as nested sections), each documented, none
@@ -220,6 +206,36 @@ def test_typed_tracking_and_budget():
     assert cfg.tracking["wandb"] == {"project": "p", "entity": None, "mode": "online",
                                      "dir": "logs/wandb"}  # fmt: skip
     assert type(cfg.tracking["wandb"]) is dict and cfg.budget.check_disk is False
+
+
+def test_toy_schema_is_the_library_defaults():
+    """The toy section's keys are split_params' (HierarchyConfig fields and RUN_KEYS), and its
+    defaults are HierarchyConfig's and compare_architectures', so the filled section runs the
+    same toy as the sparse params block the rule passed before the section was typed."""
+    import dataclasses
+    import inspect
+
+    from saelab.config import section_defaults
+    from saelab.toy import compare_architectures
+    from saelab.toy.compare import RUN_KEYS, split_params
+    from saelab.toy.hierarchy import HierarchyConfig
+
+    defaults = section_defaults("toy")
+    library = {f.name: f.default for f in dataclasses.fields(HierarchyConfig)}
+    signature = inspect.signature(compare_architectures).parameters
+    library |= {key: signature[key].default for key in RUN_KEYS}
+    library["archs"], library["seeds"] = list(library["archs"]), list(library["seeds"])
+    assert defaults == library
+    assert all(type(defaults[key]) is type(value) for key, value in library.items())
+    cfg = load_config(REPO_ROOT / "tests" / "config" / "micro.yaml")
+    sparse = load_yaml(REPO_ROOT / "tests" / "config" / "micro.yaml")["toy"]
+    assert split_params(dict(cfg.toy)) == (
+        HierarchyConfig(**{k: v for k, v in sparse.items() if k not in RUN_KEYS}),
+        {**{key: signature[key].default for key in RUN_KEYS}, "archs": list(library["archs"]),
+         "seeds": list(library["seeds"]), **{k: v for k, v in sparse.items() if k in RUN_KEYS}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="toy"):
+        load_config(REPO_ROOT / "tests" / "config" / "micro.yaml", overrides={"toy": {"nope": 1}})
 
 
 def test_typed_sections_name_unknown_and_missing_keys():

@@ -25,10 +25,24 @@ from saelab.sections import (
     BudgetSection,
     CooccurrenceSection,
     EvaluationSection,
+    Section,
+    ToySection,
     TrackingSection,
     TrainingSection,
 )
 from saelab.sections_darkmatter import DarkmatterSection
+
+#: The typed sections of the parsed config, by config key (:func:`saelab.checks.parse_config`
+#: builds each from the schema-validated dict).
+TYPED_SECTIONS: dict[str, type[Section]] = {
+    "tracking": TrackingSection,
+    "budget": BudgetSection,
+    "toy": ToySection,
+    "training": TrainingSection,
+    "evaluation": EvaluationSection,
+    "cooccurrence": CooccurrenceSection,
+    "darkmatter": DarkmatterSection,
+}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
@@ -199,8 +213,8 @@ class PipelineConfig:
     training: TrainingSection
     """Shared TrainConfig settings (saelab.train); a run's ``train`` overrides them."""
     evaluation: EvaluationSection
-    toy: dict[str, Any]
-    """The toy-hierarchy experiment (saelab.toy; free-form in the schema)."""
+    toy: ToySection
+    """The toy-hierarchy experiment (saelab.toy)."""
     cooccurrence: CooccurrenceSection
     """The co-occurrence analysis section (saelab.cooccurrence)."""
     darkmatter: DarkmatterSection

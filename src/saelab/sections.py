@@ -309,3 +309,70 @@ class TrackingSection(Section):
     wandb: WandbSection | None
     """Weights & Biases: one run per training group (every train_log.jsonl record as
     {sae}/{metric}) and one per SAE evaluation. Absent (None) = off."""
+
+
+@dataclass(frozen=True, eq=False)
+class ToySection(Section):
+    """The Matryoshka paper's toy model of feature hierarchy (saelab.toy; rule toy_absorption):
+    the toy's ground truth (saelab.toy.HierarchyConfig) and the architectures, seeds and
+    training settings compared on it (saelab.toy.compare_architectures)."""
+
+    n_parents: int
+    """Number of parent features."""
+    children_per_parent: int
+    """Children of each parent; exactly one of them fires whenever the parent fires."""
+    n_extra: int
+    """Independent features outside the hierarchy (they fire on their own, Bernoulli)."""
+    d_model: int
+    """Dimension of the toy's activations."""
+    parent_prob: float
+    """Probability that a given parent fires on a token (parents are independent)."""
+    extra_prob: float
+    """Probability that a given extra feature fires on a token."""
+    child_weights: list[float] | None
+    """Relative probabilities of the children given their parent (the same for every parent;
+    normalised to sum to 1); null = uniform."""
+    parent_magnitude: float
+    """Mean magnitude of an active parent."""
+    child_magnitude: float
+    """Mean magnitude of an active child."""
+    extra_magnitude: float
+    """Mean magnitude of an active extra feature; below the parents' and children's, so an SAE
+    short of L0 budget drops extras first."""
+    magnitude_noise: float
+    """Relative magnitude jitter: an active feature's value is mean x (1 + U(-noise, noise))."""
+    noise_std: float
+    """Standard deviation of isotropic Gaussian noise added to every token (0 = none)."""
+    orthogonal: bool
+    """Ground-truth directions are orthonormal (needs d_model >= the number of features); false
+    = independent random unit vectors."""
+    seed: int
+    """Seeds the ground-truth directions and the default sampling stream."""
+    archs: list[str | dict[str, Any]]
+    """SAEs compared: architecture names, name:loss pairs (matryoshka:bussmann) or mappings of
+    saelab.toy.ArchSpec fields."""
+    seeds: list[int]
+    """Seeds of each SAE's initialisation and training tokens (every architecture runs with
+    each)."""
+    width: int | None
+    """SAE width; null = the number of ground-truth features."""
+    k: int
+    """Active latents per token of the TopK-style SAEs."""
+    steps: int
+    """Training steps (each on fresh toy tokens)."""
+    batch_size: int
+    """Tokens per training step."""
+    lr: float
+    """Adam learning rate (constant)."""
+    k_start: int | None
+    """k-annealing: k starts here and falls linearly to k over the first anneal_fraction of the
+    steps; null = no annealing."""
+    anneal_fraction: float
+    """Fraction of the steps over which k anneals from k_start."""
+    loss: str
+    """Matryoshka loss variant of the architectures that name none (saelab.saes.matryoshka)."""
+    n_eval: int
+    """Held-out toy tokens of the absorption measurement."""
+    match: str
+    """How a feature's latent is found: best cosine with its true direction, or best F1 of
+    firing."""

@@ -132,6 +132,6 @@ rule toy_absorption:
         mem_mb=2000,
         runtime=20,
     params:
-        toy=CFG.toy,
+        toy=dict(CFG.toy),
     script:
         "../../scripts/toy_absorption.py"
