@@ -238,6 +238,47 @@ def test_toy_schema_is_the_library_defaults():
         load_config(REPO_ROOT / "tests" / "config" / "micro.yaml", overrides={"toy": {"nope": 1}})
 
 
+def test_darkmatter_views_are_built_from_the_section():
+    """NoiseConfig, WindowConfig and ErrorSAEConfig come from the typed darkmatter section
+    (typed or as the rules pass it, a dict) with the keys the scripts passed before, and their
+    library defaults are the schema's."""
+    import dataclasses
+
+    from saelab.config import _schema
+    from saelab.darkmatter.info import WindowConfig
+    from saelab.darkmatter.noise import NoiseConfig
+    from saelab.darkmatter.train_on_error import ErrorSAEConfig
+
+    dm = load_config(REPO_ROOT / "tests" / "config" / "micro.yaml").darkmatter
+    noise = dict(dm["noise"])
+    assert NoiseConfig.from_section(dm.noise) == NoiseConfig(**noise)
+    assert vars(NoiseConfig.from_section(noise)) == noise  # noise.json's config, as before
+    window = {key: dm[key] for key in ("window", "n_tokens", "split", "batch_size")}
+    assert WindowConfig.from_section(dm) == WindowConfig(**window)
+    assert WindowConfig.from_section(window) == WindowConfig(**window)
+    opts = dm.train_on_error
+    expected = ErrorSAEConfig(
+        width=opts.width or 4 * 64, k=opts.k, n_tokens=opts.n_tokens,
+        batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed,
+    )  # fmt: skip
+    assert ErrorSAEConfig.from_section(opts, 64) == expected
+    assert ErrorSAEConfig.from_section({**opts, "width": None}, 64).width == 256
+    assert ErrorSAEConfig.from_section({**opts, "width": 48}, 64).width == 48
+
+    schema = _schema()["properties"]["darkmatter"]["properties"]
+
+    def defaults(props):
+        return {key: prop["default"] for key, prop in props.items() if "default" in prop}
+
+    assert vars(NoiseConfig()) == defaults(schema["noise"]["properties"])
+    assert vars(WindowConfig()) == {key: schema[key]["default"] for key in window}
+    library = dict(ErrorSAEConfig._field_defaults)
+    del library["warmup_fraction"]  # not a config key (the original's schedule)
+    train_on_error = defaults(schema["train_on_error"]["properties"])
+    assert library == {key: train_on_error[key] for key in library}
+    assert {f.name for f in dataclasses.fields(NoiseConfig)} == set(noise)
+
+
 def test_typed_sections_name_unknown_and_missing_keys():
     from saelab.sections import TrainingSection
 
