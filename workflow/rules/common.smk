@@ -603,7 +603,7 @@ def darkmatter_token_loss_path(cache):
 
 # ------------------------------------------------------------------ inputs and params
 def darkmatter_window_params(wildcards):
-    return {key: DM[key] for key in ("window", "n_tokens", "split", "batch_size")}
+    return vars(WindowConfig.from_section(DM))
 
 
 def darkmatter_regression_params(wildcards):
@@ -712,6 +712,7 @@ def darkmatter_norms_params(wildcards):
 
 # ================================================================== dark-matter interventions (darkmatter_interventions.smk)
 
+from saelab.darkmatter.info import WindowConfig
 from saelab.darkmatter.settings import union
 
 # ------------------------------------------------------------------ which SAEs
