@@ -20,7 +20,7 @@ with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     opts = snakemake.params.baselines
     device = configured_device(snakemake.config)
-    window = WindowConfig(**opts["window"])
+    window = WindowConfig.from_section(opts["window"])
     losses = {}
     for key in snakemake.input.keys():
         if key.startswith("loss_"):

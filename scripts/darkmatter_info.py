@@ -8,7 +8,7 @@ from saelab.saes.io import load_sae
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
     device = configured_device(snakemake.config)
-    window = WindowConfig(**snakemake.params.window)
+    window = WindowConfig.from_section(snakemake.params.window)
     sae = load_sae(snakemake.input.sae, device=device)
     name = snakemake.wildcards.sae
     info = compute_sae_info(sae, snakemake.input.cache, window, name, device=device)

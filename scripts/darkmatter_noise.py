@@ -7,7 +7,7 @@ from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
     set_torch_threads(snakemake.threads)
-    cfg = NoiseConfig(**snakemake.params.noise)
+    cfg = NoiseConfig.from_section(snakemake.params.noise)
     info = load_sae_info(snakemake.input.info)
     sae = load_sae(snakemake.input.sae).eval()
     points = simulate_sae(sae, info, cfg)

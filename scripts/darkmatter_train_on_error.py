@@ -23,10 +23,7 @@ with logged(snakemake.log[0]) as log:
     W_vec = torch.from_numpy(load_regression(snakemake.input.reg).W_vec)
     targets = training_targets(sae, snakemake.input.cache, W_vec, opts["n_tokens"], opts["seed"])
     d = W_vec.shape[0]
-    cfg = ErrorSAEConfig(
-        width=opts["width"] or 4 * d, k=opts["k"], n_tokens=opts["n_tokens"],
-        batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
-    )  # fmt: skip
+    cfg = ErrorSAEConfig.from_section(opts, d)
     summary = {"sae": Path(snakemake.input.sae).name, "config": cfg._asdict(), "targets": {}}
     with atomic_dir(snakemake.output.saes) as out:
         for name in ERROR_TARGETS:

@@ -111,15 +111,9 @@ def test_sweeps_expand_to_one_named_run_per_point():
 
 # ------------------------------------------------------------------ typed sections
 def _section_classes():
-    from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
-    from saelab.sections_darkmatter import DarkmatterSection
+    from saelab.config import TYPED_SECTIONS
 
-    return {
-        "training": TrainingSection,
-        "evaluation": EvaluationSection,
-        "cooccurrence": CooccurrenceSection,
-        "darkmatter": DarkmatterSection,
-    }
+    return TYPED_SECTIONS
 
 
 def _field_docstrings(cls) -> set[str]:
@@ -140,7 +134,9 @@ def _field_docstrings(cls) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("section", ["training", "evaluation", "cooccurrence", "darkmatter"])
+@pytest.mark.parametrize(
+    "section", ["tracking", "budget", "toy", "training", "evaluation", "cooccurrence", "darkmatter"]
+)
 def test_typed_sections_are_the_schema(section):
     """One field per schema key (nested objects as nested sections), each documented, none
     with a default of its own: the schema stays the one place of keys and defaults."""
@@ -148,16 +144,20 @@ def test_typed_sections_are_the_schema(section):
 
     schema = load_yaml(REPO_ROOT / "config" / "schema.yaml")["properties"]
 
-    def check(cls, props, key):
+    def check(cls, props, key, required=()):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         assert set(fields) == set(props), key
+        # keys with neither a default nor required are None when absent, and only those
+        optional = {name for name, prop in props.items() if "default" not in prop}
+        assert cls.OPTIONAL == optional - set(required), key
         assert _field_docstrings(cls) == set(fields), key
         for name, field in fields.items():
             assert field.default is dataclasses.MISSING, f"{key}.{name} has a default"
             assert field.default_factory is dataclasses.MISSING, f"{key}.{name} has a default"
             if "properties" in props[name]:
                 assert name in cls.NESTED, f"{key}.{name}"
-                check(cls.NESTED[name], props[name]["properties"], f"{key}.{name}")
+                sub = props[name]
+                check(cls.NESTED[name], sub["properties"], f"{key}.{name}", sub.get("required", ()))
         assert set(cls.NESTED) <= set(fields)
 
     check(_section_classes()[section], schema[section]["properties"], section)
@@ -190,6 +190,93 @@ def test_typed_sections_read_as_the_validated_dicts():
         cfg.darkmatter.noise.seed = 1
     with pytest.raises(KeyError):
         cfg.evaluation["nope"]
+
+
+def test_typed_tracking_and_budget():
+    """An absent tracking.wandb is None and absent from the mapping view (tracking off); a set
+    one is typed, with the schema's defaults."""
+    micro = REPO_ROOT / "tests" / "config" / "micro.yaml"
+    cfg = load_config(micro)
+    assert cfg.tracking.wandb is None and dict(cfg.tracking) == {} and not cfg.tracking
+    assert cfg.tracking.get("wandb") is None and cfg.budget.check_disk is True
+    cfg = load_config(
+        micro, overrides={"tracking": {"wandb": {"project": "p"}}, "budget": {"check_disk": False}}
+    )
+    assert cfg.tracking.wandb.project == "p" and cfg.tracking.wandb.mode == "online"
+    assert cfg.tracking["wandb"] == {"project": "p", "entity": None, "mode": "online",
+                                     "dir": "logs/wandb"}  # fmt: skip
+    assert type(cfg.tracking["wandb"]) is dict and cfg.budget.check_disk is False
+
+
+def test_toy_schema_is_the_library_defaults():
+    """The toy section's keys are split_params' (HierarchyConfig fields and RUN_KEYS), and its
+    defaults are HierarchyConfig's and compare_architectures', so the filled section runs the
+    same toy as the sparse params block the rule passed before the section was typed."""
+    import dataclasses
+    import inspect
+
+    from saelab.config import section_defaults
+    from saelab.toy import compare_architectures
+    from saelab.toy.compare import RUN_KEYS, split_params
+    from saelab.toy.hierarchy import HierarchyConfig
+
+    defaults = section_defaults("toy")
+    library = {f.name: f.default for f in dataclasses.fields(HierarchyConfig)}
+    signature = inspect.signature(compare_architectures).parameters
+    library |= {key: signature[key].default for key in RUN_KEYS}
+    library["archs"], library["seeds"] = list(library["archs"]), list(library["seeds"])
+    assert defaults == library
+    assert all(type(defaults[key]) is type(value) for key, value in library.items())
+    cfg = load_config(REPO_ROOT / "tests" / "config" / "micro.yaml")
+    sparse = load_yaml(REPO_ROOT / "tests" / "config" / "micro.yaml")["toy"]
+    assert split_params(dict(cfg.toy)) == (
+        HierarchyConfig(**{k: v for k, v in sparse.items() if k not in RUN_KEYS}),
+        {**{key: signature[key].default for key in RUN_KEYS}, "archs": list(library["archs"]),
+         "seeds": list(library["seeds"]), **{k: v for k, v in sparse.items() if k in RUN_KEYS}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="toy"):
+        load_config(REPO_ROOT / "tests" / "config" / "micro.yaml", overrides={"toy": {"nope": 1}})
+
+
+def test_darkmatter_views_are_built_from_the_section():
+    """NoiseConfig, WindowConfig and ErrorSAEConfig come from the typed darkmatter section
+    (typed or as the rules pass it, a dict) with the keys the scripts passed before, and their
+    library defaults are the schema's."""
+    import dataclasses
+
+    from saelab.config import _schema
+    from saelab.darkmatter.info import WindowConfig
+    from saelab.darkmatter.noise import NoiseConfig
+    from saelab.darkmatter.train_on_error import ErrorSAEConfig
+
+    dm = load_config(REPO_ROOT / "tests" / "config" / "micro.yaml").darkmatter
+    noise = dict(dm["noise"])
+    assert NoiseConfig.from_section(dm.noise) == NoiseConfig(**noise)
+    assert vars(NoiseConfig.from_section(noise)) == noise  # noise.json's config, as before
+    window = {key: dm[key] for key in ("window", "n_tokens", "split", "batch_size")}
+    assert WindowConfig.from_section(dm) == WindowConfig(**window)
+    assert WindowConfig.from_section(window) == WindowConfig(**window)
+    opts = dm.train_on_error
+    expected = ErrorSAEConfig(
+        width=opts.width or 4 * 64, k=opts.k, n_tokens=opts.n_tokens,
+        batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed,
+    )  # fmt: skip
+    assert ErrorSAEConfig.from_section(opts, 64) == expected
+    assert ErrorSAEConfig.from_section({**opts, "width": None}, 64).width == 256
+    assert ErrorSAEConfig.from_section({**opts, "width": 48}, 64).width == 48
+
+    schema = _schema()["properties"]["darkmatter"]["properties"]
+
+    def defaults(props):
+        return {key: prop["default"] for key, prop in props.items() if "default" in prop}
+
+    assert vars(NoiseConfig()) == defaults(schema["noise"]["properties"])
+    assert vars(WindowConfig()) == {key: schema[key]["default"] for key in window}
+    library = dict(ErrorSAEConfig._field_defaults)
+    del library["warmup_fraction"]  # not a config key (the original's schedule)
+    train_on_error = defaults(schema["train_on_error"]["properties"])
+    assert library == {key: train_on_error[key] for key in library}
+    assert {f.name for f in dataclasses.fields(NoiseConfig)} == set(noise)
 
 
 def test_typed_sections_name_unknown_and_missing_keys():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from saelab.config import (
+    TYPED_SECTIONS,
     CacheConfig,
     ConfigError,
     CorpusConfig,
@@ -30,8 +31,6 @@ from saelab.cooccurrence.settings import check_cooccurrence
 from saelab.darkmatter.settings import check_darkmatter
 from saelab.models import ModelError, ModelInfo, resolve_model
 from saelab.saes.settings import resolve_pretrained
-from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
-from saelab.sections_darkmatter import DarkmatterSection
 from saelab.sweeps import expand_cache_hooks, expand_runs
 from saelab.trajectories.settings import resolve_trajectories
 
@@ -67,15 +66,10 @@ def parse_config(config: dict[str, Any]) -> PipelineConfig:
         tiny=tiny,
         saes={name: parse_run(name, spec) for name, spec in run_specs.items()},
         sweeps=sweeps,
-        training=TrainingSection.from_dict(config["training"], "training", ConfigError),
-        evaluation=EvaluationSection.from_dict(config["evaluation"], "evaluation", ConfigError),
-        toy=dict(config.get("toy", {})),
-        cooccurrence=CooccurrenceSection.from_dict(
-            config["cooccurrence"], "cooccurrence", ConfigError
-        ),
-        darkmatter=DarkmatterSection.from_dict(config["darkmatter"], "darkmatter", ConfigError),
+        **{
+            key: cls.from_dict(config[key], key, ConfigError) for key, cls in TYPED_SECTIONS.items()
+        },
         trajectories=dict(config.get("trajectories", {})),
-        tracking=dict(config.get("tracking") or {}),
         pretrained_dir=str(config.get("pretrained_dir", "data/releases")),
         raw=config,
     )

@@ -21,8 +21,28 @@ import yaml
 from saelab.groups import resolve_group_sizes
 from saelab.hooks import HookError, parse_hook
 from saelab.runtime import dataclass_from_dict
-from saelab.sections import CooccurrenceSection, EvaluationSection, TrainingSection
+from saelab.sections import (
+    BudgetSection,
+    CooccurrenceSection,
+    EvaluationSection,
+    Section,
+    ToySection,
+    TrackingSection,
+    TrainingSection,
+)
 from saelab.sections_darkmatter import DarkmatterSection
+
+#: The typed sections of the parsed config, by config key (:func:`saelab.checks.parse_config`
+#: builds each from the schema-validated dict).
+TYPED_SECTIONS: dict[str, type[Section]] = {
+    "tracking": TrackingSection,
+    "budget": BudgetSection,
+    "toy": ToySection,
+    "training": TrainingSection,
+    "evaluation": EvaluationSection,
+    "cooccurrence": CooccurrenceSection,
+    "darkmatter": DarkmatterSection,
+}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
@@ -193,16 +213,18 @@ class PipelineConfig:
     training: TrainingSection
     """Shared TrainConfig settings (saelab.train); a run's ``train`` overrides them."""
     evaluation: EvaluationSection
-    toy: dict[str, Any]
-    """The toy-hierarchy experiment (saelab.toy; free-form in the schema)."""
+    toy: ToySection
+    """The toy-hierarchy experiment (saelab.toy)."""
     cooccurrence: CooccurrenceSection
     """The co-occurrence analysis section (saelab.cooccurrence)."""
     darkmatter: DarkmatterSection
     """The dark-matter analysis section (saelab.darkmatter)."""
     trajectories: dict[str, Any]
     """The trajectory analysis section (typed by saelab.trajectories.settings)."""
-    tracking: dict[str, Any]
+    tracking: TrackingSection
     """Optional run tracking (``tracking.wandb``; saelab.tracking)."""
+    budget: BudgetSection
+    """Checks made when the DAG is built (saelab.budget)."""
     pretrained_dir: str
     """Local store of released SAEs (saelab.saes.pretrained), relative to the working directory."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)

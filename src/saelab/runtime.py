@@ -167,6 +167,14 @@ def savez_atomic(path: str | os.PathLike, arrays: dict) -> Path:
     return path
 
 
+def dataclass_from_section(cls, section: Mapping[str, Any]):
+    """``cls`` built from the keys of a config section (a typed section of :mod:`saelab.sections`
+    or its validated dict) named as its fields; other keys of the section are left out."""
+    from dataclasses import fields
+
+    return cls(**{f.name: section[f.name] for f in fields(cls)})
+
+
 def dataclass_from_dict(
     cls, data: Mapping[str, Any], what: str, error: type[Exception] = ValueError
 ):

@@ -24,6 +24,9 @@ class Section(Mapping[str, Any]):
 
     NESTED: ClassVar[dict[str, type[Section]]] = {}
     """Keys whose value is itself a section (an object with properties in the schema)."""
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+    """Keys the schema gives no default (absent = off): None when absent, and left out of the
+    mapping view, as of the validated dict."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], key: str, error: type[Exception] = ValueError):
@@ -31,7 +34,7 @@ class Section(Mapping[str, Any]):
         missing key is an ``error`` naming it (the schema fills every default, so a missing key
         means the dict was not validated)."""
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name not in cls.OPTIONAL]
         if missing:
             raise error(f"{key}: missing key(s) {missing}; validate the config against the schema")
         values = {
@@ -39,6 +42,7 @@ class Section(Mapping[str, Any]):
                    if name in cls.NESTED and value is not None else value)
             for name, value in data.items()
         }  # fmt: skip
+        values.update({name: None for name in cls.OPTIONAL if name not in data})
         section = dataclass_from_dict(cls, values, key, error)
         object.__setattr__(section, "_order", tuple(data))  # the mapping view keeps it
         return section
@@ -269,3 +273,106 @@ class CooccurrenceSection(Section):
     """PCA of the representative subgraph's activations (rule subgraph_pca)."""
     dashboards: CooccurrenceDashboards
     """Per-latent HTML pages of the representative subgraph (rule feature_dashboards)."""
+
+
+@dataclass(frozen=True, eq=False)
+class BudgetSection(Section):
+    """Checks made when the DAG is built (saelab.budget), before any job runs."""
+
+    check_disk: bool
+    """Stop when the caches still to be written exceed the free space under data/ (the check
+    states every cache's bytes and every training group's peak memory either way)."""
+
+
+@dataclass(frozen=True, eq=False)
+class WandbSection(Section):
+    """Weights & Biases: one run per training group (every train_log.jsonl record as
+    {sae}/{metric}) and one per SAE evaluation. Absent = off."""
+
+    project: str
+    """W&B project."""
+    entity: str | None
+    """W&B entity (team or user); null = the default entity."""
+    mode: str
+    """offline needs no network and writes under dir (wandb sync uploads it later)."""
+    dir: str
+    """Where W&B writes its run files."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrackingSection(Section):
+    """Optional run tracking (saelab.tracking); off by default."""
+
+    NESTED: ClassVar[dict[str, type[Section]]] = {"wandb": WandbSection}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"wandb"})
+
+    wandb: WandbSection | None
+    """Weights & Biases: one run per training group (every train_log.jsonl record as
+    {sae}/{metric}) and one per SAE evaluation. Absent (None) = off."""
+
+
+@dataclass(frozen=True, eq=False)
+class ToySection(Section):
+    """The Matryoshka paper's toy model of feature hierarchy (saelab.toy; rule toy_absorption):
+    the toy's ground truth (saelab.toy.HierarchyConfig) and the architectures, seeds and
+    training settings compared on it (saelab.toy.compare_architectures)."""
+
+    n_parents: int
+    """Number of parent features."""
+    children_per_parent: int
+    """Children of each parent; exactly one of them fires whenever the parent fires."""
+    n_extra: int
+    """Independent features outside the hierarchy (they fire on their own, Bernoulli)."""
+    d_model: int
+    """Dimension of the toy's activations."""
+    parent_prob: float
+    """Probability that a given parent fires on a token (parents are independent)."""
+    extra_prob: float
+    """Probability that a given extra feature fires on a token."""
+    child_weights: list[float] | None
+    """Relative probabilities of the children given their parent (the same for every parent;
+    normalised to sum to 1); null = uniform."""
+    parent_magnitude: float
+    """Mean magnitude of an active parent."""
+    child_magnitude: float
+    """Mean magnitude of an active child."""
+    extra_magnitude: float
+    """Mean magnitude of an active extra feature; below the parents' and children's, so an SAE
+    short of L0 budget drops extras first."""
+    magnitude_noise: float
+    """Relative magnitude jitter: an active feature's value is mean x (1 + U(-noise, noise))."""
+    noise_std: float
+    """Standard deviation of isotropic Gaussian noise added to every token (0 = none)."""
+    orthogonal: bool
+    """Ground-truth directions are orthonormal (needs d_model >= the number of features); false
+    = independent random unit vectors."""
+    seed: int
+    """Seeds the ground-truth directions and the default sampling stream."""
+    archs: list[str | dict[str, Any]]
+    """SAEs compared: architecture names, name:loss pairs (matryoshka:bussmann) or mappings of
+    saelab.toy.ArchSpec fields."""
+    seeds: list[int]
+    """Seeds of each SAE's initialisation and training tokens (every architecture runs with
+    each)."""
+    width: int | None
+    """SAE width; null = the number of ground-truth features."""
+    k: int
+    """Active latents per token of the TopK-style SAEs."""
+    steps: int
+    """Training steps (each on fresh toy tokens)."""
+    batch_size: int
+    """Tokens per training step."""
+    lr: float
+    """Adam learning rate (constant)."""
+    k_start: int | None
+    """k-annealing: k starts here and falls linearly to k over the first anneal_fraction of the
+    steps; null = no annealing."""
+    anneal_fraction: float
+    """Fraction of the steps over which k anneals from k_start."""
+    loss: str
+    """Matryoshka loss variant of the architectures that name none (saelab.saes.matryoshka)."""
+    n_eval: int
+    """Held-out toy tokens of the absorption measurement."""
+    match: str
+    """How a feature's latent is found: best cosine with its true direction, or best F1 of
+    firing."""

@@ -28,7 +28,7 @@ from saelab.budget import BudgetError, check_disk, describe, group_mem_mb, plan
 if workflow.is_main_process:
     BUDGET = plan(CFG, MODEL, "data")
     print(describe(BUDGET), file=sys.stderr)
-    if CFG.raw["budget"]["check_disk"]:
+    if CFG.budget.check_disk:
         try:
             check_disk(BUDGET, "data")
         except BudgetError as err:
@@ -603,7 +603,7 @@ def darkmatter_token_loss_path(cache):
 
 # ------------------------------------------------------------------ inputs and params
 def darkmatter_window_params(wildcards):
-    return {key: DM[key] for key in ("window", "n_tokens", "split", "batch_size")}
+    return vars(WindowConfig.from_section(DM))
 
 
 def darkmatter_regression_params(wildcards):
@@ -712,6 +712,7 @@ def darkmatter_norms_params(wildcards):
 
 # ================================================================== dark-matter interventions (darkmatter_interventions.smk)
 
+from saelab.darkmatter.info import WindowConfig
 from saelab.darkmatter.settings import union
 
 # ------------------------------------------------------------------ which SAEs

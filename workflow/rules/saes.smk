@@ -26,7 +26,7 @@ for _group, _runs in CFG.sae_groups().items():
             group=_group,
             model=model_params,
             cache=vars(CFG.caches[_runs[0].cache]),
-            tracking=CFG.tracking,
+            tracking=dict(CFG.tracking),
         script:
             "../../scripts/train_saes.py"
 
@@ -110,7 +110,7 @@ rule evaluate_sae:
         eval=eval_params,
         model=model_params,
         group=sae_group_param,
-        tracking=CFG.tracking,
+        tracking=dict(CFG.tracking),
     script:
         "../../scripts/evaluate_sae.py"
 
@@ -132,6 +132,6 @@ rule toy_absorption:
         mem_mb=2000,
         runtime=20,
     params:
-        toy=CFG.toy,
+        toy=dict(CFG.toy),
     script:
         "../../scripts/toy_absorption.py"

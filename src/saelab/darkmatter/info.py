@@ -11,6 +11,7 @@ when complete); :func:`load_sae_info` reads it back as numpy arrays.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 import zarr
 
-from saelab.runtime import atomic_dir
+from saelab.runtime import atomic_dir, dataclass_from_section
 
 if TYPE_CHECKING:
     from saelab.cache.checked import CheckedArray
@@ -51,6 +52,11 @@ class WindowConfig:
     """Cache split: ``heldout`` (contexts the SAEs never trained on), ``train`` or ``all``."""
     batch_size: int = 4096
     """Tokens per SAE forward."""
+
+    @classmethod
+    def from_section(cls, darkmatter: Mapping[str, Any]) -> WindowConfig:
+        """The window of the ``darkmatter`` config section (its keys of the same names)."""
+        return dataclass_from_section(cls, darkmatter)
 
     def __post_init__(self):
         if len(self.window) != 2 or not 0 <= self.window[0] < self.window[1]:

@@ -23,6 +23,7 @@ simulation means the same in any model; ``units="absolute"`` uses them as given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -31,6 +32,7 @@ import torch
 
 from saelab.darkmatter.regression import lstsq
 from saelab.metrics import fvu_element_global
+from saelab.runtime import dataclass_from_section
 
 
 @dataclass
@@ -53,6 +55,11 @@ class NoiseConfig:
     units: str = "activation_std"
     """``activation_std`` (σ × mean per-dimension std of x') or ``absolute`` (the original)."""
     seed: int = 0
+
+    @classmethod
+    def from_section(cls, noise: Mapping[str, Any]) -> NoiseConfig:
+        """From the ``darkmatter.noise`` config section (its keys are this class's fields)."""
+        return dataclass_from_section(cls, noise)
 
     def __post_init__(self):
         if self.units not in ("activation_std", "absolute"):

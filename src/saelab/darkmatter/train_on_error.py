@@ -21,8 +21,8 @@ every step (raising FloatingPointError) and seeds no global RNG; its SAE's confi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -69,6 +69,16 @@ class ErrorSAEConfig(NamedTuple):
     seed: int = 0
     warmup_fraction: float = 0.1
     """Warmup over this fraction of the steps (the original: 1000 steps), then linear decay."""
+
+    @classmethod
+    def from_section(cls, train_on_error: Mapping[str, Any], d_in: int) -> ErrorSAEConfig:
+        """From the ``darkmatter.train_on_error`` config section (its keys of the same names;
+        ``width`` null = 4 x ``d_in``)."""
+        opts = train_on_error
+        return cls(
+            width=opts["width"] or 4 * d_in, k=opts["k"], n_tokens=opts["n_tokens"],
+            batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
+        )  # fmt: skip
 
 
 def train_error_sae(targets: Tensor, cfg: ErrorSAEConfig, hook_name: str = "", progress=True):
