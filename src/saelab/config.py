@@ -313,10 +313,14 @@ def _schema() -> dict[str, Any]:
     return load_yaml(SCHEMA_PATH)
 
 
-def section_defaults(section: str) -> dict[str, Any]:
-    """The schema's default of every key of the top-level object ``section`` (e.g. ``training``):
-    the one place of defaults, for library code that takes a section's keys as arguments."""
-    props = _schema()["properties"][section]["properties"]
+def section_defaults(*path: str) -> dict[str, Any]:
+    """The schema's default of every key of the object at ``path`` (e.g. ``"training"``, or
+    ``"darkmatter", "noise"``): the one place of defaults, for library code that takes a
+    section's keys as arguments (deep copies: a caller may change them)."""
+    node = _schema()
+    for key in path:
+        node = node["properties"][key]
+    props = node["properties"]
     return {
         key: copy.deepcopy(value["default"]) for key, value in props.items() if "default" in value
     }

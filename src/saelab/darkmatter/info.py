@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 import zarr
 
+from saelab.config import section_defaults
 from saelab.runtime import atomic_dir, dataclass_from_section
+
+#: Defaults of WindowConfig: the schema's ``darkmatter`` section, their one place.
+_DEFAULTS = section_defaults("darkmatter")
 
 if TYPE_CHECKING:
     from saelab.cache.checked import CheckedArray
@@ -42,15 +46,15 @@ class SAEInfoError(ValueError):
 class WindowConfig:
     """Which cached tokens the dark-matter analyses look at."""
 
-    window: list[int] = field(default_factory=lambda: [1, 128])
+    window: list[int] = field(default_factory=lambda: section_defaults("darkmatter")["window"])
     """Positions [start, stop) within each context (the original: [1, 1023) for the power
     laws, [200, 1023) elsewhere). ``stop`` is clipped to the context length; special tokens
     (BOS) are always excluded."""
-    n_tokens: int = 16384
+    n_tokens: int = _DEFAULTS["n_tokens"]
     """At most this many tokens (whole contexts in cache order, the last one cut)."""
-    split: str = "heldout"
+    split: str = _DEFAULTS["split"]
     """Cache split: ``heldout`` (contexts the SAEs never trained on), ``train`` or ``all``."""
-    batch_size: int = 4096
+    batch_size: int = _DEFAULTS["batch_size"]
     """Tokens per SAE forward."""
 
     @classmethod

@@ -30,31 +30,39 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from saelab.config import section_defaults
 from saelab.darkmatter.regression import lstsq
 from saelab.metrics import fvu_element_global
 from saelab.runtime import dataclass_from_section
+
+#: Defaults of NoiseConfig: the schema's ``darkmatter.noise`` section, their one place.
+_DEFAULTS = section_defaults("darkmatter", "noise")
 
 
 @dataclass
 class NoiseConfig:
     """Settings of the simulation."""
 
-    sae: str | None = None
+    sae: str | None = _DEFAULTS["sae"]
     """SAE of the sweep to use (default: the narrowest at its largest k, as the original's 16k
     SAE at L0 ≈ 100)."""
-    n_tokens: int = 4096
+    n_tokens: int = _DEFAULTS["n_tokens"]
     """Tokens of the window used (the original: the first 50,000)."""
-    ablate_percents: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40, 50])
+    ablate_percents: list[int] = field(
+        default_factory=lambda: section_defaults("darkmatter", "noise")["ablate_percents"]
+    )
     """Percent of latents (lowest mean activation first) ablated."""
     line_settings: list[list[float]] = field(
-        default_factory=lambda: [[1.0, 0.6], [0.6, 1.0], [0.0, 0.0]]
+        default_factory=lambda: section_defaults("darkmatter", "noise")["line_settings"]
     )
     """(σ_act, σ_rec) pairs drawn as lines against the ablated percent."""
-    grid: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0])
+    grid: list[float] = field(
+        default_factory=lambda: section_defaults("darkmatter", "noise")["grid"]
+    )
     """Noise levels of the (σ_act, σ_rec) grid of Table 1 (at 0 % ablation)."""
-    units: str = "activation_std"
+    units: str = _DEFAULTS["units"]
     """``activation_std`` (σ × mean per-dimension std of x') or ``absolute`` (the original)."""
-    seed: int = 0
+    seed: int = _DEFAULTS["seed"]
 
     @classmethod
     def from_section(cls, noise: Mapping[str, Any]) -> NoiseConfig:

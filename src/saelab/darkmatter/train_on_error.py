@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelab.config import section_defaults
+
 #: The two training targets, as the original names its runs.
 ERROR_TARGETS = ("linear", "nonlinear")
 
@@ -59,14 +61,18 @@ def training_targets(
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
+#: Defaults of ErrorSAEConfig: the schema's ``darkmatter.train_on_error`` section.
+_DEFAULTS = section_defaults("darkmatter", "train_on_error")
+
+
 class ErrorSAEConfig(NamedTuple):
     width: int
-    k: int = 32
-    n_tokens: int = 65536
-    batch_size: int = 512
-    lr: float | None = None
+    k: int = _DEFAULTS["k"]
+    n_tokens: int = _DEFAULTS["n_tokens"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    lr: float | None = _DEFAULTS["lr"]
     """``None``: 2e-4 / √(width / 2^14)."""
-    seed: int = 0
+    seed: int = _DEFAULTS["seed"]
     warmup_fraction: float = 0.1
     """Warmup over this fraction of the steps (the original: 1000 steps), then linear decay."""
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pandas as pd
 
+from saelab.config import section_defaults
 from saelab.runtime import dataclass_from_dict
 from saelab.toy.absorption import AbsorptionResult, absorption_report
 from saelab.toy.hierarchy import HierarchyConfig, ToyHierarchy
@@ -63,7 +64,9 @@ class ArchSpec:
 _SET_BY_TRAINER = frozenset({"arch", "d_in", "d_out", "width", "k", "loss", "group_sizes", "seed"})
 
 
-DEFAULT_ARCHS = ("topk", "batchtopk", "matryoshka")
+#: Defaults of the comparison: the schema's ``toy`` section, their one place.
+_TOY = section_defaults("toy")
+DEFAULT_ARCHS = tuple(_TOY["archs"])
 
 
 @dataclass
@@ -106,17 +109,17 @@ def _run_one(
 def compare_architectures(
     toy_cfg: HierarchyConfig | Mapping[str, Any] | None = None,
     archs: Sequence[str | Mapping[str, Any] | ArchSpec] = DEFAULT_ARCHS,
-    seeds: Sequence[int] = (0, 1, 2),
-    width: int | None = None,
-    k: int = 2,
-    steps: int = 800,
-    batch_size: int = 1024,
-    lr: float = 3e-3,
-    k_start: int | None = None,
-    anneal_fraction: float = 0.4,
-    loss: str = "official",
-    n_eval: int = 16384,
-    match: str = "cosine",
+    seeds: Sequence[int] = tuple(_TOY["seeds"]),
+    width: int | None = _TOY["width"],
+    k: int = _TOY["k"],
+    steps: int = _TOY["steps"],
+    batch_size: int = _TOY["batch_size"],
+    lr: float = _TOY["lr"],
+    k_start: int | None = _TOY["k_start"],
+    anneal_fraction: float = _TOY["anneal_fraction"],
+    loss: str = _TOY["loss"],
+    n_eval: int = _TOY["n_eval"],
+    match: str = _TOY["match"],
 ) -> ToyComparison:
     """Train every architecture with every seed on one toy and measure its absorption.
 

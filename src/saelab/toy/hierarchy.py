@@ -9,42 +9,47 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from saelab.config import section_defaults
+
+#: Defaults of HierarchyConfig: the schema's ``toy`` section, their one place.
+_DEFAULTS = section_defaults("toy")
+
 
 @dataclass
 class HierarchyConfig:
     """The toy's ground truth: sizes, firing statistics, magnitudes, directions."""
 
-    n_parents: int = 4
+    n_parents: int = _DEFAULTS["n_parents"]
     """Number of parent features."""
-    children_per_parent: int = 4
+    children_per_parent: int = _DEFAULTS["children_per_parent"]
     """Children of each parent; exactly one of them fires whenever the parent fires."""
-    n_extra: int = 8
+    n_extra: int = _DEFAULTS["n_extra"]
     """Independent features outside the hierarchy (they fire on their own, Bernoulli)."""
-    d_model: int = 32
+    d_model: int = _DEFAULTS["d_model"]
     """Dimension of the toy's activations."""
-    parent_prob: float = 0.25
+    parent_prob: float = _DEFAULTS["parent_prob"]
     """Probability that a given parent fires on a token (parents are independent)."""
-    extra_prob: float = 0.125
+    extra_prob: float = _DEFAULTS["extra_prob"]
     """Probability that a given extra feature fires on a token."""
-    child_weights: list[float] | None = None
+    child_weights: list[float] | None = _DEFAULTS["child_weights"]
     """Relative probabilities of the children given their parent (the same for every parent;
     normalised to sum to 1). ``None``: uniform, 1/children_per_parent each."""
-    parent_magnitude: float = 1.0
+    parent_magnitude: float = _DEFAULTS["parent_magnitude"]
     """Mean magnitude of an active parent."""
-    child_magnitude: float = 1.0
+    child_magnitude: float = _DEFAULTS["child_magnitude"]
     """Mean magnitude of an active child."""
-    extra_magnitude: float = 0.5
+    extra_magnitude: float = _DEFAULTS["extra_magnitude"]
     """Mean magnitude of an active extra feature. Below the parents' and children's, so that
     an SAE short of L0 budget drops extras first: they are what a flat SAE gains by absorbing
     (see the module docstring)."""
-    magnitude_noise: float = 0.1
+    magnitude_noise: float = _DEFAULTS["magnitude_noise"]
     """Relative magnitude jitter: an active feature's value is mean * (1 + U(-noise, noise))."""
-    noise_std: float = 0.0
+    noise_std: float = _DEFAULTS["noise_std"]
     """Standard deviation of isotropic Gaussian noise added to every token (0: none)."""
-    orthogonal: bool = True
+    orthogonal: bool = _DEFAULTS["orthogonal"]
     """Ground-truth directions are orthonormal (needs d_model >= n_features); otherwise they are
     independent random unit vectors (and overlap by about 1/sqrt(d_model))."""
-    seed: int = 0
+    seed: int = _DEFAULTS["seed"]
     """Seeds the ground-truth directions and the default sampling stream."""
 
     def __post_init__(self):
