@@ -17,9 +17,9 @@ import torch
 from saelab.cache import TLActivationSource, build_cache
 from saelab.ce import ce_recovered
 from saelab.checks import load_config
+from saelab.codes import encode_reconstruct
 from saelab.config import REPO_ROOT
 from saelab.evaluate import (
-    encode_reconstruct,
     evaluate_sae,
     heldout_contexts,
     heldout_reader,
