@@ -11,6 +11,10 @@ Codes with reconstructions (as spliced: :func:`encode_reconstruct`, with Matryos
 outputs) come from :func:`reconstruct_batches` over any batches (``x`` or transcoder ``(x, y)``
 pairs): :func:`saelab.evaluate.evaluate_sae` and the dark-matter window
 (:func:`saelab.darkmatter.info.encode_window`) are its callers.
+Two loops keep their own map on purpose, because it is not :func:`encode_reconstruct`'s and
+their numbers would change: the trainer's held-out metrics (``sae(x, y)``, the training
+objective's forward) and the dark-matter error targets (``sae.reconstruct`` with gradients on,
+whose sparse-path values can differ in the last bit).
 """
 
 from __future__ import annotations
