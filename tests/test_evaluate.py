@@ -17,9 +17,9 @@ import torch
 from saelab.cache import TLActivationSource, build_cache
 from saelab.ce import ce_recovered
 from saelab.checks import load_config
+from saelab.codes import encode_reconstruct, reconstruct_batches
 from saelab.config import REPO_ROOT
 from saelab.evaluate import (
-    encode_reconstruct,
     evaluate_sae,
     heldout_contexts,
     heldout_reader,
@@ -69,6 +69,30 @@ def test_encode_reconstruct_is_what_reconstruct_splices(normalize):
     rec = encode_reconstruct(sae, x, prefixes=True)
     torch.testing.assert_close(rec.output, sae.reconstruct(x))
     torch.testing.assert_close(rec.prefix_outputs[-1], rec.output, atol=1e-5, rtol=1e-5)
+
+
+def test_reconstruct_batches_reads_no_further_than_n_rows():
+    """The stream truncates to the first n rows, stops without reading the next batch, and each
+    batch's reconstruction is encode_reconstruct's of that batch (prefixes included)."""
+    cfg = SAEConfig(arch="matryoshka", d_in=8, width=32, k=4, group_sizes=[8, 8, 16])
+    sae = build_sae(cfg).eval()
+    x = torch.randn(30, 8, dtype=torch.float64)
+    read = []
+
+    def batches():
+        for lo in range(0, 30, 10):
+            read.append(lo)
+            yield x[lo : lo + 10]
+
+    out = list(reconstruct_batches(sae, batches(), n_rows=14, prefixes=True))
+    assert read == [0, 10] and [len(b.x) for b in out] == [10, 4]
+    assert out[1].x.dtype == torch.float32 and torch.equal(out[1].y, out[1].x)
+    ref = encode_reconstruct(sae, x[10:14].float(), prefixes=True)
+    assert torch.equal(out[1].rec.output, ref.output)
+    assert all(map(torch.equal, out[1].rec.prefix_outputs, ref.prefix_outputs))
+    tc = build_sae(SAEConfig(arch="topk", d_in=8, width=32, k=4, d_out=6, target_hook_name="b"))
+    with pytest.raises(ValueError, match="transcoder needs"):
+        next(reconstruct_batches(tc, [x.float()]))
 
 
 def test_dead_alive_and_l0_counts():

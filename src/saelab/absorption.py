@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.cache.words import cached_word_activations, tokens_in_cache
-from saelab.evaluate import _compact, concat_codes, encode_reconstruct
+from saelab.codes import encode_reconstruct
+from saelab.evaluate import _compact, concat_codes
 from saelab.saes.base import SAE, SparseCodes
 
 log = logging.getLogger("saelab.absorption")

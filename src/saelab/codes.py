@@ -6,6 +6,15 @@ yields :class:`CodeBatch` ``(rows, x, codes)``: the batch's **global** cache row
 activations and its sparse codes (``codes.rows`` index the batch; ``rows[codes.rows]`` are
 global rows). :func:`collect_codes` joins a stream's entries. The feature summaries, the
 co-occurrence counts and the subgraph PCAs are its callers.
+
+Codes with reconstructions (as spliced: :func:`encode_reconstruct`, with Matryoshka prefix
+outputs) come from :func:`reconstruct_batches` over any batches (``x`` or transcoder ``(x, y)``
+pairs): :func:`saelab.evaluate.evaluate_sae` and the dark-matter window
+(:func:`saelab.darkmatter.info.encode_window`) are its callers.
+Two loops keep their own map on purpose, because it is not :func:`encode_reconstruct`'s and
+their numbers would change: the trainer's held-out metrics (``sae(x, y)``, the training
+objective's forward) and the dark-matter error targets (``sae.reconstruct`` with gradients on,
+whose sparse-path values can differ in the last bit).
 """
 
 from __future__ import annotations
@@ -52,6 +61,81 @@ def encode_sparse(sae: SAE, x: torch.Tensor, encoding: str = "eval") -> SparseCo
         return batch_topk(sae.pre_activations(xn), sae.cfg.k)
     finally:
         sae.train(was_training)
+
+
+class Reconstruction(NamedTuple):
+    codes: SparseCodes
+    output: torch.Tensor
+    """``sae.reconstruct(x)``, in the input's scale [B, d_out]."""
+    prefix_outputs: list[torch.Tensor] | None
+    """Matryoshka: reconstruction with the first g groups + b_dec, for g = 1..G."""
+
+
+@torch.no_grad()
+def encode_reconstruct(sae: SAE, x: torch.Tensor, prefixes: bool = False) -> Reconstruction:
+    """Codes and reconstruction of ``x`` exactly as :meth:`SAE.reconstruct` computes them.
+
+    Call with the SAE in eval mode. With ``prefixes`` and a Matryoshka SAE, also every nested
+    prefix's reconstruction (first g groups + b_dec), de-normalised the same way.
+    """
+    xn, mean, std = sae._normalize(x)
+    codes = sae.infer_codes(xn)
+
+    def denormalize(out: torch.Tensor) -> torch.Tensor:
+        # _normalize returns a mean and a std together, or neither.
+        return out * std + mean if mean is not None and std is not None else out
+
+    output = denormalize(sae.decode(codes))
+    prefix_outputs = None
+    prefix_contributions = getattr(sae, "prefix_contributions", None)
+    if prefixes and prefix_contributions is not None:
+        running = sae.b_dec.expand(x.shape[0], -1)
+        prefix_outputs = []
+        for contribution in prefix_contributions(codes):
+            running = running + contribution
+            prefix_outputs.append(denormalize(running))
+    return Reconstruction(codes, output, prefix_outputs)
+
+
+class ReconstructedBatch(NamedTuple):
+    """One batch of :func:`reconstruct_batches`."""
+
+    x: torch.Tensor
+    """[B, d_in] the SAE's input, float32 on the device."""
+    y: torch.Tensor
+    """[B, d_out] its target (``x`` itself for an SAE), float32 on the device."""
+    rec: Reconstruction
+
+
+def reconstruct_batches(
+    sae: SAE,
+    batches: Iterable,
+    *,
+    n_rows: int | None = None,
+    prefixes: bool = False,
+    device: str | torch.device | None = None,
+) -> Iterator[ReconstructedBatch]:
+    """:func:`encode_reconstruct` of each of ``batches`` (``x`` [B, d_in], or ``(x, y)`` pairs
+    for a transcoder), the first ``n_rows`` rows at most, moved to ``device`` (default: the
+    SAE's) as float32. Call with the SAE in eval mode; stops at the first empty batch."""
+    device = sae.device if device is None else device
+    seen = 0
+    for batch in batches:
+        x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if y is None:
+            if sae.cfg.is_transcoder:
+                raise ValueError("a transcoder needs (source, target) batches")
+            y = x
+        if n_rows is not None:
+            x, y = x[: n_rows - seen], y[: n_rows - seen]
+        if x.shape[0] == 0:
+            return
+        x = x.to(device, torch.float32)
+        y = y.to(device, torch.float32)
+        yield ReconstructedBatch(x, y, encode_reconstruct(sae, x, prefixes=prefixes))
+        seen += x.shape[0]
+        if n_rows is not None and seen >= n_rows:
+            return
 
 
 def drop_rows(codes: SparseCodes, drop: np.ndarray) -> SparseCodes:

@@ -24,12 +24,13 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelab.codes import reconstruct_batches
 from saelab.metrics import DEFAULT_FVU, FVUAccumulator, check_definition
 from saelab.runtime import write_json_atomic
 from saelab.saes.base import SAE, SparseCodes
@@ -41,40 +42,6 @@ log = logging.getLogger("saelab.evaluate")
 # =============================================================================================
 # Codes and reconstructions as spliced
 # =============================================================================================
-
-
-class Reconstruction(NamedTuple):
-    codes: SparseCodes
-    output: Tensor
-    """``sae.reconstruct(x)``, in the input's scale [B, d_out]."""
-    prefix_outputs: list[Tensor] | None
-    """Matryoshka: reconstruction with the first g groups + b_dec, for g = 1..G."""
-
-
-@torch.no_grad()
-def encode_reconstruct(sae: SAE, x: Tensor, prefixes: bool = False) -> Reconstruction:
-    """Codes and reconstruction of ``x`` exactly as :meth:`SAE.reconstruct` computes them.
-
-    Call with the SAE in eval mode. With ``prefixes`` and a Matryoshka SAE, also every nested
-    prefix's reconstruction (first g groups + b_dec), de-normalised the same way.
-    """
-    xn, mean, std = sae._normalize(x)
-    codes = sae.infer_codes(xn)
-
-    def denormalize(out: Tensor) -> Tensor:
-        # _normalize returns a mean and a std together, or neither.
-        return out * std + mean if mean is not None and std is not None else out
-
-    output = denormalize(sae.decode(codes))
-    prefix_outputs = None
-    prefix_contributions = getattr(sae, "prefix_contributions", None)
-    if prefixes and prefix_contributions is not None:
-        running = sae.b_dec.expand(x.shape[0], -1)
-        prefix_outputs = []
-        for contribution in prefix_contributions(codes):
-            running = running + contribution
-            prefix_outputs.append(denormalize(running))
-    return Reconstruction(codes, output, prefix_outputs)
 
 
 def concat_codes(parts: list[SparseCodes]) -> SparseCodes:
@@ -153,19 +120,9 @@ def evaluate_sae(
     cos_sum = ratio_sum = 0.0
     seen = 0
     try:
-        for batch in _iter_batches(reader_or_batches):
-            x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
-            if y is None:
-                if sae.cfg.is_transcoder:
-                    raise ValueError("a transcoder needs (source, target) batches")
-                y = x
-            if n_tokens is not None:
-                x, y = x[: n_tokens - seen], y[: n_tokens - seen]
-            if x.shape[0] == 0:
-                break
-            x = x.to(sae.device, torch.float32)
-            y = y.to(sae.device, torch.float32)
-            rec = encode_reconstruct(sae, x, prefixes=is_matryoshka)
+        for x, y, rec in reconstruct_batches(
+            sae, _iter_batches(reader_or_batches), n_rows=n_tokens, prefixes=is_matryoshka
+        ):
             fvu_acc.update(y, rec.output)
             if rec.prefix_outputs is not None:
                 if not prefix_accs:
@@ -178,8 +135,6 @@ def evaluate_sae(
             cos_sum += float(F.cosine_similarity(rec.output, y, dim=-1).sum())
             ratio_sum += float((rec.output.norm(dim=-1) / y.norm(dim=-1).clamp_min(1e-12)).sum())
             seen += x.shape[0]
-            if n_tokens is not None and seen >= n_tokens:
-                break
     finally:
         sae.train(was_training)
     if seen == 0:

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationReader, cache_manifest
+from saelab.codes import encode_sparse
 from saelab.metrics import FVUAccumulator
 from saelab.precision import resolve_precision
 from saelab.saes import SAE
@@ -184,7 +185,7 @@ def _count_firing(
             acts = dict(zip(sources, batch, strict=True))
             for name, sae in saes.items():
                 x = acts[sae_hooks(sae)[0]][: n_tokens - seen].to(sae.device, sae.W_enc.dtype)
-                fired[name][sae.encode(x).codes.latents] = True
+                fired[name][encode_sparse(sae, x).latents] = True
             seen += min(n_tokens - seen, next(iter(acts.values())).shape[0])
             if seen >= n_tokens:
                 break

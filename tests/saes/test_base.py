@@ -339,8 +339,8 @@ def test_aux_loss_reads_the_dead_set_after_this_batch(arch, loss, case):
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"])
 def test_streamed_inference_encode_equals_the_dense_one(monkeypatch, arch):
     """Wide SAEs stream blocks of encoder columns at inference; codes, reconstructions and
-    evaluate.encode_reconstruct are the same as from the whole [B, width] matrix."""
-    from saelab.evaluate import encode_reconstruct
+    codes.encode_reconstruct are the same as from the whole [B, width] matrix."""
+    from saelab.codes import encode_reconstruct
     from saelab.saes import base
 
     sae = trained(make(arch, width=32, k=3, normalize_input=arch == "relu"), seed=4)

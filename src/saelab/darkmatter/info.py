@@ -126,16 +126,17 @@ def encode_window(sae, x: np.ndarray, batch_size: int = 4096, device: str = "cpu
     import torch
     from tqdm.auto import tqdm
 
-    from saelab.evaluate import encode_reconstruct
+    from saelab.codes import reconstruct_batches
 
     sae.eval()
     x_hat = np.empty_like(x, dtype=np.float32)
     parts = []
-    for b in tqdm(range(0, len(x), batch_size), desc="encode", mininterval=1.0):
-        batch = torch.from_numpy(x[b : b + batch_size]).to(device, torch.float32)
-        with torch.no_grad():
-            rec = encode_reconstruct(sae, batch)
-        x_hat[b : b + batch_size] = rec.output.float().cpu().numpy()
+    starts = tqdm(range(0, len(x), batch_size), desc="encode", mininterval=1.0)
+    batches = (torch.from_numpy(x[b : b + batch_size]) for b in starts)
+    b = 0
+    for batch, _, rec in reconstruct_batches(sae, batches, device=device):
+        x_hat[b : b + len(batch)] = rec.output.float().cpu().numpy()
+        b += len(batch)
         codes = rec.codes
         codes = codes._replace(
             rows=codes.rows.cpu(), latents=codes.latents.cpu(), values=codes.values.cpu()
