@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from saelab.cache import HFActivationSource, build_cache  # noqa: E402
 from saelab.runtime import write_json_atomic  # noqa: E402
-from saelab.stream import ActivationStream, ModelProvider  # noqa: E402
+from saelab.stream import ActivationStream  # noqa: E402
+from saelab.stream_providers import ModelProvider  # noqa: E402
 from saelab.train import TrainConfig, build_saes, train_saes  # noqa: E402
 
 CTX = 128

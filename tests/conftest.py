@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from saelab.config import REPO_ROOT
 from saelab.models import train_bpe_tokenizer
+from saelab.schema import REPO_ROOT
 from saelab.toy import HierarchyConfig, compare_architectures
 from saelab.train import TrainConfig, build_saes, train_saes
 from tests.training.helpers import (

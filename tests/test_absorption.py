@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saelab.absorption import first_letter_absorption, single_word_tokens
+from saelab.absorption import first_letter_absorption
+from saelab.cache.words import single_word_tokens
 from saelab.saes import SAEConfig, build_sae
 from tests.evaluate_helpers import set_weights
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saelab.checks import load_config
-from saelab.config import REPO_ROOT, ConfigError, load_yaml
+from saelab.schema import REPO_ROOT, ConfigError, load_yaml
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 PRESETS = [
@@ -167,7 +167,7 @@ def test_typed_sections_read_as_the_validated_dicts():
     """Attribute access is typed and frozen; the mapping view is the schema-validated data."""
     import dataclasses
 
-    from saelab.config import deep_merge, validate_schema
+    from saelab.schema import deep_merge, validate_schema
 
     micro = REPO_ROOT / "tests" / "config" / "micro.yaml"
     raw = deep_merge({}, load_yaml(micro))
@@ -215,7 +215,7 @@ def test_toy_schema_is_the_library_defaults():
     import dataclasses
     import inspect
 
-    from saelab.config import section_defaults
+    from saelab.schema import section_defaults
     from saelab.toy import compare_architectures
     from saelab.toy.compare import RUN_KEYS, split_params
     from saelab.toy.hierarchy import HierarchyConfig
@@ -244,10 +244,10 @@ def test_darkmatter_views_are_built_from_the_section():
     library defaults are the schema's."""
     import dataclasses
 
-    from saelab.config import _schema
     from saelab.darkmatter.info import WindowConfig
     from saelab.darkmatter.noise import NoiseConfig
     from saelab.darkmatter.train_on_error import ErrorSAEConfig
+    from saelab.schema import _schema
 
     dm = load_config(REPO_ROOT / "tests" / "config" / "micro.yaml").darkmatter
     noise = dict(dm["noise"])
@@ -313,7 +313,7 @@ def test_schema_defaults_are_filled_as_snakemake_fills_them(configs, in_preset_s
 
     from snakemake.utils import validate  # noqa: TID251 - the reference the library is held to
 
-    from saelab.config import SCHEMA_PATH, deep_merge, validate_schema
+    from saelab.schema import SCHEMA_PATH, deep_merge, validate_schema
 
     raw: dict = {}
     for name in configs:

@@ -18,7 +18,6 @@ from saelab.cache import TLActivationSource, build_cache
 from saelab.ce import ce_recovered
 from saelab.checks import load_config
 from saelab.codes import encode_reconstruct, reconstruct_batches
-from saelab.config import REPO_ROOT
 from saelab.evaluate import (
     evaluate_sae,
     heldout_contexts,
@@ -27,6 +26,7 @@ from saelab.evaluate import (
 )
 from saelab.saes import SAEConfig, build_sae
 from saelab.saes.io import save_sae
+from saelab.schema import REPO_ROOT
 from saelab.sparsity import dead_per_group
 from tests.evaluate_helpers import identity_relu_sae, set_weights
 

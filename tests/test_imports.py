@@ -21,6 +21,7 @@ CONFIG_ALLOWED = {
     "saelab.hooks",
     "saelab.groups",
     "saelab.runtime",
+    "saelab.schema",
     "saelab.sections",
     "saelab.sections_darkmatter",
 }
@@ -138,3 +139,10 @@ def test_config_imports_no_science():
     for leaf in CONFIG_ALLOWED:
         extra = graph[leaf] - CONFIG_ALLOWED
         assert not extra, f"{leaf} must stay a leaf; it imports {sorted(extra)}"
+
+
+def test_no_module_is_over_400_lines():
+    """Issue 11's size rule: a module that grows past 400 lines is split along its seams."""
+    sizes = {name: len(path.read_text().splitlines()) for name, path in module_names().items()}
+    assert len(sizes) > 50
+    assert not {name: n for name, n in sizes.items() if n > 400}

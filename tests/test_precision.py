@@ -108,7 +108,7 @@ def test_explicit_settings_win_over_the_host(fake_cpuinfo, caplog):
 def test_bad_precision_is_a_clear_error_everywhere():
     from jsonschema import ValidationError, validate
 
-    from saelab.config import SCHEMA_PATH
+    from saelab.schema import SCHEMA_PATH
     from saelab.train import TrainConfig, TrainError
 
     with pytest.raises(PrecisionError, match=r"precision 'fp16' is not allowed; use one of"):

@@ -21,13 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.cache import TLActivationSource, build_cache
-from saelab.stream import (
-    ActivationStream,
-    CacheProvider,
-    ModelProvider,
-    StreamError,
-    training_contexts,
-)
+from saelab.stream import ActivationStream, StreamError, training_contexts
+from saelab.stream_providers import CacheProvider, ModelProvider
 from saelab.train import TrainConfig, build_saes, default_checkpoint_dir, train_saes
 
 HOOKS = ["blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre"]

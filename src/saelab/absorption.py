@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -13,31 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelab.cache.words import cached_word_activations, tokens_in_cache
+from saelab.cache.words import cached_word_activations, single_word_tokens, tokens_in_cache
 from saelab.codes import encode_reconstruct
 from saelab.evaluate import _compact, concat_codes
 from saelab.saes.base import SAE, SparseCodes
 
 log = logging.getLogger("saelab.absorption")
-
-
-def single_word_tokens(
-    tokenizer, token_ids: Iterable[int] | None = None, min_length: int = 2
-) -> dict[int, str]:
-    """Token ids that decode to one ASCII alphabetic word of ≥ ``min_length`` letters, with or
-    without one leading space (``" the"``, ``"The"``), mapped to the word. Special tokens are
-    skipped. ``token_ids`` restricts the search (e.g. to ids present in a corpus)."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    ids = range(len(tokenizer)) if token_ids is None else sorted({int(i) for i in token_ids})
-    words = {}
-    for i in ids:
-        if i in special:
-            continue
-        text = tokenizer.decode([i])
-        word = text[1:] if text.startswith(" ") else text
-        if len(word) >= min_length and word.isascii() and word.isalpha():
-            words[i] = word
-    return words
 
 
 class LetterAbsorption(NamedTuple):
@@ -185,7 +166,7 @@ def first_letter_absorption(
     What is computed:
 
     1. Tokens: rows of ``acts`` (the SAE's input hook) whose ``token_ids`` are in ``words``
-       (see :func:`single_word_tokens`), at most ``max_per_type`` random occurrences per token
+       (see :func:`saelab.cache.words.single_word_tokens`), at most ``max_per_type`` random occurrences per token
        type; label = the word's first letter, lower-cased. Word types are split per letter into
        train and test (``test_fraction`` of the types), unless ``test_mask`` is given. Letters
        with fewer than ``min_tokens_per_letter`` train or test tokens are dropped; with fewer

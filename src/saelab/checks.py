@@ -16,21 +16,18 @@ from typing import Any
 from saelab.config import (
     TYPED_SECTIONS,
     CacheConfig,
-    ConfigError,
     CorpusConfig,
     PipelineConfig,
     TinyConfig,
     check_core,
-    deep_merge,
     from_dict,
-    load_yaml,
     parse_run,
-    validate_schema,
 )
 from saelab.cooccurrence.settings import check_cooccurrence
 from saelab.darkmatter.settings import check_darkmatter
 from saelab.models import ModelError, ModelInfo, resolve_model
 from saelab.saes.settings import resolve_pretrained
+from saelab.schema import ConfigError, deep_merge, load_yaml, validate_schema
 from saelab.sweeps import expand_cache_hooks, expand_runs
 from saelab.trajectories.settings import resolve_trajectories
 

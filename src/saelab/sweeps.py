@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from saelab.config import ConfigError, SweepPoint, schema_defaults
+from saelab.config import SweepPoint
 from saelab.hooks import HookError, parse_hook
+from saelab.schema import ConfigError, schema_defaults
 
 #: ``resolve(name, spec, given, store) -> run spec`` of a released SAE (see :func:`expand_runs`).
 ResolvePretrained = Callable[[str, dict[str, Any], dict[str, Any], str], dict[str, Any]]
@@ -193,7 +194,11 @@ def _expand_release_family(
             raise ConfigError(f"sweeps.{sweep}.name: two points of the family are named {name!r}")
         run = {**base, "pretrained": {"release": release, "sae_id": sae_id}}
         fmt = {"layer": coords.get("layer"), "width": coords.get("width"), "k": coords.get("k")}
-        for field_name in ("hook", "target_hook", "group"):  # restated templates, checked on resolving
+        for field_name in (
+            "hook",
+            "target_hook",
+            "group",
+        ):  # restated templates, checked on resolving
             if isinstance(run.get(field_name), str):
                 run[field_name] = run[field_name].format(**fmt)
         if isinstance(coords.get("width"), int):

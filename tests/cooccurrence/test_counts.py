@@ -135,8 +135,8 @@ def test_counts_roundtrip(tmp_path):
 def test_speed_benchmark_script_agrees_with_dense_counts(cache, tmp_path, codes):
     import sys
 
-    from saelab.config import REPO_ROOT
     from saelab.saes.io import save_sae
+    from saelab.schema import REPO_ROOT
 
     out = tmp_path / "bench.json"
     args = [sys.executable, str(REPO_ROOT / "benchmarks" / "cooccurrence_speed.py"),

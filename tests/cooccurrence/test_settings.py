@@ -25,7 +25,7 @@ import pytest
 )
 def test_config_errors_name_the_key(section, message):
     from saelab.checks import load_config
-    from saelab.config import REPO_ROOT, ConfigError
+    from saelab.schema import REPO_ROOT, ConfigError
 
     with pytest.raises(ConfigError, match=message):
         load_config(REPO_ROOT / "config" / "config.yaml", overrides={"cooccurrence": section})
@@ -33,7 +33,7 @@ def test_config_errors_name_the_key(section, message):
 
 def test_default_config_section_is_valid():
     from saelab.checks import load_config
-    from saelab.config import REPO_ROOT
+    from saelab.schema import REPO_ROOT
 
     cfg = load_config(REPO_ROOT / "config" / "config.yaml")
     assert cfg.cooccurrence["saes"] == ["matryoshka", "batchtopk"]

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from saelab.checks import load_config
-from saelab.config import ConfigError
+from saelab.schema import ConfigError
 
 torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------ config
 def test_config_checks_name_the_key(tmp_path):
-    from saelab.config import REPO_ROOT
+    from saelab.schema import REPO_ROOT
 
     micro = REPO_ROOT / "tests" / "config" / "micro.yaml"
     with pytest.raises(ConfigError, match=r"darkmatter\.sweep"):
@@ -34,7 +34,7 @@ def test_config_checks_name_the_key(tmp_path):
 def test_darkmatter_choices_are_resolved_when_the_config_is_parsed(tmp_path):
     """The SAEs every dark-matter analysis reads, by hand from micro's 3 x 2 grid (fixed_k 8,
     fixed_width 64), and the checks that moved out of the rule files, each naming its key."""
-    from saelab.config import REPO_ROOT
+    from saelab.schema import REPO_ROOT
 
     micro = REPO_ROOT / "tests" / "config" / "micro.yaml"
     choices = load_config(micro).analyses["darkmatter"]
@@ -57,7 +57,7 @@ def test_darkmatter_choices_are_resolved_when_the_config_is_parsed(tmp_path):
     assert width_only.analyses["darkmatter"].pursuit_saes == choices.width_sweep
     import yaml
 
-    from saelab.config import load_yaml
+    from saelab.schema import load_yaml
 
     raw = load_yaml(micro)
     del raw["sweeps"]["darkmatter"]  # the default sweep name, undefined: the analysis is off

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from saelab.checks import load_config
-from saelab.config import REPO_ROOT
+from saelab.schema import REPO_ROOT
 from tests.conftest import SNAKEMAKE
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"

@@ -11,8 +11,8 @@ import pytest
 
 from saelab.budget import GB, model_shape
 from saelab.checks import load_config
-from saelab.config import REPO_ROOT
 from saelab.models import resolve_model
+from saelab.schema import REPO_ROOT
 from saelab.train import TrainConfig
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from saelab.cluster import ClusterSettingsError, check_slurm_settings, partition_file_names
-from saelab.config import REPO_ROOT
+from saelab.schema import REPO_ROOT
 from tests.conftest import MICRO, snakemake
 from tests.e2e.test_workflow import planned_jobs
 

@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from saelab.cache import ActivationReader, cache_manifest
-from saelab.config import REPO_ROOT
+from saelab.schema import REPO_ROOT
 from tests.conftest import MICRO, snakemake
 
 

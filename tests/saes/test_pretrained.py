@@ -14,7 +14,6 @@ import torch
 
 from saelab.ce import ce_recovered
 from saelab.checks import load_config
-from saelab.config import ConfigError
 from saelab.saes import SAEConfig, build_sae
 from saelab.saes.io import load_sae, save_sae
 from saelab.saes.pretrained import (
@@ -25,6 +24,7 @@ from saelab.saes.pretrained import (
     store_downloads,
     write_release_sae,
 )
+from saelab.schema import ConfigError
 from tests.saes.helpers_pretrained import MICRO, REPO, add_release, sae_lens, saelens_sae
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from saelab.checks import load_config
-from saelab.config import ConfigError
+from saelab.schema import ConfigError
 from tests.trajectories.helpers import REPO
 
 # ------------------------------------------------------------------ config checks

@@ -8,7 +8,7 @@ import sys
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from saelab.checks import parse_config
-from saelab.config import ConfigError
+from saelab.schema import ConfigError
 from saelab.figures import FIGURES, figure as figure_row
 from saelab.models import resolve_model
 

@@ -60,7 +60,26 @@ def _rank_within(values: np.ndarray) -> np.ndarray:
 
 
 def tokens_in_cache(cache_path: str | os.PathLike, hook: str, split: str = "heldout") -> Tensor:
-    """Distinct token ids of a cache split (to restrict :func:`saelab.absorption.single_word_tokens`)."""
+    """Distinct token ids of a cache split (to restrict :func:`single_word_tokens`)."""
     reader = ActivationReader(cache_path, hook, 1, split=split, shuffle=False)
     lo, hi = reader.row_range
     return torch.from_numpy(np.unique(np.asarray(reader.group["tokens"][lo:hi], dtype=np.int64)))
+
+
+def single_word_tokens(
+    tokenizer, token_ids: Iterable[int] | None = None, min_length: int = 2
+) -> dict[int, str]:
+    """Token ids that decode to one ASCII alphabetic word of ≥ ``min_length`` letters, with or
+    without one leading space (``" the"``, ``"The"``), mapped to the word. Special tokens are
+    skipped. ``token_ids`` restricts the search (e.g. to ids present in a corpus)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = range(len(tokenizer)) if token_ids is None else sorted({int(i) for i in token_ids})
+    words = {}
+    for i in ids:
+        if i in special:
+            continue
+        text = tokenizer.decode([i])
+        word = text[1:] if text.startswith(" ") else text
+        if len(word) >= min_length and word.isascii() and word.isalpha():
+            words[i] = word
+    return words

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from saelab.config import ConfigError, PipelineConfig
+from saelab.config import PipelineConfig
+from saelab.schema import ConfigError
 
 
 def check_cooccurrence(cfg: PipelineConfig) -> None:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 import zarr
 
-from saelab.config import section_defaults
 from saelab.runtime import atomic_dir, dataclass_from_section
+from saelab.schema import section_defaults
 
 #: Defaults of WindowConfig: the schema's ``darkmatter`` section, their one place.
 _DEFAULTS = section_defaults("darkmatter")

@@ -30,10 +30,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from saelab.config import section_defaults
 from saelab.darkmatter.regression import lstsq
 from saelab.metrics import fvu_element_global
 from saelab.runtime import dataclass_from_section
+from saelab.schema import section_defaults
 
 #: Defaults of NoiseConfig: the schema's ``darkmatter.noise`` section, their one place.
 _DEFAULTS = section_defaults("darkmatter", "noise")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from saelab.config import ConfigError, PipelineConfig, SweepPoint
+from saelab.config import PipelineConfig, SweepPoint
 from saelab.darkmatter.scaling import ScalingError, curve_points, pick_sae
+from saelab.schema import ConfigError
 from saelab.sections_darkmatter import DarkmatterSection
 
 #: Sections whose ``sae`` key picks the grid SAE they analyse (default: the fixed SAE).

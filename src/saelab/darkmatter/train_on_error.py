@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saelab.config import section_defaults
+from saelab.schema import section_defaults
 
 #: The two training targets, as the original names its runs.
 ERROR_TARGETS = ("linear", "nonlinear")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from saelab.config import ConfigError
 from saelab.saes.io import SAELoadError
 from saelab.saes.pretrained import resolve_release
+from saelab.schema import ConfigError
 
 #: What a released SAE's config may say besides ``pretrained``: where its activations are
 #: cached, and restated facts of the release (checked against it).

@@ -11,8 +11,8 @@ from typing import Any, cast
 
 import pandas as pd
 
-from saelab.config import section_defaults
 from saelab.runtime import dataclass_from_dict
+from saelab.schema import section_defaults
 from saelab.toy.absorption import AbsorptionResult, absorption_report
 from saelab.toy.hierarchy import HierarchyConfig, ToyHierarchy
 from saelab.toy.train import train_toy_sae

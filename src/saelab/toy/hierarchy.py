@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saelab.config import section_defaults
+from saelab.schema import section_defaults
 
 #: Defaults of HierarchyConfig: the schema's ``toy`` section, their one place.
 _DEFAULTS = section_defaults("toy")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, cast
 
-from saelab.config import section_defaults
 from saelab.precision import PrecisionError, check_precision
 from saelab.runtime import dataclass_from_dict
 from saelab.saes import SAE
+from saelab.schema import section_defaults
 from saelab.training.loop import LoopOptions, annealed_k
 
 

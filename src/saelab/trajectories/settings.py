@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from saelab.config import ConfigError, PipelineConfig
+from saelab.config import PipelineConfig
 from saelab.hooks import HookError, parse_hook
 from saelab.runtime import dataclass_from_dict
+from saelab.schema import ConfigError
 
 #: Sites an SAE of the analysis may read: resid_mid is the correct one (the attention output
 #: has just been added); resid_post reproduces the original, which had no resid_mid SAEs.
