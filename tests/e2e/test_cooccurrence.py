@@ -24,9 +24,9 @@ def test_micro_run_cooccurrence(micro_run):
     edge = pd.read_csv(analysis / "edge_thresholds.csv")
     assert set(edge["sae_name"]) >= {"matryoshka", "batchtopk"}
     assert edge["edge_threshold"].between(0, 1).all()
-    info = pd.read_csv(next(analysis.glob("matryoshka/node_info_tau*.csv")))
+    info = pd.read_csv(next(analysis.glob("*/matryoshka/node_info_tau*.csv")))
     assert len(info) == 256 and info["subgraph_size"].between(1, 256).all()
-    counts = load_counts(next(analysis.glob("matryoshka/counts_tau*.npz")))
+    counts = load_counts(next(analysis.glob("*/matryoshka/counts_tau*.npz")))
     assert counts.n_tokens > 1000
     assert (counts.counts.diagonal() == counts.firing_count).all()
     summary = json.loads(next(analysis.glob("summary_tau*.json")).read_text())
@@ -44,7 +44,7 @@ def test_micro_run_cooccurrence(micro_run):
 @pytest.mark.slow
 def test_micro_run_pca_of_every_subgraph_in_a_size_range(micro_run, tmp_path):
     import yaml
-    from conftest import MICRO, snakemake
+    from tests.conftest import MICRO, snakemake
 
     config = yaml.safe_load(MICRO.read_text())
     config["cooccurrence"]["pca"]["all_in_size_range"] = [2, 15]
