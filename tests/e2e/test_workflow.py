@@ -207,16 +207,16 @@ def test_micro_dag_end_to_end(micro_run):
                 tmp_path / f"data/analysis/evaluation/tiny/blocks.1.hook_resid_pre/{name}.json"
             ).read_text()
         )
-        assert 0 < evaluation["fvu"] < 0.9, (name, evaluation["fvu"])
+        assert 0 < evaluation["fvu_dim_centred"] < 0.9, (name, evaluation["fvu_dim_centred"])
         assert 0 <= evaluation["ce_recovered"]["ce_loss_score"] <= 1.05
     prefix = [
-        row["dim_centred"]
+        row["fvu_dim_centred"]
         for row in evaluation_of(tmp_path, "matryoshka")["matryoshka"]["prefix_fvu"]
     ]
     # After 80 steps the last groups are barely trained, so only the ends are compared.
     assert prefix[-1] < prefix[0], prefix
     transcoder = evaluation_of(tmp_path, "matryoshka-transcoder", "blocks.1.hook_resid_mid")
-    assert transcoder["fvu"] < 1
+    assert transcoder["fvu_dim_centred"] < 1
     for figure in ("training_curves", "l0_fvu_frontier", "matryoshka_prefix_fvu", "ce_recovered",
                    "toy_absorption"):  # fmt: skip
         assert (tmp_path / "plots/saes" / f"{figure}.png").stat().st_size > 10_000, figure
