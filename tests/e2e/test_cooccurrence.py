@@ -44,6 +44,7 @@ def test_micro_run_cooccurrence(micro_run):
 @pytest.mark.slow
 def test_micro_run_pca_of_every_subgraph_in_a_size_range(micro_run, tmp_path):
     import yaml
+
     from tests.conftest import MICRO, snakemake
 
     config = yaml.safe_load(MICRO.read_text())
