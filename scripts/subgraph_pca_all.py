@@ -5,7 +5,7 @@ folder; rule plot_pca_all draws them. One encoding pass over the cache serves ev
 import pandas as pd
 
 from saelab.cooccurrence.pca import pca_series, subgraph_pcas
-from saelab.cooccurrence.summary import subgraph_latents, subgraph_table
+from saelab.cooccurrence.summary import subgraphs_in_size_range
 from saelab.features import token_strings
 from saelab.models import load_tokenizer
 from saelab.runtime import atomic_dir, logged, savez_atomic, set_torch_threads
@@ -16,10 +16,8 @@ with logged(snakemake.log[0]) as log:
     opts = dict(snakemake.params.pca)
     node_info = pd.read_csv(snakemake.input.node_info)
     low, high = opts["all_in_size_range"]
-    table = subgraph_table(node_info)
-    chosen = table[(table["subgraph_size"] >= low) & (table["subgraph_size"] <= high)]
-    log.info("%d subgraphs of size %d..%d", len(chosen), low, high)
-    subgraphs = {int(i): subgraph_latents(node_info, int(i)) for i in chosen["subgraph_id"]}
+    subgraphs = subgraphs_in_size_range(node_info, (low, high))
+    log.info("%d subgraphs of size %d..%d", len(subgraphs), low, high)
     results = subgraph_pcas(
         load_sae(snakemake.input.sae), snakemake.input.cache, subgraphs,
         max_examples=opts["max_examples"], max_tokens=opts["max_tokens"],

@@ -15,7 +15,12 @@ from saelab.cooccurrence import (
 from saelab.cooccurrence.counts import (
     CooccurrenceCounts,
 )
-from saelab.cooccurrence.summary import choose_subgraph, group_index, group_statistics
+from saelab.cooccurrence.summary import (
+    choose_subgraph,
+    group_index,
+    group_statistics,
+    subgraphs_in_size_range,
+)
 
 # ------------------------------------------------------------------ summary statistics
 
@@ -72,3 +77,15 @@ def test_choose_subgraph():
     assert choose_subgraph(info, "auto", (10, 20)) == 1  # none in range: the largest, first id
     with pytest.raises(ValueError, match="does not exist"):
         choose_subgraph(info, 9)
+
+
+def test_subgraphs_in_size_range_by_hand():
+    # subgraph 0: latents {3, 1} (size 2); 1: {0} (size 1); 2: {4, 2, 5} (size 3)
+    node_info = pd.DataFrame({
+        "node_id": [0, 1, 2, 3, 4, 5], "subgraph_id": [1, 0, 2, 0, 2, 2],
+        "subgraph_size": [1, 2, 3, 2, 3, 3], "feature_activations": [5, 1, 1, 1, 1, 1],
+    })  # fmt: skip
+    chosen = subgraphs_in_size_range(node_info, (2, 3))
+    assert list(chosen) == [0, 2]
+    assert chosen[0].tolist() == [1, 3] and chosen[2].tolist() == [2, 4, 5]
+    assert subgraphs_in_size_range(node_info, (4, 9)) == {}

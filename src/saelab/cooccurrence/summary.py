@@ -198,3 +198,15 @@ def choose_subgraph(
 
 def subgraph_latents(node_info: pd.DataFrame, subgraph: int) -> np.ndarray:
     return np.sort(node_info.loc[node_info["subgraph_id"] == subgraph, "node_id"].to_numpy())
+
+
+def subgraphs_in_size_range(
+    node_info: pd.DataFrame, size_range: tuple[int, int]
+) -> dict[int, np.ndarray]:
+    """Every subgraph whose size lies in ``size_range`` (inclusive), by id (ascending), with its
+    latents (sorted): the subgraphs ``pca.all_in_size_range`` asks for."""
+    low, high = size_range
+    table = subgraph_table(node_info)
+    sizes = table["subgraph_size"]
+    chosen = table[(sizes >= low) & (sizes <= high)]["subgraph_id"]
+    return {int(i): subgraph_latents(node_info, int(i)) for i in chosen}
