@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install browser fonts slurm run test lint bench bench-cache bench-train bench-lm bench-cooccurrence bench-stream clean-venv
+.PHONY: install browser fonts slurm run readme-results test lint bench bench-cache bench-train bench-lm bench-cooccurrence bench-stream clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -20,6 +20,11 @@ install: $(VENV)/.installed
 
 run: install fonts
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+# The README's results tables, refreshed from this checkout's run (results/summary.md).
+readme-results: install
+	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) results/summary.md
+	$(PY) -m saelab.readme_results README.md results/summary.md
 
 # The feature-page and trajectory-graph tests open the HTML in real headless Chromium (Debian's).
 browser:

@@ -1,8 +1,11 @@
 """Rule summary: results/summary.md, the README's results tables from this run's outputs."""
 
 import json
+import os
 from pathlib import Path
 
+from saelab.models import configured_device
+from saelab.precision import probe_host
 from saelab.runtime import logged, write_text_atomic
 from saelab.summary import (
     cooccurrence_section,
@@ -34,9 +37,9 @@ with logged(snakemake.log[0]) as log:
         trajectories_section(by_prefix("traj_")),
     ]
     commit = git_commit(snakemake.params.repo)
-    text = render_summary(
-        sections, commit=commit, command=snakemake.params.command, model=snakemake.params.model
-    )
+    machine = f"{os.cpu_count()} cores, {probe_host(configured_device(snakemake.config)).summary()}"
+    text = render_summary(sections, commit=commit, command=snakemake.params.command,
+                          model=snakemake.params.model, machine=machine)  # fmt: skip
     write_text_atomic(text, snakemake.output.summary)
     log.info(
         "wrote %s (%d sections, commit %s)",

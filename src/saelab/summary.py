@@ -334,13 +334,16 @@ def git_commit(repo: str | Path) -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def render_summary(sections: Sequence[str], *, commit: str, command: str, model: str) -> str:
+def render_summary(
+    sections: Sequence[str], *, commit: str, command: str, model: str, machine: str | None = None
+) -> str:
     header = [
         "# saelab results summary",
         "",
         f"- model: `{model}`",
         f"- commit: `{commit}`",
         f"- command: `{command}`",
+        *([f"- machine: {machine}"] if machine else []),
         "- every number comes from this run's outputs; intervals are 95 % (bootstrap over "
         "contexts, or the fit's) or the row says why there is none",
     ]

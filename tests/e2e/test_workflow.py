@@ -258,9 +258,34 @@ def test_summary_of_the_micro_run_has_every_table_stamped(micro_run):
     law = next(r for r in text.splitlines() if "power law FVU = c + a·W^(−m)" in r)
     assert "delta method" in law or "3 widths leave the 3-parameter fit no degrees" in law, law
     assert "Fig 9" in text and "percentile bootstrap over contexts" in text
+    assert re.search(r"^- machine: \d+ cores, .*native bf16 on cpu: (yes|no)$", text, re.M)
     dark = text.split("## Dark matter")[1].split("## Co-occurrence")[0]
     for row in [r for r in dark.splitlines() if r.startswith("| ") and "quantity" not in r]:
         assert "[" in row or "no interval" in row, row
+
+
+@pytest.mark.slow
+def test_readme_tables_refresh_from_the_micro_run(micro_run, tmp_path):
+    """The one command that refreshes the README (`python -m saelab.readme_results`), on a copy
+    of the README and the micro run's summary: every block now holds that run's tables."""
+    import subprocess
+    import sys
+
+    from saelab.readme_results import BLOCK
+
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO_ROOT / "README.md").read_text())
+    summary = micro_run / "results" / "summary.md"
+    subprocess.run([sys.executable, "-m", "saelab.readme_results", str(readme), str(summary)],
+                   check=True)  # fmt: skip
+    blocks = {m["name"]: m["body"] for m in BLOCK.finditer(readme.read_text())}
+    summary_text = summary.read_text()
+    commit = re.search(r"commit: `([^`]+)`", summary_text)[1]
+    for name, body in blocks.items():
+        assert f"commit `{commit}`" in body.splitlines()[0], name
+        table = next(line for line in body.splitlines() if line.startswith("| "))
+        assert table in summary_text.split(f"## {name}\n", 1)[1], name
+    assert "| matryoshka-transcoder | matryoshka |" in blocks["SAEs"]
 
 
 def evaluation_of(workdir: Path, name: str, hook: str = "blocks.1.hook_resid_pre") -> dict:
