@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from saelab.cooccurrence.dashboards import load_unembedding, write_dashboards
+from saelab.cooccurrence.dashboards import write_dashboards
 from saelab.features import load_feature_summary
-from saelab.models import load_tokenizer
+from saelab.models import load_tokenizer, load_unembedding
 from saelab.runtime import atomic_dir, logged
 from saelab.saes.io import load_sae
 

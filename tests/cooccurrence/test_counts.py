@@ -112,6 +112,27 @@ def test_auto_method_picks_dense_for_dense_codes():
     assert choose_method(dense_rows, dense_latents, 100) == "dense"
 
 
+def test_codes_too_dense_for_either_method_stop_with_the_sae_and_its_l0(monkeypatch):
+    """An SAE firing nearly everywhere (the gpt2-small smoke run's one-step Matryoshka: L0
+    11,204 of 24,576, an hours-long sparse count and a 2.4 GB dense one) stops at once, named."""
+    import saelab.cooccurrence.counts as counts_module
+
+    n_rows, width, k = 50, 40, 30
+    rows = np.repeat(np.arange(n_rows), k)
+    latents = np.concatenate([np.random.default_rng(r).choice(width, k, replace=False)
+                              for r in range(n_rows)])  # fmt: skip
+    activity = SparseActivity(rows, latents, np.ones(len(rows), np.float32), n_rows, width)
+    # k² = 900 per token, 45,000 in all: under the real limit, so both methods count it
+    assert counts_from_activity(activity, 0.0, "sparse").counts[0, 0] > 0
+    monkeypatch.setattr(counts_module, "MAX_SPARSE_PRODUCTS", 40_000)
+    with pytest.raises(ValueError, match=r"SAE 'degenerate' at tau=0.0: .*mean L0 30 over 50 "
+                       r"tokens.*4.50e\+04 pair products.*cooccurrence.thresholds"):  # fmt: skip
+        counts_from_activity(activity, 0.0, "sparse", {"sae": "degenerate"})
+    # the dense method, where the firing latents fit, is not limited
+    dense = counts_from_activity(activity, 0.0, "dense", {"sae": "degenerate"})
+    assert dense.counts.nnz > 0
+
+
 def test_duplicate_entries_are_refused():
     with pytest.raises(ValueError, match="once"):
         pair_counts(np.array([0, 0]), np.array([1, 1]), 1, 2)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.cooccurrence.dashboards import load_unembedding, logit_effects, write_dashboards
+from saelab.cooccurrence.dashboards import logit_effects, write_dashboards
 from saelab.features import collect_feature_summary
 from tests.cooccurrence.helpers import identity_sae
 
@@ -44,20 +44,6 @@ def test_logit_effects_by_hand():
     assert effect.bottom_values[1, 0] == -3.0
     with pytest.raises(ValueError, match="residual"):
         logit_effects(torch.ones(1, 3), W_U)
-
-
-def test_load_unembedding_from_hf_and_tiny(tmp_path):
-    from safetensors.torch import save_file
-
-    (tmp_path / "hf").mkdir()
-    embed = torch.arange(12.0).reshape(4, 3)  # vocab 4, d 3, tied
-    save_file({"model.embed_tokens.weight": embed}, tmp_path / "hf" / "model.safetensors")
-    assert torch.equal(load_unembedding(tmp_path), embed.T)
-    (tmp_path / "tiny").mkdir()
-    save_file({"unembed.W_U": embed.T.contiguous()}, tmp_path / "tiny" / "model.safetensors")
-    assert torch.equal(load_unembedding(tmp_path), embed.T)
-    with pytest.raises(FileNotFoundError, match="prepare_model"):
-        load_unembedding(tmp_path / "nothing")
 
 
 def write_test_pages(cache, out: Path, single_page: Path | None = None) -> list[Path]:

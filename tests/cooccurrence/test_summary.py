@@ -77,6 +77,13 @@ def test_choose_subgraph():
     assert choose_subgraph(info, "auto", (10, 20)) == 1  # none in range: the largest, first id
     with pytest.raises(ValueError, match="does not exist"):
         choose_subgraph(info, 9)
+    # every latent alone (a threshold above every activation): the error names the threshold
+    # and the key that chooses it
+    alone = info.assign(subgraph_id=np.arange(8), subgraph_size=1, activity_threshold=10.0,
+                        feature_activations=[0, 0, 0, 0, 0, 0, 3, 0])  # fmt: skip
+    with pytest.raises(ValueError, match=r"singleton at activation threshold 10.0 \(1 of 8 latents "
+                       r"fire\).*cooccurrence.representative.threshold"):  # fmt: skip
+        choose_subgraph(alone, "auto", (2, 3))
 
 
 def test_subgraphs_in_size_range_by_hand():

@@ -20,6 +20,7 @@ from saelab.models import (
     load_model,
     load_prepared,
     load_tokenizer,
+    load_unembedding,
     prepare_model,
     prepared_model_info,
     read_manifest,
@@ -74,6 +75,9 @@ def test_hub_model_from_local_dir_matches_hf(case, small_tokenizer_dir, tmp_path
     assert Path(prepared.model_path) == hf_dir.resolve()
     with torch.no_grad():
         torch.testing.assert_close(load_prepared(model_dir)(tokens), logits, atol=0, rtol=0)
+    # The unembedding alone (the feature pages' logit effects) is TransformerLens's W_U: gpt2's
+    # tied transformer.wte, gemma's tied embed_tokens, read from model_path's safetensors.
+    torch.testing.assert_close(load_unembedding(model_dir), model.W_U, atol=1e-6, rtol=0)
 
 
 def test_tiny_save_load_roundtrip(trained_tiny):
@@ -109,8 +113,11 @@ def test_load_prepared_reads_the_manifest(trained_tiny, tmp_path):
     expected = load_model(resolve_model("tiny", tiny=TINY), model_dir)
     with torch.no_grad():
         torch.testing.assert_close(load_prepared(model_dir)(batch), expected(batch), atol=0, rtol=0)
+    assert torch.equal(load_unembedding(model_dir), expected.W_U)
     with pytest.raises(ModelError, match=r"not a prepared model directory.*manifest\.json"):
         prepared_model_info(tmp_path)
+    with pytest.raises(ModelError, match=r"not a prepared model directory"):
+        load_unembedding(tmp_path)
     (tmp_path / MANIFEST_NAME).write_text('{"model_id": "x", "source": "ftp", "tl_name": null}')
     with pytest.raises(ModelError, match=r"source 'ftp'.*allowed"):
         prepared_model_info(tmp_path)

@@ -39,6 +39,10 @@ METHODS = ("sparse", "dense", "auto")
 #: sgemm, measured on 2 CPU cores: ~20 ns against ~0.1 ns).
 SPARSE_COST_FACTOR = 128
 
+#: Above this many sparse pair products (Σ_t k_t², ~20 ns each: ~7 minutes) with no room for the
+#: dense method, the codes are not sparse codes: :func:`counts_from_activity` stops and says why.
+MAX_SPARSE_PRODUCTS = 2e10
+
 
 class CooccurrenceCounts(NamedTuple):
     """Counts of one SAE at one activation threshold."""
@@ -219,6 +223,27 @@ def choose_method(rows: np.ndarray, latents: np.ndarray, n_rows: int) -> str:
     return "dense" if dense_ok and sparse_cost > n_rows * float(n_firing) ** 2 else "sparse"
 
 
+def check_sparse_cost(rows: np.ndarray, latents: np.ndarray, n_rows: int, threshold: float,
+                      meta: dict) -> None:  # fmt: skip
+    """Stop before an O(N·k²) count that would run for hours: codes that dense mean an SAE that
+    is not sparse at this threshold (typically a BatchTopK inference threshold still near its
+    initial value after a few training steps)."""
+    per_row = np.bincount(rows, minlength=n_rows).astype(np.float64)
+    products = float((per_row**2).sum())
+    if products <= MAX_SPARSE_PRODUCTS:
+        return
+    n_firing = len(np.unique(latents))
+    raise ValueError(
+        f"co-occurrence of SAE {meta.get('sae') or '?'!r} at tau={threshold}: its codes have mean "
+        f"L0 {per_row.mean():.0f} over {n_rows} tokens ({n_firing} latents fire), i.e. "
+        f"{products:.2e} pair products (limit {MAX_SPARSE_PRODUCTS:.0e}, hours of work), and a "
+        f"dense {n_firing}x{n_firing} count matrix needs {4 * n_firing**2 / 2**30:.1f} GiB (limit "
+        "1 GiB). Codes this dense are not an SAE's sparse codes: train the SAE longer (a BatchTopK "
+        "inference threshold needs many steps of `threshold_ema`), raise the threshold "
+        "(`cooccurrence.thresholds`) or use `cooccurrence.encoding: train_batchtopk`."
+    )
+
+
 def dense_pair_counts_compact(
     rows: np.ndarray, latents: np.ndarray, n_rows: int, width: int
 ) -> sp.csr_matrix:
@@ -245,6 +270,7 @@ def counts_from_activity(
     if method == "auto":
         method = choose_method(rows, latents, activity.n_tokens)
     if method == "sparse":
+        check_sparse_cost(rows, latents, activity.n_tokens, threshold, meta or {})
         counts = pair_counts(rows, latents, activity.n_tokens, width)
     else:
         counts = dense_pair_counts_compact(rows, latents, activity.n_tokens, width)

@@ -30,40 +30,6 @@ class LogitEffect(NamedTuple):
     bottom_values: np.ndarray
 
 
-def load_unembedding(model_dir: str | os.PathLike) -> torch.Tensor:
-    """W_U [d_model, vocab] of a prepared model, reading only that tensor from safetensors.
-
-    The tiny model stores TransformerLens's ``unembed.W_U``; HF models ``lm_head.weight``
-    [vocab, d] or, with tied embeddings (gemma), ``model.embed_tokens.weight``.
-    """
-    from safetensors import safe_open
-
-    model_dir = Path(model_dir)
-    candidates = [
-        (model_dir / "tiny" / "model.safetensors", "unembed.W_U", False),
-        *[
-            (path, "lm_head.weight", True)
-            for path in sorted((model_dir / "hf").glob("*.safetensors"))
-        ],
-        *[
-            (path, name, True)
-            for path in sorted((model_dir / "hf").glob("*.safetensors"))
-            for name in ("model.embed_tokens.weight", "transformer.wte.weight", "wte.weight")
-        ],
-    ]
-    for path, name, transpose in candidates:
-        if not path.is_file():
-            continue
-        with safe_open(str(path), "pt") as handle:
-            if name in handle.keys():
-                weight = handle.get_tensor(name).float()
-                return weight.T if transpose else weight
-    raise FileNotFoundError(
-        f"no unembedding in {model_dir} (looked for tiny/model.safetensors:unembed.W_U and "
-        "hf/*.safetensors: lm_head.weight / embed_tokens); the rule `prepare_model` makes it"
-    )
-
-
 def logit_effects(W_dec_rows: torch.Tensor, W_U: torch.Tensor, n: int = 10) -> LogitEffect:
     """Top and bottom ``n`` tokens of W_dec_rows [m, d] @ W_U [d, vocab]."""
     if W_dec_rows.shape[1] != W_U.shape[0]:

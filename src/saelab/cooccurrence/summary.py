@@ -193,7 +193,20 @@ def choose_subgraph(
         return int(multi.sort_values("subgraph_size", ascending=False)["subgraph_id"].iloc[0])
     if giant is not None:
         return giant
-    raise ValueError("every latent is a singleton: there is no subgraph to analyse")
+    threshold = (
+        node_info["activity_threshold"].iloc[0] if "activity_threshold" in node_info else "?"
+    )
+    n_firing = (
+        int((node_info["feature_activations"] > 0).sum())
+        if "feature_activations" in node_info
+        else "?"
+    )
+    raise ValueError(
+        f"every latent is a singleton at activation threshold {threshold} ({n_firing} of "
+        f"{len(node_info)} latents fire): there is no subgraph to analyse; choose a threshold at "
+        "which latents co-occur (`cooccurrence.representative.threshold`, one of "
+        "`cooccurrence.thresholds`)"
+    )
 
 
 def subgraph_latents(node_info: pd.DataFrame, subgraph: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from saelab.models.load import (
     load_model,
     load_prepared,
     load_tiny_model,
+    load_unembedding,
     prepared_model_info,
 )
 from saelab.models.prepare import hub_unreachable_reason, prepare_model
@@ -86,6 +87,7 @@ __all__ = [
     "load_prepared",
     "load_tiny_model",
     "load_tokenizer",
+    "load_unembedding",
     "prepare_model",
     "prepared_model_info",
     "read_manifest",

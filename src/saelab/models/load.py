@@ -231,3 +231,37 @@ def load_prepared(
     """The model of a prepared directory (name, source, weights from its manifest), as
     :func:`load_model`: a ``HookedTransformer`` with unprocessed weights, in eval mode."""
     return load_model(prepared_model_info(model_dir), model_dir, device=device, dtype=dtype)
+
+
+#: Unembedding tensors of HF checkpoints, in the order they are looked for: ``[vocab, d]``
+#: ``lm_head.weight``, or with tied embeddings the input embedding (gemma, GPT-2).
+HF_UNEMBEDDING_NAMES = (
+    "lm_head.weight",
+    "model.embed_tokens.weight",
+    "transformer.wte.weight",
+    "wte.weight",
+)
+
+
+def load_unembedding(model_dir: str | Path) -> torch.Tensor:
+    """W_U [d_model, vocab] of a prepared model, reading only that tensor from safetensors:
+    the tiny model's ``unembed.W_U``, or an HF checkpoint's (``model_dir/hf``, or the
+    ``model_path`` a hub model's manifest names) first of :data:`HF_UNEMBEDDING_NAMES`."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    info = prepared_model_info(model_dir)
+    if info.source == "tiny":
+        candidates = [(model_dir / TINY_SUBDIR / TINY_WEIGHTS_NAME, "unembed.W_U", False)]
+    else:
+        files = sorted(_hf_weights_dir(info, model_dir).glob("*.safetensors"))
+        candidates = [(p, name, True) for name in HF_UNEMBEDDING_NAMES for p in files]
+    for path, name, transpose in candidates:
+        with safe_open(str(path), "pt") as handle:
+            if name in handle.keys():
+                weight = handle.get_tensor(name).float()
+                return weight.T if transpose else weight
+    raise ModelError(
+        f"no unembedding in the weights of {model_dir} (looked for "
+        f"{[name for _, name, _ in candidates][:4]} in {sorted({str(p) for p, _, _ in candidates})})"
+    )
