@@ -15,6 +15,7 @@ from saelab.plots.common import (
     log_ticks,
     readable_log_axis,
     save_figure,
+    ticks_at_values,
     token_font_families,
     write_plotly_html,
 )
@@ -56,6 +57,23 @@ def test_a_narrow_log_axis_gets_plain_labels_that_do_not_overlap(lo, hi):
         labels = assert_no_overlap(ax, which, draw=False)
         assert len(labels) >= 2, labels
         assert not any("times" in t or "×" in t or "^" in t for t in labels), labels
+    plt.close(fig)
+
+
+def test_a_width_axis_is_labelled_at_every_width_it_shows():
+    """Fig 3 and 11: SAE widths 256 … 4096 on a log axis, labelled at each width (1-2-5 ticks
+    left both ends bare), without overlap; too many values fall back to round ticks."""
+    import matplotlib.pyplot as plt
+
+    widths = [256, 512, 1024, 2048, 4096]
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(widths, [1, 2, 3, 4, 5])
+    ax.set_xscale("log")
+    ticks_at_values(ax, "x", widths + widths)
+    fig.canvas.draw()
+    assert assert_no_overlap(ax, "x", draw=False) == ["256", "512", "1024", "2048", "4096"]
+    ticks_at_values(ax, "x", [2**i for i in range(8, 16)])  # 8 values: round ticks instead
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["500", "1000", "2000"]  # axis 256-4096
     plt.close(fig)
 
 

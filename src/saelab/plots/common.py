@@ -165,6 +165,20 @@ def readable_log_axis(ax, which: str = "x", max_ticks: int = 6) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def ticks_at_values(ax, which: str, values, max_ticks: int = 6) -> None:
+    """Label a log axis at the data's own values (e.g. SAE widths 256 … 4096, which
+    :func:`log_ticks`' 1-2-5 ticks would leave unlabelled at both ends), when there are at most
+    ``max_ticks`` distinct ones; else :func:`readable_log_axis`."""
+    distinct = np.unique(np.asarray(values, dtype=float))
+    if not 2 <= len(distinct) <= max_ticks:
+        readable_log_axis(ax, which, max_ticks)
+        return
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(ticker.FixedLocator(distinct))  # pyright: ignore[reportArgumentType]
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _plain(value)))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def write_plotly_html(
     fig,
     path: str | os.PathLike,

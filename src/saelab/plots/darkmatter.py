@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from saelab.plots.common import readable_log_axis
+from saelab.plots.common import readable_log_axis, ticks_at_values
 
 #: Fig 7's labels of the norms (the original's, with its wrong one corrected).
 NORM_LABELS = {
@@ -116,7 +116,7 @@ def plot_scaling_breakdown(summary: dict[str, Any], series: dict[str, np.ndarray
     ax.set_title("Dark matter of SAEs: breakdown of FVU" + ("" if pursuit else " (no pursuit)"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     (x0, x1), (y0, y1) = breakdown_zoom(widths, series)
-    inset = ax.inset_axes((0.5, 0.6, 0.47, 0.36))
+    inset = ax.inset_axes((0.5, 0.55, 0.47, 0.36))  # room for its title below the frame
     _draw_breakdown(inset, series, widths, fvus, nonlinear_fvus, fit, summary["curve_k"],
                     labels=False)  # fmt: skip
     inset.set_xlim(x0, x1)
@@ -169,7 +169,7 @@ def _contour(ax, rows: list[dict], series, key: str, title: str):
     ax.scatter(widths, l0s, c="w", edgecolors="k", s=14)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    readable_log_axis(ax, "x", max_ticks=5)
+    ticks_at_values(ax, "x", widths)
     readable_log_axis(ax, "y", max_ticks=5)
     ax.set_xlabel("SAE width")
     ax.set_ylabel("L0")
