@@ -197,7 +197,7 @@ def choose_subgraph(
         node_info["activity_threshold"].iloc[0] if "activity_threshold" in node_info else "?"
     )
     n_firing = (
-        int((node_info["feature_activations"] > 0).sum())
+        int(np.count_nonzero(node_info["feature_activations"].to_numpy() > 0))
         if "feature_activations" in node_info
         else "?"
     )
