@@ -28,6 +28,31 @@ def test_frontier_at_the_issues_l0s_has_separate_x_labels():
     assert 2 <= len(labels) <= 6 and all(t.isdigit() for t in labels), labels
 
 
+def test_frontier_names_of_nearby_saes_do_not_collide():
+    """The default run's named SAEs: BatchTopK (30.8, 0.051) and Matryoshka (31.3, 0.055) sat
+    on top of each other ("matryoshka" over "batchtopk"); the second is moved below-left."""
+    points = [
+        {"name": n, "arch": a, "l0": l0, "fvu": f}
+        for n, a, l0, f in [("batchtopk", "batchtopk", 30.8, 0.051),
+                            ("matryoshka", "matryoshka", 31.3, 0.055),
+                            ("relu", "relu", 28.7, 0.129),
+                            ("matryoshka-transcoder", "matryoshka", 33.2, 0.205)]
+    ]  # fmt: skip
+    grid = [{"name": f"w{w}-k{k}", "width": w, "k": k, "l0": k * 0.98, "hook": "h",
+             "fvu": 1.8 / w**0.5 / k**0.2 + 0.05, "arch": "topk"}
+            for w in (256, 512, 1024, 2048, 4096) for k in (16, 32, 64)]  # fmt: skip
+    fig = plot_l0_fvu_frontier(points, "dim_centred", grid)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # pyright: ignore[reportAttributeAccessIssue]
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in fig.axes[0].texts
+             if not t.get_text().startswith("k = ")}  # fmt: skip
+    assert set(boxes) == {"batchtopk", "matryoshka", "relu", "matryoshka-transcoder"}
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+
+
 # ------------------------------------------------------------------ SAE figures
 def test_training_curves_say_which_fvu_and_keep_token_ticks_apart():
     logs = {

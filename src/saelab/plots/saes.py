@@ -98,13 +98,16 @@ def plot_l0_fvu_frontier(
             ax.annotate(f"k = {g['k']}", (g["l0"], g["fvu"]), fontsize=7, color=colours[-1],
                         xytext=(0, -11), textcoords="offset points", ha="center")  # fmt: skip
     seen = set()
-    for point in sorted(points, key=lambda p: p["l0"]):
+    ordered = sorted(points, key=lambda p: p["l0"])
+    for point, left in zip(ordered, _crowded(ordered, grid), strict=True):
         arch = point["arch"]
         ax.scatter(point["l0"], point["fvu"], color=_colour(arch), s=55, edgecolor="k",
                    zorder=3, label=None if arch in seen else arch)  # fmt: skip
         seen.add(arch)
+        # a point close to an earlier one is labelled below-left, so the two names do not collide
         ax.annotate(point["name"], (point["l0"], point["fvu"]), fontsize=7,
-                    xytext=(5, 3), textcoords="offset points")  # fmt: skip
+                    xytext=(-5, -10) if left else (5, 3), ha="right" if left else "left",
+                    textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     readable_log_axis(ax, "x")
     ax.set_xlabel("mean L0 (held-out)")
@@ -148,6 +151,26 @@ def _short_hook(hook: str) -> str:
     return hook.replace("blocks.", "L").replace(".hook_", " ").replace("hook_", "")
 
 
+def _crowded(points: Sequence[Mapping], grid: Sequence[Mapping]) -> list[bool]:
+    """For each point (in order), whether it lies within 6 % of the y range and 8 % of the log-x
+    range of an earlier point that kept its label at the default place."""
+    everything = [*points, *grid]
+    if not points:
+        return []
+    ys = [p["fvu"] for p in everything]
+    xs = [np.log(max(p["l0"], 1e-9)) for p in everything]
+    dy, dx = (max(ys) - min(ys)) or 1.0, (max(xs) - min(xs)) or 1.0
+    placed: list[tuple[float, float]] = []
+    crowded = []
+    for p in points:
+        x, y = np.log(max(p["l0"], 1e-9)), p["fvu"]
+        near = any(abs(x - px) < 0.08 * dx and abs(y - py) < 0.06 * dy for px, py in placed)
+        crowded.append(near)
+        if not near:
+            placed.append((x, y))
+    return crowded
+
+
 def plot_ce_recovered(rows: Sequence[Mapping]) -> Figure:
     """Bars of CE loss recovered (vs zero and vs mean ablation) and KL per SAE.
 
@@ -179,7 +202,9 @@ def plot_ce_recovered(rows: Sequence[Mapping]) -> Figure:
            capsize=3)  # fmt: skip
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_ylabel("fraction of CE loss recovered")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(
+        fontsize=8, loc="best"
+    )  # negative bars (a transcoder with BOS spliced) fill the bottom
     ax.set_title("CE loss recovered (baseline: ablating the spliced hook; bars: bootstrap 95 %)",
                  fontsize=10, pad=24)  # fmt: skip
     ax_kl.bar(positions, [r["kl"] for r in rows], color=colours,
