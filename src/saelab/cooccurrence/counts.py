@@ -39,6 +39,9 @@ METHODS = ("sparse", "dense", "auto")
 #: sgemm, measured on 2 CPU cores: ~20 ns against ~0.1 ns).
 SPARSE_COST_FACTOR = 128
 
+#: The dense method's U×U float32 accumulator may take at most this many bytes.
+DENSE_MAX_BYTES = 2**30
+
 #: Above this many sparse pair products (Σ_t k_t², ~20 ns each: ~7 minutes) with no room for the
 #: dense method, the codes are not sparse codes: :func:`counts_from_activity` stops and says why.
 MAX_SPARSE_PRODUCTS = 2e10
@@ -213,13 +216,18 @@ class SparseActivity(NamedTuple):
     width: int
 
 
+def pair_products(rows: np.ndarray, n_rows: int) -> float:
+    """Σ_t k_t²: the pair products a sparse count makes (k_t = entries of token t)."""
+    per_row = np.bincount(rows, minlength=n_rows).astype(np.float64)
+    return float((per_row**2).sum())
+
+
 def choose_method(rows: np.ndarray, latents: np.ndarray, n_rows: int) -> str:
     """``dense`` when Σ_t k_t² (sparse products) costs more than N·U² dense multiply-adds over
     the U latents that fire, and U×U fits in 1 GiB of float32; else ``sparse``."""
-    per_row = np.bincount(rows, minlength=n_rows).astype(np.float64)
     n_firing = len(np.unique(latents))
-    dense_ok = n_firing**2 * 4 <= 2**30
-    sparse_cost = SPARSE_COST_FACTOR * float((per_row**2).sum())
+    dense_ok = n_firing**2 * 4 <= DENSE_MAX_BYTES
+    sparse_cost = SPARSE_COST_FACTOR * pair_products(rows, n_rows)
     return "dense" if dense_ok and sparse_cost > n_rows * float(n_firing) ** 2 else "sparse"
 
 
@@ -228,17 +236,18 @@ def check_sparse_cost(rows: np.ndarray, latents: np.ndarray, n_rows: int, thresh
     """Stop before an O(N·k²) count that would run for hours: codes that dense mean an SAE that
     is not sparse at this threshold (typically a BatchTopK inference threshold still near its
     initial value after a few training steps)."""
-    per_row = np.bincount(rows, minlength=n_rows).astype(np.float64)
-    products = float((per_row**2).sum())
+    products = pair_products(rows, n_rows)
     if products <= MAX_SPARSE_PRODUCTS:
         return
     n_firing = len(np.unique(latents))
+    mean_l0 = len(rows) / max(n_rows, 1)
     raise ValueError(
         f"co-occurrence of SAE {meta.get('sae') or '?'!r} at tau={threshold}: its codes have mean "
-        f"L0 {per_row.mean():.0f} over {n_rows} tokens ({n_firing} latents fire), i.e. "
+        f"L0 {mean_l0:.0f} over {n_rows} tokens ({n_firing} latents fire), i.e. "
         f"{products:.2e} pair products (limit {MAX_SPARSE_PRODUCTS:.0e}, hours of work), and a "
         f"dense {n_firing}x{n_firing} count matrix needs {4 * n_firing**2 / 2**30:.1f} GiB (limit "
-        "1 GiB). Codes this dense are not an SAE's sparse codes: train the SAE longer (a BatchTopK "
+        f"{DENSE_MAX_BYTES / 2**30:g} GiB). Codes this dense are not an SAE's sparse codes: "
+        "train the SAE longer (a BatchTopK "
         "inference threshold needs many steps of `threshold_ema`), raise the threshold "
         "(`cooccurrence.thresholds`) or use `cooccurrence.encoding: train_batchtopk`."
     )

@@ -159,7 +159,11 @@ def readable_log_axis(ax, which: str = "x", max_ticks: int = 6) -> None:
     axis = ax.xaxis if which == "x" else ax.yaxis
     lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
     # FixedLocator takes any array (np.asarray inside); its stub says Sequence[float]
-    locs = log_ticks(lo, hi, max_ticks)
+    _fixed_plain_ticks(axis, log_ticks(lo, hi, max_ticks))
+
+
+def _fixed_plain_ticks(axis, locs: np.ndarray) -> None:
+    """Major ticks at ``locs`` with plain labels (:func:`_plain`), minor ticks unlabelled."""
     axis.set_major_locator(ticker.FixedLocator(locs))  # pyright: ignore[reportArgumentType]
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _plain(value)))
     axis.set_minor_formatter(ticker.NullFormatter())
@@ -173,10 +177,7 @@ def ticks_at_values(ax, which: str, values, max_ticks: int = 6) -> None:
     if not 2 <= len(distinct) <= max_ticks:
         readable_log_axis(ax, which, max_ticks)
         return
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(ticker.FixedLocator(distinct))  # pyright: ignore[reportArgumentType]
-    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _plain(value)))
-    axis.set_minor_formatter(ticker.NullFormatter())
+    _fixed_plain_ticks(ax.xaxis if which == "x" else ax.yaxis, distinct)
 
 
 def write_plotly_html(

@@ -202,9 +202,8 @@ def plot_ce_recovered(rows: Sequence[Mapping]) -> Figure:
            capsize=3)  # fmt: skip
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_ylabel("fraction of CE loss recovered")
-    ax.legend(
-        fontsize=8, loc="best"
-    )  # negative bars (a transcoder with BOS spliced) fill the bottom
+    # "best": negative bars (a transcoder with BOS spliced) can fill the bottom
+    ax.legend(fontsize=8, loc="best")
     ax.set_title("CE loss recovered (baseline: ablating the spliced hook; bars: bootstrap 95 %)",
                  fontsize=10, pad=24)  # fmt: skip
     ax_kl.bar(positions, [r["kl"] for r in rows], color=colours,
