@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from saelab.readme_results import BLOCK, main, refresh_readme, summary_sections
+from saelab.readme_results import BLOCK, main, refresh_readme
 from saelab.schema import REPO_ROOT
+from saelab.summary import STAMP_KEYS, parse_summary, render_summary
 
 SUMMARY = """# saelab results summary
 
@@ -51,8 +52,20 @@ end
 """
 
 
+def test_parse_summary_reads_back_what_render_summary_wrote():
+    """The stamp and the sections survive a round trip through the one format definition."""
+    page = render_summary(["## A\n\n| x |\n|---|\n| 1 |", "", "## B c\n\ntext"], commit="abc",
+                          command="make run", model="m", machine="2 cores")  # fmt: skip
+    stamp, sections = parse_summary(page)
+    assert list(stamp) == list(STAMP_KEYS)
+    assert stamp == {"model": "`m`", "commit": "`abc`", "command": "`make run`",
+                     "machine": "2 cores"}  # fmt: skip
+    assert sections == {"A": "| x |\n|---|\n| 1 |", "B c": "text"}
+    assert "machine" not in parse_summary(render_summary([], commit="a", command="c", model="m"))[0]
+
+
 def test_summary_sections_reads_the_stamp_and_each_section():
-    stamp, sections = summary_sections(SUMMARY)
+    stamp, sections = parse_summary(SUMMARY)
     assert stamp["commit"] == "`0123456789abcdef0123456789abcdef01234567`"
     assert stamp["machine"].startswith("2 cores")
     assert list(sections) == ["SAEs", "Dark matter"]

@@ -21,36 +21,21 @@ import sys
 from pathlib import Path
 
 from saelab.runtime import write_text_atomic
+from saelab.summary import STAMP_KEYS, parse_summary
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)",
                    re.S)  # fmt: skip
-STAMP_KEYS = ("model", "commit", "command", "machine")
-
-
-def summary_sections(summary: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(stamp, sections) of a summary page: the ``- key: value`` lines of its header, and the
-    body of every ``## name`` section (heading removed, surrounding blank lines stripped)."""
-    head, *parts = re.split(r"^## ", summary, flags=re.M)
-    stamp = {}
-    for line in head.splitlines():
-        m = re.match(r"- (\w+): (.*)$", line)
-        if m and m[1] in STAMP_KEYS:
-            stamp[m[1]] = m[2]
-    sections = {}
-    for part in parts:
-        name, _, body = part.partition("\n")
-        sections[name.strip()] = body.strip("\n")
-    return stamp, sections
 
 
 def stamp_line(stamp: dict[str, str]) -> str:
+    """The line naming the run above each refreshed README block."""
     fields = [f"{key} {stamp[key]}" for key in STAMP_KEYS if key in stamp]
     return "_From `results/summary.md` of a run: " + "; ".join(fields) + "._"
 
 
 def refresh_readme(readme: str, summary: str) -> str:
     """``readme`` with every marked block replaced by the summary's section of that name."""
-    stamp, sections = summary_sections(summary)
+    stamp, sections = parse_summary(summary)
     names = [m["name"] for m in BLOCK.finditer(readme)]
     if not names:
         raise ValueError("the README has no '<!-- results:NAME -->' ... "

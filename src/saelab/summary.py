@@ -10,6 +10,7 @@ analysis rules write (no Snakemake here); :func:`render_summary` joins the secti
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -334,18 +335,40 @@ def git_commit(repo: str | Path) -> str:
     return head + ("-dirty" if dirty else "")
 
 
+#: The header lines that name a run, in order: :func:`render_summary` writes them and
+#: :func:`parse_summary` reads them back (``saelab.readme_results`` stamps README blocks).
+STAMP_KEYS = ("model", "commit", "command", "machine")
+SUMMARY_TITLE = "# saelab results summary"
+
+
 def render_summary(
     sections: Sequence[str], *, commit: str, command: str, model: str, machine: str | None = None
 ) -> str:
+    stamp = {"model": f"`{model}`", "commit": f"`{commit}`", "command": f"`{command}`",
+             "machine": machine}  # fmt: skip
     header = [
-        "# saelab results summary",
+        SUMMARY_TITLE,
         "",
-        f"- model: `{model}`",
-        f"- commit: `{commit}`",
-        f"- command: `{command}`",
-        *([f"- machine: {machine}"] if machine else []),
+        *(f"- {key}: {stamp[key]}" for key in STAMP_KEYS if stamp[key]),
         "- every number comes from this run's outputs; intervals are 95 % (bootstrap over "
         "contexts, or the fit's) or the row says why there is none",
     ]
     body = [s for s in sections if s]
     return "\n\n".join(["\n".join(header), *body]) + "\n"
+
+
+def parse_summary(summary: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(stamp, sections) of a page :func:`render_summary` wrote: the :data:`STAMP_KEYS` lines
+    of its header, and the body of every ``## name`` section (heading removed, surrounding
+    blank lines stripped)."""
+    head, *parts = re.split(r"^## ", summary, flags=re.M)
+    stamp = {}
+    for line in head.splitlines():
+        m = re.match(r"- (\w+): (.*)$", line)
+        if m and m[1] in STAMP_KEYS:
+            stamp[m[1]] = m[2]
+    sections = {}
+    for part in parts:
+        name, _, body = part.partition("\n")
+        sections[name.strip()] = body.strip("\n")
+    return stamp, sections
