@@ -17,6 +17,7 @@ from saelab.models.splice import (
     masked_ce_sums,
     replace_hook,
     resume_layer,
+    row_logsumexp,
     token_losses,
 )
 
@@ -122,3 +123,23 @@ def test_masked_ce_sums_and_token_losses_equal_cross_entropy_of_the_forward():
     losses = token_losses(model, tokens, batch_size=3)
     assert np.isnan(losses[:, -1]).all()
     np.testing.assert_allclose(losses[:, :-1], per_token.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_logsumexp_and_next_token_ce_equal_torch_over_whole_rows(dtype):
+    """Chunked logsumexp (more rows than one chunk, a non-contiguous [B, T-1, V] view, bf16
+    logits) equals torch.logsumexp of the float32 logits; next_token_ce equals F.cross_entropy."""
+    from saelab.models.splice import PREDICTIONS_PER_CHUNK, next_token_ce
+
+    g = torch.Generator().manual_seed(7)
+    logits = (5 * torch.randn(3, 2 * PREDICTIONS_PER_CHUNK + 5, 300, generator=g)).to(dtype)
+    view = logits[:, :-1]
+    assert not view.is_contiguous()
+    expected = torch.logsumexp(view.float(), dim=-1)
+    torch.testing.assert_close(row_logsumexp(view), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(row_logsumexp(view[0]), expected[0], rtol=0, atol=1e-5)
+    targets = torch.randint(0, 300, view.shape[:2], generator=g)
+    ce = next_token_ce(view, targets)
+    reference = F.cross_entropy(view.float().transpose(1, 2), targets, reduction="none")
+    assert ce.dtype == torch.float32
+    torch.testing.assert_close(ce, reference, rtol=1e-6, atol=1e-5)
