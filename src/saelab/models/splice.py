@@ -189,7 +189,7 @@ def token_losses(model, tokens, batch_size: int = 4) -> np.ndarray:
     with torch.inference_mode():
         for b in tqdm(range(0, len(tokens), batch_size), desc="token loss", mininterval=1.0):
             batch = tokens[b : b + batch_size]
-            logits = model(batch, return_type="logits")[:, :-1]  # CE in float32 (bf16 too)
+            logits = FromLayer(model, batch, 0).logits([])[:, :-1]  # CE in float32 (bf16 too)
             loss = next_token_ce(logits, batch[:, 1:])
             out[b : b + len(batch), :-1] = loss.cpu().numpy()
     return out
