@@ -175,7 +175,7 @@ def masked_ce_sums(
     totals = torch.zeros(loss_mask.shape[0], dtype=torch.float64)
     for lo in range(0, len(b), chunk):
         bb, pp = b[lo : lo + chunk], p[lo : lo + chunk]
-        logits = final_logits(model, final_resid[bb, pp], direct=True).float()
+        logits = final_logits(model, final_resid[bb, pp], direct=True)  # CE in float32
         losses = next_token_ce(logits, tokens[bb, pp + 1]).double()
         totals.index_add_(0, bb.cpu(), losses.cpu())
     return totals.numpy(), loss_mask.sum(dim=1).double().cpu().numpy()
