@@ -154,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sae-lens-hook", default="blocks.6.hook_resid_pre")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
+    parser.add_argument("--system-malloc", action="store_true",
+                   help="the C library's default heap instead of saelab's jobs' freed-memory reuse")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="corpus shuffle seed")
     parser.add_argument(
         "--tmp-dir",
@@ -614,7 +616,9 @@ def versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
+    from saelab.runtime import configure_torch, heap_summary
+
+    print(heap_summary(configure_torch(args.threads, reuse_memory=not args.system_malloc)))
     if args.checksum_only:
         tmp = Path(tempfile.mkdtemp(prefix="saelab-bench-", dir=args.tmp_dir))
         try:

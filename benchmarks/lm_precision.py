@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO / "src"))
 from saelab.ce import ce_recovered  # noqa: E402
 from saelab.models.splice import token_losses  # noqa: E402
 from saelab.precision import probe_host, resolve_precision  # noqa: E402
+from saelab.runtime import configure_torch, heap_summary  # noqa: E402
 from saelab.saes import SAEConfig, build_sae  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -64,10 +65,12 @@ def main(argv=None) -> int:
     p.add_argument("--context-len", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--system-malloc", action="store_true",
+                   help="the C library's default heap instead of saelab's jobs' freed-memory reuse")  # fmt: skip
     p.add_argument("--matmul-n", type=int, default=1024)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    print(heap_summary(configure_torch(args.threads, reuse_memory=not args.system_malloc)))
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 

@@ -39,7 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from saelab.cache import HFActivationSource, build_cache  # noqa: E402
-from saelab.runtime import write_json_atomic  # noqa: E402
+from saelab.runtime import (  # noqa: E402
+    configure_torch,
+    heap_summary,
+    write_json_atomic,
+)
 from saelab.stream import ActivationStream  # noqa: E402
 from saelab.stream_providers import ModelProvider  # noqa: E402
 from saelab.train import TrainConfig, build_saes, train_saes  # noqa: E402
@@ -95,9 +99,11 @@ def main() -> int:
     parser.add_argument("--layer", type=int, default=4, help="hooked block (resid_post)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--system-malloc", action="store_true",
+                   help="the C library's default heap instead of saelab's jobs' freed-memory reuse")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    print(heap_summary(configure_torch(args.threads, reuse_memory=not args.system_malloc)))
 
     hook = f"blocks.{args.layer}.hook_resid_post"
     model = gpt2(args.layer + 1)

@@ -64,6 +64,7 @@ GEMMA_D = 640  # gemma-3-270m d_model
 
 sys.path.insert(0, str(REPO / "src"))
 from saelab.precision import probe_host, resolve_precision  # noqa: E402
+from saelab.runtime import configure_torch, heap_summary  # noqa: E402
 from saelab.saes import SAEConfig, build_sae  # noqa: E402
 from saelab.training.loop import make_adam  # noqa: E402
 
@@ -321,6 +322,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1, help="timed steps per method per round")
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--system-malloc", action="store_true",
+                   help="the C library's default heap instead of saelab's jobs' freed-memory reuse")  # fmt: skip
     p.add_argument("--dead-fraction", type=float, default=0.0,
                    help="latents marked dead at the start (aux loss on), both libraries")  # fmt: skip
     p.add_argument("--adam-foreach", action="store_true",
@@ -332,7 +335,7 @@ def main(argv=None) -> int:
                    help="encoder GEMM dtype (saelab) and autocast (SAE-Lens); auto: this host's")  # fmt: skip
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    print(heap_summary(configure_torch(args.threads, reuse_memory=not args.system_malloc)))
     torch.manual_seed(0)
     args.precision = resolve_precision(args.precision, "cpu")
     host = probe_host("cpu")

@@ -5,10 +5,10 @@ from saelab.config import CacheConfig
 from saelab.data import load_tokens
 from saelab.models import configured_device, prepared_model_info
 from saelab.precision import model_precision
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     spec = snakemake.params.model
     cache = CacheConfig(**snakemake.params.cache)
     info = prepared_model_info(snakemake.input.model_dir)

@@ -8,11 +8,11 @@ from saelab.ce import ce_recovered
 from saelab.evaluate import heldout_contexts, write_metrics
 from saelab.models import configured_device, load_prepared
 from saelab.precision import model_precision
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = dict(snakemake.params.eval)  # defaults filled by config/schema.yaml
     spec = snakemake.params.model
     device = configured_device(snakemake.config)

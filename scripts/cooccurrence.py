@@ -4,11 +4,11 @@ import time
 
 from saelab.cooccurrence import save_counts
 from saelab.cooccurrence.collect import cooccurrence_from_cache
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = dict(snakemake.params.cooc)  # defaults filled by config/schema.yaml
     name = snakemake.wildcards.sae
     sae = load_sae(snakemake.input.sae)

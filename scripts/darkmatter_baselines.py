@@ -13,11 +13,11 @@ from saelab.darkmatter.info import WindowConfig, compute_sae_info, load_sae_info
 from saelab.darkmatter.norms import baseline_r2, losses_for_rows
 from saelab.darkmatter.regression import shuffled_split
 from saelab.models import configured_device
-from saelab.runtime import logged, set_torch_threads, write_json_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.baselines
     device = configured_device(snakemake.config)
     window = WindowConfig.from_section(opts["window"])

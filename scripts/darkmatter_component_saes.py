@@ -1,11 +1,11 @@
 """Rule darkmatter_component_saes: TopK SAEs on the hooks of the other components (Fig 10b)."""
 
 from saelab.cache import cache_manifest
-from saelab.runtime import atomic_dir, logged, set_torch_threads
+from saelab.runtime import atomic_dir, configure_torch, logged
 from saelab.train import TrainConfig, build_saes, train_saes
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     cache = snakemake.input.cache
     specs = snakemake.params.train["saes"]
     cfg = TrainConfig.from_dict(dict(snakemake.params.train["train"]))

@@ -7,11 +7,11 @@ from saelab.cache import open_cache
 from saelab.darkmatter.components import components_record
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.regression import load_regression
-from saelab.runtime import logged, set_torch_threads, write_json_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.components
     for label, reason in opts["skipped"].items():
         log.warning("predictor %s skipped: %s", label, reason)

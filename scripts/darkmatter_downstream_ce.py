@@ -11,10 +11,10 @@ from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.regression import load_regression
 from saelab.models import configured_device, load_prepared
 from saelab.precision import model_precision
-from saelab.runtime import logged, set_torch_threads, write_json_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.downstream
     spec = opts["model"]
     device = configured_device(snakemake.config)

@@ -2,11 +2,11 @@
 
 from saelab.darkmatter.info import WindowConfig, compute_sae_info, write_sae_info
 from saelab.models import configured_device
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     device = configured_device(snakemake.config)
     window = WindowConfig.from_section(snakemake.params.window)
     sae = load_sae(snakemake.input.sae, device=device)

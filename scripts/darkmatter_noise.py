@@ -2,11 +2,11 @@
 
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.noise import NoiseConfig, correlation_table, simulate_sae, table_csv
-from saelab.runtime import logged, set_torch_threads, write_json_atomic, write_text_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic, write_text_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     cfg = NoiseConfig.from_section(snakemake.params.noise)
     info = load_sae_info(snakemake.input.info)
     sae = load_sae(snakemake.input.sae).eval()

@@ -2,11 +2,11 @@
 
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.pursuit import run_pursuit
-from saelab.runtime import logged, set_torch_threads, write_json_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.pursuit
     sae = load_sae(snakemake.input.sae)
     info = load_sae_info(snakemake.input.info)

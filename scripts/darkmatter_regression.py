@@ -2,10 +2,10 @@
 
 from saelab.darkmatter.info import load_sae_info
 from saelab.darkmatter.regression import fit_regression, write_regression
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     info = load_sae_info(snakemake.input.info)
     reg = fit_regression(info, **snakemake.params.regression)
     m = reg.metrics

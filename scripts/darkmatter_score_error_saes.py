@@ -11,11 +11,11 @@ from saelab.darkmatter.regression import ErrorParts, load_regression
 from saelab.darkmatter.scoring import explanation_mask, make_scorer, score_activations
 from saelab.darkmatter.train_on_error import ERROR_TARGETS, dense_activations
 from saelab.models import load_tokenizer
-from saelab.runtime import logged, set_torch_threads, write_json_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.scoring
     info = load_sae_info(snakemake.input.info)
     group = open_cache(snakemake.input.cache)

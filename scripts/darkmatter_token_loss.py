@@ -7,10 +7,10 @@ from saelab.cache import ActivationReader, cache_manifest
 from saelab.models import configured_device, load_prepared
 from saelab.models.splice import token_losses
 from saelab.precision import model_precision
-from saelab.runtime import logged, savez_atomic, set_torch_threads
+from saelab.runtime import configure_torch, logged, savez_atomic
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.loss
     spec = opts["model"]
     device = configured_device(snakemake.config)

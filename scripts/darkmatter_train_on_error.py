@@ -13,11 +13,11 @@ from saelab.darkmatter.train_on_error import (
     train_error_sae,
     training_targets,
 )
-from saelab.runtime import atomic_dir, logged, set_torch_threads, write_json_atomic
+from saelab.runtime import atomic_dir, configure_torch, logged, write_json_atomic
 from saelab.saes.io import load_sae, save_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.train
     sae = load_sae(snakemake.input.sae)
     W_vec = torch.from_numpy(load_regression(snakemake.input.reg).W_vec)

@@ -11,12 +11,12 @@ from saelab.absorption import first_letter_absorption_from_cache
 from saelab.evaluate import evaluate_sae, heldout_reader, write_metrics
 from saelab.metrics import fvu_key
 from saelab.models import configured_device, load_tokenizer
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 from saelab.saes.io import load_sae
 from saelab.tracking import log_evaluation
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = dict(snakemake.params.eval)  # defaults filled by config/schema.yaml
     cache = snakemake.input.cache
     name = getattr(snakemake.wildcards, "sae", None) or Path(snakemake.input.sae).name

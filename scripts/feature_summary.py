@@ -3,11 +3,11 @@
 from pathlib import Path
 
 from saelab.features import collect_feature_summary, save_feature_summary
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = dict(snakemake.params.features)  # defaults filled by config/schema.yaml
     name = snakemake.wildcards.sae
     sae = load_sae(snakemake.input.sae)

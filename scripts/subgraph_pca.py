@@ -8,11 +8,11 @@ from pathlib import Path
 from saelab.cooccurrence.pca import pca_series, subgraph_pca
 from saelab.features import token_strings
 from saelab.models import load_tokenizer
-from saelab.runtime import logged, savez_atomic, set_torch_threads
+from saelab.runtime import configure_torch, logged, savez_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = dict(snakemake.params.pca)
     choice = json.loads(Path(snakemake.input.choice).read_text())
     subgraph = int(choice["subgraph_id"])

@@ -8,11 +8,11 @@ from saelab.cooccurrence.pca import pca_series, subgraph_pcas
 from saelab.cooccurrence.summary import subgraphs_in_size_range
 from saelab.features import token_strings
 from saelab.models import load_tokenizer
-from saelab.runtime import atomic_dir, logged, savez_atomic, set_torch_threads
+from saelab.runtime import atomic_dir, configure_torch, logged, savez_atomic
 from saelab.saes.io import load_sae
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = dict(snakemake.params.pca)
     node_info = pd.read_csv(snakemake.input.node_info)
     low, high = opts["all_in_size_range"]

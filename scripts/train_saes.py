@@ -4,13 +4,13 @@
 from saelab.cache import cache_manifest
 from saelab.models import configured_device, prepared_model_info
 from saelab.precision import model_precision
-from saelab.runtime import logged, set_torch_threads
+from saelab.runtime import configure_torch, logged
 from saelab.stream import model_stream
 from saelab.tracking import tracker_for
 from saelab.train import TrainConfig, build_saes, spec_hooks, train_saes
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     cfg = TrainConfig.from_dict(dict(snakemake.params.train))
     specs = snakemake.params.saes
     device = configured_device(snakemake.config)  # where the job runs, not a rule param

@@ -11,10 +11,10 @@ from saelab.models import (
     train_tiny_lm,
     write_manifest,
 )
-from saelab.runtime import atomic_dir, logged, set_torch_threads
+from saelab.runtime import atomic_dir, configure_torch, logged
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     spec = snakemake.params.model
     tiny = TinyConfig(**spec["tiny"])
     tokens, _ = load_tokens(snakemake.input.tokens)

@@ -2,12 +2,12 @@
 
 from saelab.models import configured_device, load_prepared
 from saelab.precision import model_precision
-from saelab.runtime import logged, set_torch_threads, write_json_atomic
+from saelab.runtime import configure_torch, logged, write_json_atomic
 from saelab.saes.io import load_sae
 from saelab.trajectories import compute_evolution
 
 with logged(snakemake.log[0]) as log:
-    set_torch_threads(snakemake.threads)
+    configure_torch(snakemake.threads)
     opts = snakemake.params.traj
     spec = snakemake.params.model
     device = configured_device(snakemake.config)

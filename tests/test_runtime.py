@@ -94,3 +94,35 @@ def test_savez_atomic_gives_equal_bytes_for_equal_arrays_at_any_time(tmp_path, m
         for key in ref.files:
             assert ours[key].dtype == ref[key].dtype
             np.testing.assert_array_equal(ours[key], ref[key])
+
+
+def test_reuse_freed_memory_stops_large_tensors_page_faulting_again():
+    """After configure_torch, a loop that makes and frees the same large tensors (as an SAE step
+    or a logits block does) stops page-faulting them in: with glibc's default every iteration
+    faults ~20k pages of 4 KiB. Run in child processes: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys, torch
+from saelab.runtime import configure_torch
+
+print(configure_torch(1, reuse_memory=sys.argv[1] == "reuse"))
+for _ in range(16):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x, y = torch.ones(16 * 2**20), torch.ones(4 * 2**20)  # 64 and 16 MiB, made and freed
+    del x, y
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    faults = {}
+    for mode in ("default", "reuse"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert out[0] == str(mode == "reuse")
+        faults[mode] = [int(n) for n in out[1:]]
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not (thp.exists() and "[always]" in thp.read_text()):  # 2 MiB pages fault 512x less
+        assert min(faults["default"][-4:]) > 16_384  # every iteration faults its pages in
+    # the first iterations grow the heap; then the freed blocks are reused
+    assert sum(faults["reuse"][-4:]) < 0.25 * min(faults["default"][-4:])

@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from saelab.models.splice import (
-    PREDICTIONS_PER_CHUNK,
     FromLayer,
+    ReferenceDistribution,
     flat,
     hook_layer,
-    next_token_ce,
     replace_hook,
+    unembed_losses,
 )
 
 log = logging.getLogger("saelab.evaluate")
@@ -81,46 +81,22 @@ def splice_hooks(sae) -> tuple[str, str]:
     return cfg.hook_name, cfg.target_hook_name or cfg.hook_name
 
 
-def _prediction_chunks(n_contexts: int, n_predictions: int):
-    """(context, slice of predictions) pairs covering [n_contexts, n_predictions], in pieces of
-    :data:`~saelab.models.splice.PREDICTIONS_PER_CHUNK` (the CE/KL reductions ran 2.5x faster
-    than over whole contexts)."""
-    for r in range(n_contexts):
-        for lo in range(0, n_predictions, PREDICTIONS_PER_CHUNK):
-            yield r, slice(lo, min(lo + PREDICTIONS_PER_CHUNK, n_predictions))
-
-
-class _CleanPass:
-    """What every patched pass of one batch is compared with: the clean next-token distribution.
-
-    KL(clean ‖ patched) per prediction is Σ_v p_v (c_v − l_v) − lse(c) + lse(l) with c, l the
-    clean and patched logits and p = softmax(c): two reads of the patched logits (logsumexp and
-    one dot product with p) instead of a log-softmax and three elementwise passes. Written in
-    differences of logits so that nearly equal distributions do not lose their KL to rounding.
-    """
-
-    def __init__(self, logits: Tensor, targets: Tensor):
-        self.logits = logits[:, :-1].float()
-        self.targets = targets
-        self.lse = self.logits.new_empty(self.logits.shape[:2])
-        self.probs = torch.empty_like(self.logits)
-        self.ce = torch.empty_like(self.lse)
-        for r, at in _prediction_chunks(*self.lse.shape):
-            chunk = self.logits[r, at]
-            self.lse[r, at] = torch.logsumexp(chunk, dim=-1)
-            self.probs[r, at] = torch.softmax(chunk, dim=-1)
-            self.ce[r, at] = next_token_ce(chunk, targets[r, at], self.lse[r, at])
-
-    def ce_kl(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """[B, T−1] CE and KL(clean ‖ this) of a patched pass's ``logits`` [B, T, V]."""
-        ce, kl = torch.empty_like(self.lse), torch.empty_like(self.lse)
-        for r, at in _prediction_chunks(*self.lse.shape):
-            chunk = logits[r, at].float()
-            lse = torch.logsumexp(chunk, dim=-1)
-            ce[r, at] = next_token_ce(chunk, self.targets[r, at], lse)
-            diff = self.logits[r, at] - chunk
-            kl[r, at] = torch.linalg.vecdot(self.probs[r, at], diff) - self.lse[r, at] + lse
-        return ce, kl
+def _pass_losses(
+    model, final: Tensor, targets: Tensor, reference: ReferenceDistribution | None = None
+) -> tuple[Tensor, Tensor | None, ReferenceDistribution | None]:
+    """[B, T−1] CE and KL(reference ‖ this pass) of a pass's last-block output ``final``
+    [B, T, d] against ``targets`` [B, T−1]; without ``reference`` (the clean pass) no KL, and
+    the pass's distributions are returned as the reference of the batch's later passes."""
+    shape = targets.shape
+    losses, kept = unembed_losses(
+        model,
+        flat(final[:, :-1]),
+        targets.reshape(-1),
+        reference=reference,
+        keep_reference=reference is None,
+    )
+    kl = None if losses.kl is None else losses.kl.view(shape)
+    return losses.ce.view(shape), kl, kept
 
 
 class _LossSums:
@@ -330,19 +306,26 @@ def ce_recovered(
         masks = {c: m[lo : lo + batch_size].to(device) for c, m in conventions.items()}
         keep = keep_all[lo : lo + batch_size].to(device)
         passes = FromLayer(model, toks, start)
-        reference = _CleanPass(passes.logits([]), toks[:, 1:])
-        clean.add(reference.ce, None, keep)
+        targets = toks[:, 1:]
+        clean_ce, _, reference = _pass_losses(model, passes.final([]), targets)
+        assert reference is not None
+        clean.add(clean_ce, None, keep)
+
+        def patched(fwd_hooks: list, passes=passes, reference=reference, targets=targets):
+            ce, kl, _ = _pass_losses(model, passes.final(fwd_hooks), targets, reference)
+            return ce, kl
+
         for hook, names in by_target.items():
             mu = means[hook].to(device)
             mask = masks["splice"]
             zero_hook = replace_hook(lambda act: torch.zeros_like(act), mask)
             mean_hook = replace_hook(lambda act, mu=mu: mu.expand(flat(act).shape[0], -1), mask)
-            zero[hook].add(*reference.ce_kl(passes.logits([(hook, zero_hook)])), keep)
-            mean[hook].add(*reference.ce_kl(passes.logits([(hook, mean_hook)])), keep)
+            zero[hook].add(*patched([(hook, zero_hook)]), keep)
+            mean[hook].add(*patched([(hook, mean_hook)]), keep)
             for name in names:
                 for convention in (primary, other) if run_other else (primary,):
-                    logits = passes.logits(_sae_hooks(saes[name], masks[convention]))
-                    spliced[convention][name].add(*reference.ce_kl(logits), keep)
+                    hooks = _sae_hooks(saes[name], masks[convention])
+                    spliced[convention][name].add(*patched(hooks), keep)
         log.info("CE recovered: batch %d/%d", b + 1, n_batches)
 
     def numbers(name: str, hook: str, convention: str) -> dict[str, Any]:

@@ -71,12 +71,52 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-def set_torch_threads(threads: int | None) -> None:
-    """Use the job's thread allowance for torch's intra-op pool."""
+def configure_torch(threads: int | None, *, reuse_memory: bool = True) -> bool:
+    """Set a job up for torch: its thread allowance for the intra-op pool and (``reuse_memory``)
+    a heap that keeps freed blocks for the next step (:func:`reuse_freed_memory`). Returns
+    whether the heap keeps them."""
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
+    return reuse_freed_memory() if reuse_memory else False
+
+
+def heap_summary(reused: bool) -> str:
+    """One line for a log or benchmark: which heap behaviour the process runs with."""
+    if reused:
+        return (
+            "heap: freed memory kept for reuse (saelab's jobs; saelab.runtime.reuse_freed_memory)"
+        )
+    return "heap: the C library's default (large blocks mapped and unmapped on every use)"
+
+
+#: mallopt parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed memory in the heap, so that the next tensor of the same size reuses
+    pages already mapped: True if it applied (False off glibc).
+
+    Why: glibc serves blocks above 32 MiB with a fresh ``mmap`` and unmaps them on ``free``, so
+    every large temporary (an SAE step's [B, F] pre-activations and [B, G, d] gradients, a
+    [block, vocab] logits buffer) page-faults its memory in again, 4 KiB at a time, each page
+    zeroed by the kernel. On 2 CPU cores that was half of Matryoshka's loss and backward time
+    (``benchmarks/train_throughput.py``). The price: the heap does not shrink back after a peak,
+    which a batch job does not need."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    no_mmap = mallopt(_M_MMAP_MAX, 0)
+    no_trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    return bool(no_mmap and no_trim)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
