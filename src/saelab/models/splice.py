@@ -60,10 +60,7 @@ def final_logits(model, resid: Tensor, *, direct: bool = False) -> Tensor:
         logits = x @ model.unembed.W_U + model.unembed.b_U
     else:
         logits = model.unembed(x[:, None, :])[:, 0]
-    cap = _soft_cap(model)
-    if cap is not None:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
+    return _soft_capped(logits, _soft_cap(model))
 
 
 def _final_norm(model, resid: Tensor) -> Tensor:
@@ -77,6 +74,11 @@ def _soft_cap(model) -> float | None:
     """The model's output-logit soft cap (gemma-2's 30), or None."""
     cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
     return cap if cap > 0 else None
+
+
+def _soft_capped(logits: Tensor, cap: float | None) -> Tensor:
+    """``cap · tanh(logits / cap)`` as ``forward`` applies it (``logits`` unchanged without a cap)."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def resume_layer(model, hook: str) -> int | None:
@@ -150,7 +152,7 @@ class FromLayer:
 #: Logits held at a time by :func:`vocab_losses`: [block, N] pieces of about 2^20 values (4 MiB
 #: in float32) stay in cache while their logsumexp, target logit and KL term are taken, instead
 #: of [N, vocab] logits written to memory and read back (gemma-3's 262k vocabulary on 2 CPU
-#: cores: 1.10 s per 512 predictions, against 1.77 s as one [512, vocab] matmul, then logsumexp).
+#: cores: 1.9x the whole-logits path, ``benchmarks/vocab_losses.py``).
 VOCAB_BLOCK_VALUES = 1 << 20
 
 
@@ -254,8 +256,7 @@ def vocab_losses(
         logits = logits.float()
         if bias is not None:
             logits = logits + bias[lo:hi, None].float()
-        if soft_cap is not None:
-            logits = soft_cap * torch.tanh(logits / soft_cap)
+        logits = _soft_capped(logits, soft_cap)
         scratch = work[: hi - lo]
         new_max = torch.maximum(running_max, logits.amax(0))
         sum_exp.mul_(torch.exp(running_max - new_max))
