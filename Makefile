@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install browser fonts slurm run readme-results test lint bench bench-cache bench-train bench-lm bench-cooccurrence bench-stream clean-venv
+.PHONY: install browser fonts slurm run readme-results test lint bench bench-cache bench-train bench-lm bench-vocab bench-cooccurrence bench-stream clean-venv
 
 # torch==2.13.0 first: it is the CPU wheel on this machine; any other torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
@@ -50,7 +50,7 @@ lint: install
 	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --pythonpath $(PY)
 
 # Benchmarks compare saelab with a peer or a bound in the same run; only a quiet machine decides.
-bench: bench-cache bench-train bench-lm bench-cooccurrence bench-stream
+bench: bench-cache bench-train bench-lm bench-vocab bench-cooccurrence bench-stream
 
 bench-cache: install
 	$(PY) benchmarks/cache_throughput.py
@@ -60,6 +60,9 @@ bench-train: install
 
 bench-lm: install
 	$(PY) benchmarks/lm_precision.py
+
+bench-vocab: install
+	$(PY) benchmarks/vocab_losses.py
 
 bench-stream: install
 	$(PY) benchmarks/stream_throughput.py --rounds 3
