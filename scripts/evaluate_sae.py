@@ -7,10 +7,10 @@ Every metric is computed in saelab.evaluate; this script only wires the rule's f
 import json
 from pathlib import Path
 
-from saelab.absorption import first_letter_absorption_from_cache
+from saelab.absorption import first_letter_absorption_from_probe_file
 from saelab.evaluate import evaluate_sae, heldout_reader, write_metrics
 from saelab.metrics import fvu_key
-from saelab.models import configured_device, load_tokenizer
+from saelab.models import configured_device
 from saelab.runtime import configure_torch, logged
 from saelab.saes.io import load_sae
 from saelab.tracking import log_evaluation
@@ -54,9 +54,9 @@ with logged(snakemake.log[0]) as log:
 
     metrics["first_letter_absorption"] = None
     if opts["absorption"]:
-        absorption = first_letter_absorption_from_cache(
-            sae, cache, load_tokenizer(snakemake.input.model_dir), split=opts["absorption_split"]
-        )
+        # The probe is the hook's (rule first_letter_probe; none for a transcoder).
+        probe = getattr(snakemake.input, "probe", None)
+        absorption = first_letter_absorption_from_probe_file(sae, cache, probe)
         metrics["first_letter_absorption"] = absorption._asdict()
         log.info(
             "first-letter absorption: %s",

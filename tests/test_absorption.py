@@ -7,7 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saelab.absorption import first_letter_absorption
+import saelab.absorption as absorption_module
+from saelab.absorption import (
+    CachedProbe,
+    absorption_from_probe,
+    first_letter_absorption,
+    first_letter_absorption_from_probe_file,
+    load_first_letter_probe,
+    save_first_letter_probe,
+    train_first_letter_probe,
+)
 from saelab.cache.words import single_word_tokens
 from saelab.saes import SAEConfig, build_sae
 from tests.evaluate_helpers import set_weights
@@ -86,6 +95,64 @@ def test_first_letter_absorption_none_without_enough_words():
         SAEConfig(arch="relu", d_in=4, width=8, k=1, d_out=3, target_hook_name="t")
     )
     assert "transcoder" in first_letter_absorption(transcoder, acts, ids, words).reason
+    with pytest.raises(TypeError, match=r"unknown options \['probe_step'\]"):
+        first_letter_absorption(sae, acts, ids, words, probe_step=3)  # a typo of probe_steps
+
+
+def test_a_shared_probe_gives_each_sae_its_own_absorption():
+    """The pipeline trains the probe once per hook (rule first_letter_probe): every SAE of the
+    hook must get what the one-call metric gives it, with its own probe."""
+    sae, acts, ids, words, test_mask = synthetic_letters()
+    options = {"test_mask": test_mask, "max_per_type": None, "probe_steps": 200}
+    probe = train_first_letter_probe(acts, ids, words, **options)
+    other, *_ = synthetic_letters(absorbed_types=(4,))  # a second SAE of the same hook
+    for each in (sae, other):
+        assert absorption_from_probe(each, acts, probe) == first_letter_absorption(
+            each, acts, ids, words, **options
+        )
+    assert absorption_from_probe(sae, acts, probe) != absorption_from_probe(other, acts, probe)
+    with pytest.raises(ValueError, match="made from 120 activation rows, these are 119"):
+        absorption_from_probe(sae, acts[:-1], probe)
+
+
+def test_probe_file_round_trip_and_reread_check(tmp_path, monkeypatch):
+    sae, acts, ids, words, test_mask = synthetic_letters()
+    sae.cfg.hook_name = "blocks.0.hook_resid_pre"
+    probe = train_first_letter_probe(acts, ids, words, test_mask=test_mask, max_per_type=None)
+    reading = {"hook": sae.cfg.hook_name, "split": "all", "max_per_type": None, "max_tokens": 999}
+    path = save_first_letter_probe(tmp_path / "probe.npz", CachedProbe(probe, words, reading))
+    first_bytes = path.read_bytes()
+    loaded = load_first_letter_probe(path)
+    assert loaded.words == words and loaded.reading == reading
+    for name, value in probe._asdict().items():
+        got = getattr(loaded.probe, name)
+        assert torch.equal(got, value) if torch.is_tensor(value) else got == value, name
+    save_first_letter_probe(path, loaded)
+    assert path.read_bytes() == first_bytes  # the same probe, the same bytes
+
+    reads = []
+
+    def cached_word_activations(cache, hook, word_ids, max_per_type, max_tokens, split):
+        reads.append((cache, hook, sorted(word_ids), max_per_type, max_tokens, split))
+        return acts, ids
+
+    monkeypatch.setattr(absorption_module, "cached_word_activations", cached_word_activations)
+    expected = first_letter_absorption(
+        sae, acts, ids, words, test_mask=test_mask, max_per_type=None
+    )
+    assert first_letter_absorption_from_probe_file(sae, "c.zarr", path) == expected
+    assert reads == [("c.zarr", sae.cfg.hook_name, sorted(words), None, 999, "all")]
+
+    ids_changed = ids.clone()
+    ids_changed[probe.rows[0]] += 1
+    monkeypatch.setattr(
+        absorption_module, "cached_word_activations", lambda *args: (acts, ids_changed)
+    )
+    with pytest.raises(ValueError, match="rebuild the probe"):
+        first_letter_absorption_from_probe_file(sae, "c.zarr", path)
+    sae.cfg.hook_name = "blocks.1.hook_resid_pre"
+    with pytest.raises(ValueError, match=r"is the probe of 'blocks\.0\.hook_resid_pre'"):
+        first_letter_absorption_from_probe_file(sae, "c.zarr", path)
 
 
 def test_single_word_tokens():

@@ -209,9 +209,22 @@ def test_script_writes_metrics(tiny_model, cached, tmp_path):
     )
     runpy.run_path(str(REPO / "scripts" / "ce_recovered.py"), init_globals={"snakemake": ce_job})
     assert json.loads(ce_path.read_text())["saes"] == {}
+    # Rule first_letter_probe: the hook's probe, which evaluate_sae reads.
+    probe_path = tmp_path / "absorption" / "probe.npz"
+    probe_job = SimpleNamespace(
+        input=SimpleNamespace(cache=str(path), model_dir=str(model_dir)),
+        output=SimpleNamespace(probe=str(probe_path)),
+        params=SimpleNamespace(split="all"),
+        log=[str(tmp_path / "probe.log")],
+        threads=1,
+        wildcards=SimpleNamespace(hook="blocks.1.hook_resid_pre"),
+    )
+    runpy.run_path(
+        str(REPO / "scripts" / "first_letter_probe.py"), init_globals={"snakemake": probe_job}
+    )
     snakemake = SimpleNamespace(
         input=SimpleNamespace(
-            sae=str(sae_dir), cache=str(path), model_dir=str(model_dir), ce=str(ce_path)
+            sae=str(sae_dir), cache=str(path), ce=str(ce_path), probe=str(probe_path)
         ),
         output=SimpleNamespace(metrics=str(out)),
         params=params,

@@ -1,11 +1,20 @@
 """A simplified SAEBench-style first-letter absorption rate on single-word tokens of the corpus,
-from activations cached for them (:func:`first_letter_absorption_from_cache`)."""
+from activations cached for them.
+
+Two parts: the first-letter probe (:func:`train_first_letter_probe`) depends on the hook's
+activations only, so every SAE of a hook shares one (rule ``first_letter_probe``:
+:func:`first_letter_probe_from_cache`, :func:`save_first_letter_probe`); the absorption of an SAE
+(:func:`absorption_from_probe`) is measured against it. :func:`first_letter_absorption` does both.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,6 +25,7 @@ from torch import Tensor
 from saelab.cache.words import cached_word_activations, single_word_tokens, tokens_in_cache
 from saelab.codes import encode_reconstruct
 from saelab.evaluate import _compact, concat_codes
+from saelab.runtime import savez_atomic
 from saelab.saes.base import SAE, SparseCodes
 
 log = logging.getLogger("saelab.absorption")
@@ -51,9 +61,51 @@ class FirstLetterAbsorption(NamedTuple):
     """Why the metric was not computed (too few tokens, a transcoder), else None."""
 
 
+class FirstLetterProbe(NamedTuple):
+    """The first-letter probe of one hook and the tokens it was trained and tested on: rows of
+    the activations it was made from (``n_acts`` of them), so an SAE's absorption is measured
+    on the same rows (:func:`absorption_from_probe`)."""
+
+    rows: Tensor
+    """Rows of the activations kept (single-word tokens of kept letters), ascending."""
+    ids: Tensor
+    """Their token ids."""
+    cls: Tensor
+    """Their class: an index into :attr:`kept`."""
+    test: Tensor
+    """Which of them are test tokens (bool); the rest trained the probe."""
+    predicted: Tensor
+    """The probe's class for each of them."""
+    kept: Tensor
+    """The letters with enough train and test tokens, as codes (0 = "a")."""
+    W: Tensor
+    """Weights [d, classes] of the logistic regression on ``(x − mu) / scale``."""
+    b: Tensor
+    mu: Tensor
+    scale: Tensor
+    probe_accuracy: float
+    """Test accuracy over the kept letters."""
+    n_acts: int
+    """Rows of the activations the probe was made from."""
+    n_tokens: int
+    """Single-word tokens found (before dropping letters)."""
+    n_types: int
+    """Their word types."""
+    reason: str | None
+    """Why there is no probe (too few words or letters), else None."""
+
+
 def _skipped(reason: str, n_tokens: int = 0, n_types: int = 0) -> FirstLetterAbsorption:
     log.info("first-letter absorption skipped: %s", reason)
     return FirstLetterAbsorption(None, None, None, None, n_tokens, n_types, {}, reason)
+
+
+def _no_probe(reason: str, n_acts: int, n_tokens: int = 0, n_types: int = 0) -> FirstLetterProbe:
+    empty = torch.zeros(0, dtype=torch.long)
+    return FirstLetterProbe(
+        empty, empty, empty, empty.bool(), empty, empty, torch.zeros(0, 0), torch.zeros(0),
+        torch.zeros(0), torch.tensor(1.0), float("nan"), n_acts, n_tokens, n_types, reason,
+    )  # fmt: skip
 
 
 def _cap_per_type(ids: Tensor, max_per_type: int | None, generator: torch.Generator) -> Tensor:
@@ -139,31 +191,12 @@ def _main_latents(
 
 @torch.no_grad()
 def first_letter_absorption(
-    sae: SAE,
-    acts: Tensor,
-    token_ids: Tensor,
-    words: Mapping[int, str],
-    *,
-    test_mask: Tensor | None = None,
-    test_fraction: float = 0.3,
-    max_per_type: int | None = 8,
-    min_tokens_per_letter: int = 5,
-    min_letters: int = 2,
-    probe_steps: int = 300,
-    probe_lr: float = 0.01,
-    probe_weight_decay: float = 1e-4,
-    f1_jump_threshold: float = 0.03,
-    max_main_latents: int = 10,
-    full_absorption_cos_threshold: float = 0.025,
-    fraction_cos_threshold: float = 0.1,
-    projection_threshold: float = 0.4,
-    max_absorbing_latents: int = 3,
-    batch_size: int = 2048,
-    seed: int = 0,
+    sae: SAE, acts: Tensor, token_ids: Tensor, words: Mapping[int, str], **options: Any
 ) -> FirstLetterAbsorption:
     """A simplified SAEBench first-letter absorption rate on single-word corpus tokens.
 
-    What is computed:
+    ``options`` are the keyword arguments of :func:`train_first_letter_probe` (steps 1 and 2)
+    and of :func:`absorption_from_probe` (steps 3 to 5). What is computed:
 
     1. Tokens: rows of ``acts`` (the SAE's input hook) whose ``token_ids`` are in ``words``
        (see :func:`saelab.cache.words.single_word_tokens`), at most ``max_per_type`` random occurrences per token
@@ -195,10 +228,40 @@ def first_letter_absorption(
     """
     if getattr(sae.cfg, "is_transcoder", False):
         return _skipped("transcoder: the decoder is not in the probe's (input) space")
+    probe_keys = inspect.signature(train_first_letter_probe).parameters
+    absorption_keys = inspect.signature(absorption_from_probe).parameters
+    unknown = sorted(set(options) - set(probe_keys) - set(absorption_keys))
+    if unknown:
+        raise TypeError(f"first_letter_absorption: unknown options {unknown}")
+    probe_options = {k: v for k, v in options.items() if k in probe_keys}
+    probe = train_first_letter_probe(acts, token_ids, words, **probe_options)
+    absorption_options = {k: v for k, v in options.items() if k not in probe_keys}
+    return absorption_from_probe(sae, acts, probe, **absorption_options)
+
+
+@torch.no_grad()
+def train_first_letter_probe(
+    acts: Tensor,
+    token_ids: Tensor,
+    words: Mapping[int, str],
+    *,
+    test_mask: Tensor | None = None,
+    test_fraction: float = 0.3,
+    max_per_type: int | None = 8,
+    min_tokens_per_letter: int = 5,
+    min_letters: int = 2,
+    probe_steps: int = 300,
+    probe_lr: float = 0.01,
+    probe_weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> FirstLetterProbe:
+    """Steps 1 and 2 of :func:`first_letter_absorption` (the tokens and the probe), which
+    depend on the activations only; no SAE is involved."""
+    n_acts = len(acts)
     token_ids = token_ids.long().cpu()
     letter_of = {i: w[0].lower() for i, w in words.items() if w and w[0].isascii()}
     if not letter_of:
-        return _skipped("no single-word tokens")
+        return _no_probe("no single-word tokens", n_acts)
     top_id = int(token_ids.max()) if len(token_ids) else 0
     lookup = torch.full((max(max(letter_of), top_id) + 1,), -1)
     for i, ch in letter_of.items():
@@ -221,9 +284,10 @@ def first_letter_absorption(
         and int(((letters == c) & test).sum()) >= min_tokens_per_letter
     ]
     if len(kept) < min_letters:
-        return _skipped(
+        return _no_probe(
             f"only {len(kept)} letter(s) have ≥ {min_tokens_per_letter} train and test tokens "
             f"among {len(rows)} single-word tokens of {n_types} types (need {min_letters})",
+            n_acts,
             len(rows),
             n_types,
         )
@@ -237,7 +301,41 @@ def first_letter_absorption(
     )
     predicted = (((X - mu) / scale) @ W + b).argmax(dim=1)
     probe_accuracy = float((predicted[test] == cls[test]).double().mean())
-    directions = F.normalize(W.T, dim=1)  # [C, d]: one global scale keeps raw directions
+    return FirstLetterProbe(
+        rows, ids, cls, test, predicted, torch.tensor(kept), W, b, mu, scale, probe_accuracy,
+        n_acts, len(rows), len(ids.unique()), None,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def absorption_from_probe(
+    sae: SAE,
+    acts: Tensor,
+    probe: FirstLetterProbe,
+    *,
+    f1_jump_threshold: float = 0.03,
+    max_main_latents: int = 10,
+    full_absorption_cos_threshold: float = 0.025,
+    fraction_cos_threshold: float = 0.1,
+    projection_threshold: float = 0.4,
+    max_absorbing_latents: int = 3,
+    batch_size: int = 2048,
+) -> FirstLetterAbsorption:
+    """Steps 3 to 5 of :func:`first_letter_absorption`: the SAE's absorption against a probe
+    made from the same ``acts`` (:func:`train_first_letter_probe`)."""
+    if getattr(sae.cfg, "is_transcoder", False):
+        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+    if probe.reason is not None:
+        return _skipped(probe.reason, probe.n_tokens, probe.n_types)
+    if len(acts) != probe.n_acts:
+        raise ValueError(
+            f"the probe was made from {probe.n_acts} activation rows, these are {len(acts)}: "
+            "rebuild the probe from the same cache, hook and split"
+        )
+    rows, ids, cls, test, predicted = probe.rows, probe.ids, probe.cls, probe.test, probe.predicted
+    kept = probe.kept.tolist()
+    X = acts[rows].float().cpu()
+    directions = F.normalize(probe.W.T, dim=1)  # [C, d]: one global scale keeps raw directions
 
     was_training = sae.training
     sae.eval()
@@ -312,7 +410,7 @@ def first_letter_absorption(
         pooled_full_absorption_rate=(
             sum(r.n_full_absorption for r in results.values()) / total_tp if total_tp else None
         ),
-        probe_accuracy=probe_accuracy,
+        probe_accuracy=probe.probe_accuracy,
         n_tokens=len(rows),
         n_word_types=len(ids.unique()),
         letters=results,
@@ -361,25 +459,104 @@ def _absorption_of_rows(
     return full, fraction
 
 
-def first_letter_absorption_from_cache(
-    sae: SAE,
+class CachedProbe(NamedTuple):
+    """A first-letter probe made from a cache, and how to read its activations again."""
+
+    probe: FirstLetterProbe
+    words: dict[int, str]
+    """The single-word token types (id -> word) whose activations were read."""
+    reading: dict[str, Any]
+    """``hook``, ``split``, ``max_per_type`` and ``max_tokens`` of that read
+    (:func:`saelab.cache.words.cached_word_activations`)."""
+
+    def activations(self, cache_path: str | os.PathLike) -> tuple[Tensor, Tensor]:
+        """The word tokens' (activations, token ids), read from ``cache_path`` as before."""
+        r = self.reading
+        return cached_word_activations(
+            cache_path, r["hook"], self.words, r["max_per_type"], r["max_tokens"], r["split"]
+        )
+
+
+def first_letter_probe_from_cache(
     cache_path: str | os.PathLike,
+    hook: str,
     tokenizer,
     *,
     split: str = "all",
     max_per_type: int | None = 8,
     max_tokens: int = 50_000,
     **options: Any,
-) -> FirstLetterAbsorption:
-    """:func:`first_letter_absorption` on the single-word tokens of a cache split: the
-    tokenizer picks the word types present, the cache gives their activations."""
-    if sae.cfg.is_transcoder:
-        return _skipped("transcoder: the decoder is not in the probe's (input) space")
-    present = tokens_in_cache(cache_path, sae.cfg.hook_name, split)
+) -> CachedProbe:
+    """:func:`train_first_letter_probe` on the single-word tokens of a cache split: the
+    tokenizer picks the word types present, the cache gives at most ``max_per_type`` tokens of
+    each (``max_tokens`` in all) and their activations at ``hook``."""
+    reading = {"hook": hook, "split": split, "max_per_type": max_per_type, "max_tokens": max_tokens}
+    present = tokens_in_cache(cache_path, hook, split)
     words = single_word_tokens(tokenizer, present.tolist())
     if not words:
-        return _skipped(f"no single-word tokens among the {len(present)} token types cached")
-    acts, ids = cached_word_activations(
-        cache_path, sae.cfg.hook_name, words, max_per_type, max_tokens, split
-    )
-    return first_letter_absorption(sae, acts, ids, words, max_per_type=max_per_type, **options)
+        reason = f"no single-word tokens among the {len(present)} token types cached"
+        return CachedProbe(_no_probe(reason, 0), {}, reading)
+    cached = CachedProbe(_no_probe("not trained", 0), dict(words), reading)
+    acts, ids = cached.activations(cache_path)
+    probe = train_first_letter_probe(acts, ids, words, max_per_type=max_per_type, **options)
+    return cached._replace(probe=probe)
+
+
+def save_first_letter_probe(path: str | os.PathLike, cached: CachedProbe) -> Path:
+    """The probe, its word types and how their activations were read, as one ``.npz``
+    (written atomically; the same probe gives the same bytes)."""
+    probe = cached.probe
+    meta = {
+        **cached.reading,
+        "probe_accuracy": probe.probe_accuracy, "n_acts": probe.n_acts,
+        "n_tokens": probe.n_tokens, "n_types": probe.n_types, "reason": probe.reason,
+        "words": {str(i): w for i, w in sorted(cached.words.items())},
+    }  # fmt: skip
+    tensors = {
+        name: getattr(probe, name).numpy()
+        for name in ("rows", "ids", "cls", "test", "predicted", "kept", "W", "b", "mu", "scale")
+    }
+    return savez_atomic(path, {**tensors, "meta": np.array(json.dumps(meta))})
+
+
+def load_first_letter_probe(path: str | os.PathLike) -> CachedProbe:
+    """What :func:`save_first_letter_probe` wrote."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        tensors = {
+            name: torch.from_numpy(data[name].copy()) for name in data.files if name != "meta"
+        }
+    words = {int(i): w for i, w in meta.pop("words").items()}
+    probe = FirstLetterProbe(
+        **tensors, probe_accuracy=meta["probe_accuracy"], n_acts=meta["n_acts"],
+        n_tokens=meta["n_tokens"], n_types=meta["n_types"], reason=meta["reason"],
+    )  # fmt: skip
+    reading = {key: meta[key] for key in ("hook", "split", "max_per_type", "max_tokens")}
+    return CachedProbe(probe, words, reading)
+
+
+def first_letter_absorption_from_probe_file(
+    sae: SAE, cache_path: str | os.PathLike, probe_path: str | os.PathLike | None, **options: Any
+) -> FirstLetterAbsorption:
+    """:func:`absorption_from_probe` with the probe of the SAE's hook saved by
+    :func:`save_first_letter_probe` (``None`` only for a transcoder, which is skipped); the word
+    tokens' activations are read from the cache again, and must be the probe's."""
+    if sae.cfg.is_transcoder:
+        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+    if probe_path is None:
+        raise ValueError(f"SAE at {sae.cfg.hook_name}: no first-letter probe file given")
+    cached = load_first_letter_probe(probe_path)
+    probe, hook = cached.probe, cached.reading["hook"]
+    if hook != sae.cfg.hook_name:
+        raise ValueError(
+            f"{probe_path} is the probe of {hook!r}, but the SAE reads {sae.cfg.hook_name!r}"
+        )
+    if probe.reason is not None:
+        return _skipped(probe.reason, probe.n_tokens, probe.n_types)
+    acts, ids = cached.activations(cache_path)
+    if len(ids) != probe.n_acts or not torch.equal(ids[probe.rows], probe.ids):
+        raise ValueError(
+            f"the word tokens of {cache_path} are not those {probe_path} was made from (was the "
+            "cache rebuilt?); rebuild the probe (rule first_letter_probe)"
+        )
+    return absorption_from_probe(sae, acts, probe, **options)

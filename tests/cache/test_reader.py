@@ -82,13 +82,13 @@ def test_reader_memory_is_bounded_by_the_buffer(built, monkeypatch):
     path, *_ = built
     reader = ActivationReader(path, HOOKS[0], 8, buffer_chunks=2)
     reads = []
-    original = reader._read_block
+    original = reader._read_chunk
 
     def counting(start, stop):
         reads.append((start, stop))
         return original(start, stop)
 
-    monkeypatch.setattr(reader, "_read_block", counting)
+    monkeypatch.setattr(reader, "_read_chunk", counting)
     batches = reader.batches()
     next(batches)
     assert len(reads) == 2, "the first batch should need only buffer_chunks chunks"

@@ -177,6 +177,20 @@ def eval_params(wildcards):
     return dict(CFG.evaluation)
 
 
+def first_letter_probe_path(cache, hook):
+    """The first-letter probe of one hook of one cache, shared by the hook's SAEs."""
+    return f"data/analysis/absorption/{MODEL_ID}/{cache}/{hook}/probe.npz"
+
+
+def absorption_probe_input(wildcards):
+    """The probe of the SAE's hook when evaluate_sae measures absorption (not for a transcoder,
+    whose decoder is not in the probe's space)."""
+    run = CFG.saes[wildcards.sae]
+    if not CFG.evaluation["absorption"] or run.target_hook is not None:
+        return {}
+    return {"probe": first_letter_probe_path(run.cache, run.hook)}
+
+
 def ce_scores_path(cache):
     """CE recovered and KL of every named SAE of one cache (one job, one model load)."""
     return f"data/analysis/evaluation/{MODEL_ID}/ce_recovered/{cache}.json"

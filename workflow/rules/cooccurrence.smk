@@ -19,7 +19,9 @@ rule feature_summary:
         hook=one_of({run.hook for run in CFG.saes.values()}),
     conda:
         "../../envs/saelab.yaml"
-    threads: 2
+    # One thread: 1-2 s of encoding after ~3 s of starting Python, so two jobs side by side
+    # finish sooner than one job on two threads.
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,

@@ -89,10 +89,10 @@ rule evaluate_sae:
     """FVU (three definitions), L0, dead latents, prefix FVU, seed-001 metrics, absorption, and
     the SAE's CE recovered and KL from its cache's ce_recovered job."""
     input:
+        unpack(absorption_probe_input),
         sae=sae_input,
         cache=sae_cache_input,
         ce=sae_ce_scores_input,
-        model_dir=model_dir_path(),
     output:
         metrics="data/analysis/evaluation/{model}/{hook}/{sae}.json",
     log:
@@ -113,6 +113,30 @@ rule evaluate_sae:
         tracking=dict(CFG.tracking),
     script:
         "../../scripts/evaluate_sae.py"
+
+
+rule first_letter_probe:
+    """The first-letter probe of one hook's single-word tokens (the part of the absorption
+    metric that needs no SAE), shared by every SAE of the hook."""
+    input:
+        cache=lambda wildcards: cache_path(wildcards.cache),
+        model_dir=model_dir_path(),
+    output:
+        probe="data/analysis/absorption/{model}/{cache}/{hook}/probe.npz",
+    log:
+        "logs/first_letter_probe/{model}/{cache}/{hook}.log",
+    benchmark:
+        "logs/benchmarks/first_letter_probe/{model}/{cache}/{hook}.tsv"
+    conda:
+        "../../envs/saelab.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        split=CFG.evaluation["absorption_split"],
+    script:
+        "../../scripts/first_letter_probe.py"
 
 
 rule toy_absorption:

