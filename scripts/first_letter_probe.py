@@ -1,7 +1,7 @@
 """Rule first_letter_probe: the first-letter probe of one hook's single-word tokens, which every
 SAE of the hook is measured against (rule evaluate_sae's absorption)."""
 
-from saelab.absorption import first_letter_probe_from_cache, save_first_letter_probe
+from saelab.letter_probe import first_letter_probe_from_cache, save_first_letter_probe
 from saelab.models import load_tokenizer
 from saelab.runtime import configure_torch, logged
 

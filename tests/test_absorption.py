@@ -7,17 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-import saelab.absorption as absorption_module
+import saelab.letter_probe as letter_probe_module
 from saelab.absorption import (
-    CachedProbe,
     absorption_from_probe,
     first_letter_absorption,
     first_letter_absorption_from_probe_file,
+)
+from saelab.cache.words import single_word_tokens
+from saelab.letter_probe import (
+    CachedProbe,
     load_first_letter_probe,
     save_first_letter_probe,
     train_first_letter_probe,
 )
-from saelab.cache.words import single_word_tokens
 from saelab.saes import SAEConfig, build_sae
 from tests.evaluate_helpers import set_weights
 
@@ -136,7 +138,7 @@ def test_probe_file_round_trip_and_reread_check(tmp_path, monkeypatch):
         reads.append((cache, hook, sorted(word_ids), max_per_type, max_tokens, split))
         return acts, ids
 
-    monkeypatch.setattr(absorption_module, "cached_word_activations", cached_word_activations)
+    monkeypatch.setattr(letter_probe_module, "cached_word_activations", cached_word_activations)
     expected = first_letter_absorption(
         sae, acts, ids, words, test_mask=test_mask, max_per_type=None
     )
@@ -146,7 +148,7 @@ def test_probe_file_round_trip_and_reread_check(tmp_path, monkeypatch):
     ids_changed = ids.clone()
     ids_changed[probe.rows[0]] += 1
     monkeypatch.setattr(
-        absorption_module, "cached_word_activations", lambda *args: (acts, ids_changed)
+        letter_probe_module, "cached_word_activations", lambda *args: (acts, ids_changed)
     )
     with pytest.raises(ValueError, match="rebuild the probe"):
         first_letter_absorption_from_probe_file(sae, "c.zarr", path)
