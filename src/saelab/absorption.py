@@ -57,6 +57,10 @@ class FirstLetterAbsorption(NamedTuple):
     """Why the metric was not computed (too few tokens, a transcoder), else None."""
 
 
+#: Why a transcoder gets no absorption.
+TRANSCODER_REASON = "transcoder: the decoder is not in the probe's (input) space"
+
+
 def _skipped(reason: str, n_tokens: int = 0, n_types: int = 0) -> FirstLetterAbsorption:
     log.info("first-letter absorption skipped: %s", reason)
     return FirstLetterAbsorption(None, None, None, None, n_tokens, n_types, {}, reason)
@@ -129,7 +133,7 @@ def first_letter_absorption(
     Transcoders are skipped (their decoder lives in another space than the probe).
     """
     if getattr(sae.cfg, "is_transcoder", False):
-        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+        return _skipped(TRANSCODER_REASON)
     probe_keys = inspect.signature(train_first_letter_probe).parameters
     absorption_keys = inspect.signature(absorption_from_probe).parameters
     unknown = sorted(set(options) - set(probe_keys) - set(absorption_keys))
@@ -158,7 +162,7 @@ def absorption_from_probe(
     """Steps 3 to 5 of :func:`first_letter_absorption`: the SAE's absorption against a probe
     made from the same ``acts`` (:func:`train_first_letter_probe`)."""
     if getattr(sae.cfg, "is_transcoder", False):
-        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+        return _skipped(TRANSCODER_REASON)
     if probe.reason is not None:
         return _skipped(probe.reason, probe.n_tokens, probe.n_types)
     if len(acts) != probe.n_acts:
@@ -300,7 +304,7 @@ def first_letter_absorption_from_probe_file(
     :func:`save_first_letter_probe` (``None`` only for a transcoder, which is skipped); the word
     tokens' activations are read from the cache again, and must be the probe's."""
     if sae.cfg.is_transcoder:
-        return _skipped("transcoder: the decoder is not in the probe's (input) space")
+        return _skipped(TRANSCODER_REASON)
     if probe_path is None:
         raise ValueError(f"SAE at {sae.cfg.hook_name}: no first-letter probe file given")
     cached = load_first_letter_probe(probe_path)

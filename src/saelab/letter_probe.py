@@ -195,10 +195,16 @@ class CachedProbe(NamedTuple):
 
     def activations(self, cache_path: str | os.PathLike) -> tuple[Tensor, Tensor]:
         """The word tokens' (activations, token ids), read from ``cache_path`` as before."""
-        r = self.reading
-        return cached_word_activations(
-            cache_path, r["hook"], self.words, r["max_per_type"], r["max_tokens"], r["split"]
-        )
+        return _word_activations(cache_path, self.words, self.reading)
+
+
+def _word_activations(
+    cache_path: str | os.PathLike, words: Mapping[int, str], reading: dict[str, Any]
+) -> tuple[Tensor, Tensor]:
+    r = reading
+    return cached_word_activations(
+        cache_path, r["hook"], words, r["max_per_type"], r["max_tokens"], r["split"]
+    )
 
 
 def first_letter_probe_from_cache(
@@ -220,10 +226,9 @@ def first_letter_probe_from_cache(
     if not words:
         reason = f"no single-word tokens among the {len(present)} token types cached"
         return CachedProbe(_no_probe(reason, 0), {}, reading)
-    cached = CachedProbe(_no_probe("not trained", 0), dict(words), reading)
-    acts, ids = cached.activations(cache_path)
+    acts, ids = _word_activations(cache_path, words, reading)
     probe = train_first_letter_probe(acts, ids, words, max_per_type=max_per_type, **options)
-    return cached._replace(probe=probe)
+    return CachedProbe(probe, dict(words), reading)
 
 
 def save_first_letter_probe(path: str | os.PathLike, cached: CachedProbe) -> Path:
